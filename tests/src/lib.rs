@@ -1,0 +1,69 @@
+//! End-to-end test support: builds the filter to wasm, and runs it in a real Envoy in front of a
+//! recording upstream.
+//!
+//! ```no_run
+//! use e2e::{envoy, http1};
+//!
+//! let wasm = e2e::filter_wasm();
+//! let upstream = http1::Upstream::start(&[("server", "upstream")]);
+//! let config = r#"{"name":"resp-header-demo","value":"added by our filter"}"#;
+//! let filter = envoy::wasm_filter("header_filter", "my_root_id", &wasm, config);
+//! let proxy = envoy::Envoy::start(&envoy::bootstrap(upstream.addr(), vec![filter])).unwrap();
+//! let resp = http1::get(proxy.listener, "/", &[]).unwrap();
+//! assert_eq!(resp.header("resp-header-demo"), Some("added by our filter"));
+//! ```
+
+// Test support: a failed expectation here should fail the test, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod envoy;
+pub mod http1;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+}
+
+/// The cargo target directory shared by the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Build `header_filter.wasm` (release, `wasm32-wasip1`) once per test process and return its path.
+/// Cargo's own lock serialises concurrent builds from several test binaries; an up-to-date build
+/// costs a fraction of a second.
+pub fn filter_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip1",
+                    "-p",
+                    "header-filter",
+                ])
+                .status()
+                .expect("run cargo");
+            assert!(
+                status.success(),
+                "building header_filter.wasm failed: {status}"
+            );
+            let path = target_dir().join("wasm32-wasip1/release/header_filter.wasm");
+            assert!(path.exists(), "{} missing after build", path.display());
+            path
+        })
+        .clone()
+}
