@@ -130,6 +130,11 @@ impl Envoy {
     /// Start Envoy with `config` (one worker, hot restart off, `wasm` logs at debug) and wait until
     /// it is ready, or fail with its log.
     pub fn start(config: &Value) -> Result<Envoy, StartFailure> {
+        Envoy::start_with(config, &["--component-log-level", "wasm:debug"])
+    }
+
+    /// [`Envoy::start`] with other command-line arguments in place of the log level.
+    pub fn start_with(config: &Value, args: &[&str]) -> Result<Envoy, StartFailure> {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("envoy.json");
         fs::write(&cfg, serde_json::to_vec_pretty(config).expect("json")).expect("write config");
@@ -140,7 +145,7 @@ impl Envoy {
             .arg("-c")
             .arg(&cfg)
             .args(["--concurrency", "1", "--disable-hot-restart"])
-            .args(["--component-log-level", "wasm:debug"])
+            .args(args)
             .arg("--admin-address-path")
             .arg(&admin_path)
             .stdin(Stdio::null())

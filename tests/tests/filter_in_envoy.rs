@@ -3,6 +3,7 @@
 use e2e::envoy::{Envoy, bootstrap, wasm_filter};
 use e2e::http1::{Client, Upstream, get};
 use std::thread;
+use std::time::{Duration, Instant};
 
 const SEED: &str = r#"{"name":"resp-header-demo","value":"added by our filter"}"#;
 
@@ -61,6 +62,42 @@ fn seed_configuration_adds_the_response_header() {
         envoy.stat("wasmcustom.header_filter.header_filter.rule_0.skipped"),
         Some(0)
     );
+}
+
+#[test]
+fn raising_the_wasm_log_level_at_runtime_shows_each_rule() {
+    let upstream = Upstream::start(&[]);
+    let filter = wasm_filter("header_filter", "my_root_id", &e2e::filter_wasm(), SEED);
+    let envoy = Envoy::start_with(
+        &bootstrap(upstream.addr(), vec![filter]),
+        &["--component-log-level", "wasm:info"],
+    )
+    .unwrap_or_else(|f| panic!("{}\n{}", f.reason, f.log));
+    let debug_line = "header-filter: rule 0 (response append resp-header-demo): applied";
+    get(envoy.listener, "/", &[]).unwrap();
+    assert!(
+        !envoy.log().contains(debug_line),
+        "debug lines at info level"
+    );
+
+    let mut admin = Client::connect(envoy.admin).unwrap();
+    assert_eq!(
+        admin
+            .request("POST", "/logging?wasm=debug", &[])
+            .unwrap()
+            .status(),
+        200
+    );
+    // Each worker re-reads the level on its next tick (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !envoy.log().contains(debug_line) {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line 15 s after raising the level"
+        );
+        get(envoy.listener, "/", &[]).unwrap();
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -256,5 +293,28 @@ fn thousand_keepalive_requests_carry_the_header_and_leak_no_state() {
     assert_eq!(
         envoy.stat("wasmcustom.header_filter.header_filter.rule_1.applied"),
         Some(total / 2)
+    );
+}
+
+#[test]
+fn example_envoy_config_in_the_readme_validates() {
+    e2e::filter_wasm();
+    let out = std::process::Command::new(e2e::envoy::envoy_bin())
+        .current_dir(e2e::workspace_root())
+        .args([
+            "--mode",
+            "validate",
+            "-c",
+            "filter/envoy.yaml",
+            "--disable-hot-restart",
+        ])
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("configured 4 rule(s) for plugin header_filter"),
+        "{log}"
     );
 }
