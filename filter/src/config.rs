@@ -162,6 +162,21 @@ fn shape(field: impl Into<String>, message: String) -> ConfigError {
     }
 }
 
+/// Shows names separated by ", ".
+struct List<'a>(&'a [&'a str]);
+
+impl fmt::Display for List<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(n)?;
+        }
+        Ok(())
+    }
+}
+
 /// An object whose fields are all among `known`.
 fn object<'a>(n: &'a Node, path: &str, known: &[&str]) -> Result<&'a Fields, ConfigError> {
     let Json::Object(fields) = &n.value else {
@@ -176,7 +191,7 @@ fn object<'a>(n: &'a Node, path: &str, known: &[&str]) -> Result<&'a Fields, Con
             format!(
                 "unknown field at {}, expected one of: {}",
                 v.at,
-                known.join(", ")
+                List(known)
             ),
         ));
     }
@@ -209,13 +224,14 @@ fn choice<T: Copy>(n: &Node, path: &str, options: &[(&str, T)]) -> Result<T, Con
         Some((_, v)) => Ok(*v),
         None => {
             let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            let names = List(&names);
             Err(shape(
                 path,
                 format!(
                     "unknown value {} at {}, expected one of: {}",
                     Quoted(&s),
                     n.at,
-                    names.join(", ")
+                    names
                 ),
             ))
         }
@@ -800,19 +816,19 @@ fn template(v: &str, constant: &dyn Fn(&[&str]) -> Option<String>) -> Result<Tem
     let mut segs: Vec<Segment> = Vec::new();
     let mut lit = String::new();
     let mut rest = v;
-    while let Some(pos) = rest.find('$') {
-        lit.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
+    // split_once rather than indexing: no char-boundary panics, so no panic formatting in the module.
+    while let Some((before, after)) = rest.split_once('$') {
+        lit.push_str(before);
         if let Some(tail) = after.strip_prefix('$') {
             lit.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let Some(end) = body.find('}') else {
+            let Some((key, tail)) = body.split_once('}') else {
                 return Err(format!(
                     "unterminated placeholder \"${{{body}\": close it with '}}' (write $$ for a literal '$')"
                 ));
             };
-            let key = body[..end].trim();
+            let key = key.trim();
             match placeholder(key)? {
                 Placeholder::Constant(path) => {
                     let value = constant(path).unwrap_or_default();
@@ -828,7 +844,7 @@ fn template(v: &str, constant: &dyn Fn(&[&str]) -> Option<String>) -> Result<Tem
                     segs.push(Segment::Attr(attr));
                 }
             }
-            rest = &body[end + 1..];
+            rest = tail;
         } else {
             lit.push('$');
             rest = after;
@@ -874,7 +890,7 @@ fn placeholder(key: &str) -> Result<Placeholder, String> {
             } else {
                 return Err(format!(
                     "unknown placeholder ${{{key}}}; known: {}",
-                    PLACEHOLDERS.join(", ")
+                    List(PLACEHOLDERS)
                 ));
             }
         }

@@ -253,7 +253,8 @@ impl Parser<'_> {
             }
         }
         Ok(Json::Number(
-            String::from_utf8_lossy(&self.s[start..self.i]).into_owned(),
+            // Only ASCII digits, signs, '.', 'e' were consumed.
+            self.s[start..self.i].iter().map(|&b| b as char).collect(),
         ))
     }
 

@@ -41,9 +41,18 @@ mod glue {
         active: Option<Rc<Active>>,
     }
 
+    /// Follow Envoy's level. (`proxy_wasm::set_log_level` is called once, in `main!`, which
+    /// installs the logger; here only the filter level changes.)
     fn refresh_log_level() {
         if let Ok(level) = hostcalls::get_log_level() {
-            proxy_wasm::set_log_level(level);
+            log::set_max_level(match level {
+                LogLevel::Trace => log::LevelFilter::Trace,
+                LogLevel::Debug => log::LevelFilter::Debug,
+                LogLevel::Info => log::LevelFilter::Info,
+                LogLevel::Warn => log::LevelFilter::Warn,
+                LogLevel::Error => log::LevelFilter::Error,
+                LogLevel::Critical => log::LevelFilter::Off,
+            });
         }
     }
 
