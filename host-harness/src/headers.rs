@@ -1,0 +1,241 @@
+//! Header maps as Envoy keeps them (ordered, lower-case names, repeated names allowed) and the
+//! pairs serialization of `proxy_get_header_map_pairs` / `proxy_set_header_map_pairs`.
+//!
+//! Pairs format (little-endian): `u32 count`, then `count` × (`u32 key_len`, `u32 value_len`),
+//! then for each pair the key bytes, a NUL, the value bytes, a NUL.
+//!
+//! ```
+//! use proxy_wasm_harness::headers::HeaderMap;
+//!
+//! let mut h = HeaderMap::from_pairs(&[(":status", "200"), ("X-A", "1")]);
+//! h.add("x-a", "2");
+//! assert_eq!(h.get_all("x-a"), ["1", "2"]);
+//! let bytes = h.serialize();
+//! assert_eq!(HeaderMap::deserialize(&bytes).unwrap(), h);
+//! ```
+
+/// An ordered multimap of headers. Names are stored lower-case; values are bytes as Envoy allows
+/// (not necessarily UTF-8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    entries: Vec<(String, Vec<u8>)>,
+}
+
+impl HeaderMap {
+    /// An empty map.
+    pub fn new() -> HeaderMap {
+        HeaderMap::default()
+    }
+
+    /// A map from `(name, value)` pairs (names are lower-cased).
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.add(k.as_ref(), v.as_ref());
+        }
+        m
+    }
+
+    /// Number of entries (a repeated name counts each time).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first value of `name` as text (lossy), if present.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.get_bytes(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The first value of `name`, if present.
+    pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every value of `name`, in order, as text (lossy).
+    pub fn get_all(&self, name: &str) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get_bytes(name).is_some()
+    }
+
+    /// Append a value (Envoy's `addCopy`).
+    pub fn add(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        self.entries
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+    }
+
+    /// Replace every value of `name` with one, keeping the position of the first (Envoy's
+    /// `setCopy`); appends when absent.
+    pub fn set(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let value = value.as_ref();
+        match self
+            .entries
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            Some(first) => {
+                self.entries[first].1 = value.to_vec();
+                let mut i = first + 1;
+                while i < self.entries.len() {
+                    if self.entries[i].0.eq_ignore_ascii_case(name) {
+                        self.entries.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            None => self.add(name, value),
+        }
+    }
+
+    /// Remove every value of `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    /// The entries, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// The entries as text pairs (values lossy), for assertions.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
+
+    /// Size in bytes as Envoy's `byteSize` counts it: names plus values.
+    pub fn byte_size(&self) -> usize {
+        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// The pairs serialization.
+    pub fn serialize(&self) -> Vec<u8> {
+        serialize_pairs(self.iter())
+    }
+
+    /// Parse the pairs serialization; `None` when it is malformed.
+    pub fn deserialize(bytes: &[u8]) -> Option<HeaderMap> {
+        let pairs = deserialize_pairs(bytes)?;
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.add(std::str::from_utf8(k).ok()?, v);
+        }
+        Some(m)
+    }
+}
+
+/// Serialize `(key, value)` pairs in the proxy-wasm pairs format.
+pub fn serialize_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> Vec<u8> {
+    let (count, data) = pairs.clone().fold((0usize, 0usize), |(n, d), (k, v)| {
+        (n + 1, d + k.len() + v.len() + 2)
+    });
+    let mut out = Vec::with_capacity(4 + count * 8 + data);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// Parse the pairs format into borrowed `(key, value)` slices; `None` when malformed.
+pub fn deserialize_pairs(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let word = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = word(0)?;
+    let mut sizes = Vec::with_capacity(count.min(1024));
+    let mut at = 4;
+    for _ in 0..count {
+        sizes.push((word(at)?, word(at + 4)?));
+        at += 8;
+    }
+    let mut out = Vec::with_capacity(sizes.len());
+    for (klen, vlen) in sizes {
+        let k = bytes.get(at..at + klen)?;
+        at += klen;
+        if bytes.get(at) != Some(&0) {
+            return None;
+        }
+        at += 1;
+        let v = bytes.get(at..at + vlen)?;
+        at += vlen;
+        if bytes.get(at) != Some(&0) {
+            return None;
+        }
+        at += 1;
+        out.push((k, v));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip_byte_for_byte() {
+        let h = HeaderMap::from_pairs(&[("a", "1"), ("bc", "")]);
+        let b = h.serialize();
+        assert_eq!(
+            b,
+            [
+                2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'a', 0, b'1', 0, b'b',
+                b'c', 0, 0
+            ]
+        );
+        assert_eq!(HeaderMap::deserialize(&b).unwrap(), h);
+    }
+
+    #[test]
+    fn malformed_pairs_are_refused() {
+        assert!(deserialize_pairs(&[1, 0, 0, 0]).is_none());
+        assert!(deserialize_pairs(&[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'a', 1, 0]).is_none());
+        assert_eq!(
+            deserialize_pairs(&[]).unwrap(),
+            Vec::<(&[u8], &[u8])>::new()
+        );
+    }
+
+    #[test]
+    fn set_replaces_all_values_in_place_of_the_first() {
+        let mut h = HeaderMap::from_pairs(&[("x", "1"), ("y", "2"), ("x", "3")]);
+        h.set("X", "9");
+        assert_eq!(
+            h.to_pairs(),
+            [("x".into(), "9".into()), ("y".into(), "2".into())]
+        );
+        h.remove("y");
+        h.set("z", "new");
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.byte_size(), 1 + 1 + 1 + 3);
+    }
+}

@@ -1,0 +1,797 @@
+//! The host: what every plugin and VM of one "Envoy" shares (clock, logs, metrics, shared data,
+//! queues, properties, pending calls), and the API to build plugins and drive time.
+
+use crate::abi::{LogLevel, MetricType, Status};
+use crate::error::{Error, Result};
+use crate::headers::HeaderMap;
+use crate::plugin::{FailurePolicy, Plugin, PluginBuilder};
+use crate::runtime::Module;
+use crate::vm::{CallResponse, VmInner, VmState};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One line a module logged (through `proxy_log`, or stdout/stderr via WASI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Level.
+    pub level: LogLevel,
+    /// The message.
+    pub message: String,
+    /// The VM it came from.
+    pub vm_id: String,
+    /// The root id of the plugin whose context logged, empty for the VM context.
+    pub root_id: String,
+    /// The context id that logged.
+    pub context_id: u32,
+}
+
+/// A metric a module defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metric {
+    /// Name as defined (Envoy shows it with the `wasmcustom.` prefix).
+    pub name: String,
+    /// Kind.
+    pub kind: MetricType,
+    /// Counter or gauge value.
+    pub value: i64,
+    /// Values a histogram recorded.
+    pub recorded: Vec<u64>,
+}
+
+impl Metric {
+    pub(crate) fn increment(&mut self, offset: i64) -> Status {
+        match self.kind {
+            MetricType::Counter if offset < 0 => Status::BadArgument,
+            MetricType::Counter | MetricType::Gauge => {
+                self.value = self.value.wrapping_add(offset);
+                Status::Ok
+            }
+            MetricType::Histogram => Status::BadArgument,
+        }
+    }
+
+    pub(crate) fn record(&mut self, value: u64) -> Status {
+        match self.kind {
+            MetricType::Counter | MetricType::Gauge => {
+                self.value = value as i64;
+                Status::Ok
+            }
+            MetricType::Histogram => {
+                self.recorded.push(value);
+                Status::Ok
+            }
+        }
+    }
+
+    pub(crate) fn get(&self) -> std::result::Result<u64, Status> {
+        match self.kind {
+            MetricType::Counter | MetricType::Gauge => Ok(self.value as u64),
+            MetricType::Histogram => Err(Status::BadArgument),
+        }
+    }
+}
+
+/// An HTTP call a module dispatched with `proxy_http_call`, waiting for the test's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    /// Token the module got.
+    pub token: u32,
+    /// The cluster (upstream) named.
+    pub upstream: String,
+    /// Request headers (with `:method`, `:path`, `:authority`).
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// Request trailers.
+    pub trailers: HeaderMap,
+    /// Timeout the module asked for.
+    pub timeout_ms: u32,
+    pub(crate) vm_index: usize,
+    pub(crate) context: u32,
+}
+
+/// A gRPC call or stream a module opened, waiting for the test's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// Token the module got.
+    pub token: u32,
+    /// The service (cluster) as the module serialized it.
+    pub service: String,
+    /// gRPC service name.
+    pub service_name: String,
+    /// Method.
+    pub method: String,
+    /// Initial metadata.
+    pub initial_metadata: HeaderMap,
+    /// Messages sent (one for a unary call).
+    pub sent: Vec<Vec<u8>>,
+    /// A stream (`proxy_grpc_stream`) rather than a unary call.
+    pub stream: bool,
+    /// Timeout (unary calls).
+    pub timeout_ms: u32,
+    pub(crate) vm_index: usize,
+    pub(crate) context: u32,
+    /// `proxy_grpc_cancel` was called.
+    pub cancelled: bool,
+    /// The module closed its side (end of stream, `proxy_grpc_close`, or a unary call).
+    pub local_closed: bool,
+}
+
+type Foreign = Rc<dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, Status>>;
+
+struct Queue {
+    vm_id: String,
+    name: String,
+    vm_index: usize,
+    context: u32,
+    items: VecDeque<Vec<u8>>,
+}
+
+/// Work to run after the current callback returns (never re-entering a running VM).
+pub(crate) enum Deferred {
+    QueueReady {
+        vm_index: usize,
+        context: u32,
+        token: u32,
+    },
+}
+
+/// Host-wide state, shared by every VM of a [`Host`].
+pub(crate) struct Shared {
+    pub now: u64,
+    start: u64,
+    pub log_level: LogLevel,
+    pub logs: Vec<LogRecord>,
+    pub properties: HashMap<String, Vec<u8>>,
+    pub shared_data: HashMap<(String, String), (Vec<u8>, u32)>,
+    next_cas: u32,
+    queues: Vec<Queue>,
+    metrics: Vec<Metric>,
+    pub foreign: HashMap<String, Foreign>,
+    clusters: Option<Vec<String>>,
+    pub http_calls: Vec<HttpCall>,
+    pub grpc_calls: Vec<GrpcCall>,
+    next_token: u32,
+    pub env: Vec<(String, String)>,
+    rng: u64,
+    pub vms: Vec<Weak<RefCell<VmInner>>>,
+    pub deferred: Vec<Deferred>,
+}
+
+impl Shared {
+    pub(crate) fn log(
+        &mut self,
+        level: LogLevel,
+        message: String,
+        vm_id: &str,
+        root_id: &str,
+        ctx: u32,
+    ) {
+        self.logs.push(LogRecord {
+            level,
+            message,
+            vm_id: vm_id.to_string(),
+            root_id: root_id.to_string(),
+            context_id: ctx,
+        });
+    }
+
+    pub(crate) fn monotonic(&self) -> u64 {
+        self.now - self.start
+    }
+
+    pub(crate) fn set_shared_data(
+        &mut self,
+        vm_id: &str,
+        key: String,
+        value: Vec<u8>,
+        cas: u32,
+    ) -> Status {
+        let slot = (vm_id.to_string(), key);
+        if cas != 0 {
+            match self.shared_data.get(&slot) {
+                Some((_, current)) if *current == cas => {}
+                _ => return Status::CasMismatch,
+            }
+        }
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.shared_data.insert(slot, (value, self.next_cas));
+        Status::Ok
+    }
+
+    pub(crate) fn register_queue(
+        &mut self,
+        vm_id: &str,
+        name: String,
+        vm_index: usize,
+        context: u32,
+    ) -> u32 {
+        if let Some(i) = self
+            .queues
+            .iter()
+            .position(|q| q.vm_id == vm_id && q.name == name)
+        {
+            let q = &mut self.queues[i];
+            q.vm_index = vm_index;
+            q.context = context;
+            return i as u32 + 1;
+        }
+        self.queues.push(Queue {
+            vm_id: vm_id.to_string(),
+            name,
+            vm_index,
+            context,
+            items: VecDeque::new(),
+        });
+        self.queues.len() as u32
+    }
+
+    pub(crate) fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        self.queues
+            .iter()
+            .position(|q| q.vm_id == vm_id && q.name == name)
+            .map(|i| i as u32 + 1)
+    }
+
+    pub(crate) fn enqueue(&mut self, token: u32, value: Vec<u8>) -> Status {
+        let Some(q) = token
+            .checked_sub(1)
+            .and_then(|i| self.queues.get_mut(i as usize))
+        else {
+            return Status::NotFound;
+        };
+        q.items.push_back(value);
+        let (vm_index, context) = (q.vm_index, q.context);
+        self.deferred.push(Deferred::QueueReady {
+            vm_index,
+            context,
+            token,
+        });
+        Status::Ok
+    }
+
+    pub(crate) fn dequeue(&mut self, token: u32) -> std::result::Result<Vec<u8>, Status> {
+        let q = token
+            .checked_sub(1)
+            .and_then(|i| self.queues.get_mut(i as usize))
+            .ok_or(Status::NotFound)?;
+        q.items.pop_front().ok_or(Status::Empty)
+    }
+
+    pub(crate) fn define_metric(&mut self, kind: MetricType, name: String) -> u32 {
+        if let Some(i) = self
+            .metrics
+            .iter()
+            .position(|m| m.name == name && m.kind == kind)
+        {
+            return i as u32 + 1;
+        }
+        self.metrics.push(Metric {
+            name,
+            kind,
+            value: 0,
+            recorded: Vec::new(),
+        });
+        self.metrics.len() as u32
+    }
+
+    pub(crate) fn metric_mut(&mut self, id: u32) -> std::result::Result<&mut Metric, Status> {
+        id.checked_sub(1)
+            .and_then(|i| self.metrics.get_mut(i as usize))
+            .ok_or(Status::NotFound)
+    }
+
+    pub(crate) fn knows_cluster(&self, name: &str) -> bool {
+        self.clusters
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|n| n == name))
+    }
+
+    fn token(&mut self) -> u32 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    pub(crate) fn add_http_call(&mut self, mut call: HttpCall) -> u32 {
+        call.token = self.token();
+        let t = call.token;
+        self.http_calls.push(call);
+        t
+    }
+
+    pub(crate) fn add_grpc_call(&mut self, mut call: GrpcCall) -> u32 {
+        call.token = self.token();
+        let t = call.token;
+        self.grpc_calls.push(call);
+        t
+    }
+
+    pub(crate) fn grpc_call_mut(&mut self, token: u32) -> Option<&mut GrpcCall> {
+        self.grpc_calls.iter_mut().find(|c| c.token == token)
+    }
+
+    pub(crate) fn random_bytes(&mut self, n: usize) -> Vec<u8> {
+        // xorshift64*: reproducible per host, which tests want; modules asking for entropy get
+        // bytes that differ from call to call.
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            out.extend_from_slice(&v.to_le_bytes()[..(n - out.len()).min(8)]);
+        }
+        out
+    }
+
+    fn vm(&self, index: usize) -> Option<Rc<RefCell<VmInner>>> {
+        self.vms.get(index).and_then(Weak::upgrade)
+    }
+}
+
+/// The key of a property path: NUL-separated tokens without a trailing NUL.
+pub(crate) fn path_key(path: &[u8]) -> String {
+    String::from_utf8_lossy(path)
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+fn int(v: i64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+/// Resolve a property for the acting context: values set on the stream, then attributes derived
+/// from the stream's headers, then the plugin's, then the host's.
+pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
+    let key = path_key(path);
+    let ctx = d.context();
+    if let Some(s) = d.streams.get(&ctx) {
+        if let Some(v) = s.properties.get(&key) {
+            return Some(v.clone());
+        }
+        let req = s.request_headers.as_ref();
+        let rh = |name: &str| req.and_then(|h| h.get_bytes(name)).map(<[u8]>::to_vec);
+        let derived = match key.as_str() {
+            "request\0path" => rh(":path"),
+            "request\0url_path" => rh(":path").map(|p| {
+                let end = p.iter().position(|&b| b == b'?').unwrap_or(p.len());
+                p[..end].to_vec()
+            }),
+            "request\0host" => rh(":authority"),
+            "request\0scheme" => rh(":scheme"),
+            "request\0method" => rh(":method"),
+            "request\0id" => rh("x-request-id"),
+            "request\0referer" => rh("referer"),
+            "request\0useragent" => rh("user-agent"),
+            "request\0protocol" => req.map(|_| b"HTTP/1.1".to_vec()),
+            "response\0code" => s
+                .response_headers
+                .as_ref()
+                .and_then(|h| h.get(":status"))
+                .and_then(|c| c.parse::<i64>().ok())
+                .map(int),
+            _ => None,
+        };
+        if derived.is_some() {
+            return derived;
+        }
+        if let Some(h) = key.strip_prefix("request\0headers\0") {
+            return rh(h);
+        }
+        if let Some(h) = key.strip_prefix("response\0headers\0") {
+            return s
+                .response_headers
+                .as_ref()
+                .and_then(|m| m.get_bytes(h))
+                .map(<[u8]>::to_vec);
+        }
+    }
+    if let Some(root) = d.root_of(ctx) {
+        match key.as_str() {
+            "plugin_root_id" => return Some(root.root_id.clone().into_bytes()),
+            "plugin_name" => return Some(root.name.clone().into_bytes()),
+            _ => {}
+        }
+    }
+    if key == "plugin_vm_id" {
+        return Some(d.vm_id.clone().into_bytes());
+    }
+    d.shared.borrow().properties.get(&key).cloned()
+}
+
+/// A proxy-wasm host: a value, never global, so tests run in parallel. It owns the controllable
+/// clock, the logs, metrics, shared data and queues of every plugin created from it.
+#[derive(Clone)]
+pub struct Host {
+    pub(crate) shared: Rc<RefCell<Shared>>,
+}
+
+impl Default for Host {
+    fn default() -> Host {
+        Host::new()
+    }
+}
+
+impl Host {
+    /// A host whose clock starts at the current time, log level `trace` (everything recorded),
+    /// node id `test-node` in cluster `test-cluster`, and any upstream cluster name accepted
+    /// for HTTP calls.
+    pub fn new() -> Host {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let shared = Shared {
+            now,
+            start: now,
+            log_level: LogLevel::Trace,
+            logs: Vec::new(),
+            properties: HashMap::new(),
+            shared_data: HashMap::new(),
+            next_cas: 0,
+            queues: Vec::new(),
+            metrics: Vec::new(),
+            foreign: HashMap::new(),
+            clusters: None,
+            http_calls: Vec::new(),
+            grpc_calls: Vec::new(),
+            next_token: 0,
+            env: Vec::new(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+            vms: Vec::new(),
+            deferred: Vec::new(),
+        };
+        let host = Host {
+            shared: Rc::new(RefCell::new(shared)),
+        };
+        host.set_property(&["xds", "node", "id"], "test-node");
+        host.set_property(&["xds", "node", "cluster"], "test-cluster");
+        host.set_property(&["source", "address"], "127.0.0.1:40000");
+        host.set_property(&["destination", "address"], "127.0.0.1:10000");
+        host
+    }
+
+    /// Start building a plugin of `module` (its own VM unless shared).
+    pub fn plugin(&self, module: &Module) -> PluginBuilder {
+        PluginBuilder::new(self.clone(), module.clone())
+    }
+
+    /// A plugin with root id and configuration, fail-closed, in its own VM: the common case.
+    pub fn start_plugin(
+        &self,
+        module: &Module,
+        root_id: &str,
+        configuration: impl AsRef<[u8]>,
+    ) -> Result<Plugin> {
+        self.plugin(module)
+            .root_id(root_id)
+            .configuration(configuration)
+            .failure_policy(FailurePolicy::FailClosed)
+            .start()
+    }
+
+    /// Set a host-wide property (path tokens, e.g. `["xds", "node", "id"]`) to raw bytes.
+    pub fn set_property(&self, path: &[&str], value: impl AsRef<[u8]>) {
+        self.shared
+            .borrow_mut()
+            .properties
+            .insert(path.join("\0"), value.as_ref().to_vec());
+    }
+
+    /// The level modules see from `proxy_get_log_level`. Every line is recorded regardless.
+    pub fn set_log_level(&self, level: LogLevel) {
+        self.shared.borrow_mut().log_level = level;
+    }
+
+    /// Environment variables for WASI `environ_get` (Envoy's `vm_config.environment_variables`).
+    pub fn set_env(&self, vars: &[(&str, &str)]) {
+        self.shared.borrow_mut().env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Restrict `proxy_http_call` to these cluster names (others get `BadArgument`, as Envoy
+    /// answers for an unknown cluster).
+    pub fn set_clusters(&self, names: &[&str]) {
+        self.shared.borrow_mut().clusters = Some(names.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// Register a foreign function modules can call with `proxy_call_foreign_function`.
+    pub fn register_foreign_function(
+        &self,
+        name: &str,
+        f: impl Fn(&[u8]) -> std::result::Result<Vec<u8>, Status> + 'static,
+    ) {
+        self.shared
+            .borrow_mut()
+            .foreign
+            .insert(name.to_string(), Rc::new(f));
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<LogRecord> {
+        self.shared.borrow().logs.clone()
+    }
+
+    /// Messages logged at `level`.
+    pub fn logs_at(&self, level: LogLevel) -> Vec<String> {
+        self.shared
+            .borrow()
+            .logs
+            .iter()
+            .filter(|l| l.level == level)
+            .map(|l| l.message.clone())
+            .collect()
+    }
+
+    /// Whether any log line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.shared
+            .borrow()
+            .logs
+            .iter()
+            .any(|l| l.message.contains(needle))
+    }
+
+    /// Forget the logs recorded so far.
+    pub fn clear_logs(&self) {
+        self.shared.borrow_mut().logs.clear();
+    }
+
+    /// A metric by the name the module defined (without Envoy's `wasmcustom.` prefix).
+    pub fn metric(&self, name: &str) -> Option<Metric> {
+        self.shared
+            .borrow()
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+    }
+
+    /// Every metric.
+    pub fn metrics(&self) -> Vec<Metric> {
+        self.shared.borrow().metrics.clone()
+    }
+
+    /// Shared data of `vm_id` under `key`: value and CAS.
+    pub fn shared_data(&self, vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared
+            .borrow()
+            .shared_data
+            .get(&(vm_id.to_string(), key.to_string()))
+            .cloned()
+    }
+
+    /// HTTP calls modules made that have not been answered yet.
+    pub fn pending_http_calls(&self) -> Vec<HttpCall> {
+        self.shared.borrow().http_calls.clone()
+    }
+
+    /// gRPC calls and streams that are still open.
+    pub fn pending_grpc_calls(&self) -> Vec<GrpcCall> {
+        self.shared.borrow().grpc_calls.clone()
+    }
+
+    /// The host clock (nanoseconds since the Unix epoch).
+    pub fn now_nanos(&self) -> u64 {
+        self.shared.borrow().now
+    }
+
+    /// Advance the clock; every plugin whose tick period elapsed gets `proxy_on_tick` (once per
+    /// elapsed period, in time order).
+    pub fn advance(&self, by: Duration) -> Result<()> {
+        let target = self.shared.borrow().now + by.as_nanos() as u64;
+        loop {
+            // The earliest due tick across all VMs.
+            let mut due: Option<(u64, Rc<RefCell<VmInner>>, u32)> = None;
+            let vms: Vec<_> = self
+                .shared
+                .borrow()
+                .vms
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            for vm in vms {
+                let v = vm.borrow();
+                if v.failed.is_some() {
+                    continue;
+                }
+                for (id, r) in &v.store.data().roots {
+                    if r.tick_period.is_some()
+                        && r.next_tick <= target
+                        && due.as_ref().is_none_or(|d| r.next_tick < d.0)
+                    {
+                        due = Some((r.next_tick, vm.clone(), *id));
+                    }
+                }
+            }
+            let Some((at, vm, ctx)) = due else { break };
+            self.shared.borrow_mut().now = at;
+            {
+                let mut v = vm.borrow_mut();
+                if let Some(r) = v.store.data_mut().roots.get_mut(&ctx) {
+                    r.next_tick = at
+                        + r.tick_period
+                            .map(|p| p.as_nanos() as u64)
+                            .unwrap_or(u64::MAX / 2);
+                }
+                let f = v.exports.on_tick.clone();
+                v.call("proxy_on_tick", ctx, f, ctx as i32)?;
+            }
+            self.run_deferred()?;
+        }
+        self.shared.borrow_mut().now = target;
+        Ok(())
+    }
+
+    /// Answer a pending HTTP call: the module's `proxy_on_http_call_response` runs with these
+    /// headers, body and trailers.
+    pub fn respond_http_call(
+        &self,
+        token: u32,
+        headers: &[(&str, &str)],
+        body: impl AsRef<[u8]>,
+        trailers: &[(&str, &str)],
+    ) -> Result<()> {
+        let call = {
+            let mut s = self.shared.borrow_mut();
+            let i = s
+                .http_calls
+                .iter()
+                .position(|c| c.token == token)
+                .ok_or(Error::UnknownToken(token))?;
+            s.http_calls.remove(i)
+        };
+        let response = CallResponse {
+            headers: HeaderMap::from_pairs(headers),
+            body: body.as_ref().to_vec(),
+            trailers: HeaderMap::from_pairs(trailers),
+            grpc_status: None,
+        };
+        self.deliver_http_response(call, Some(response))
+    }
+
+    /// Fail a pending HTTP call (Envoy's reset or timeout): the callback runs with no headers
+    /// and no body.
+    pub fn fail_http_call(&self, token: u32) -> Result<()> {
+        let call = {
+            let mut s = self.shared.borrow_mut();
+            let i = s
+                .http_calls
+                .iter()
+                .position(|c| c.token == token)
+                .ok_or(Error::UnknownToken(token))?;
+            s.http_calls.remove(i)
+        };
+        self.deliver_http_response(call, None)
+    }
+
+    fn deliver_http_response(&self, call: HttpCall, response: Option<CallResponse>) -> Result<()> {
+        let vm = self
+            .shared
+            .borrow()
+            .vm(call.vm_index)
+            .ok_or(Error::Usage("the VM that made the call is gone".into()))?;
+        {
+            let mut v = vm.borrow_mut();
+            let (n_h, n_b, n_t) = response.as_ref().map_or((0, 0, 0), |r| {
+                (r.headers.len(), r.body.len(), r.trailers.len())
+            });
+            v.store.data_mut().call_response = Some(response.unwrap_or_default());
+            let f = v.exports.on_http_call_response.clone();
+            let out = v.call(
+                "proxy_on_http_call_response",
+                call.context,
+                f,
+                (
+                    call.context as i32,
+                    call.token as i32,
+                    n_h as i32,
+                    n_b as i32,
+                    n_t as i32,
+                ),
+            );
+            v.store.data_mut().call_response = None;
+            out?;
+        }
+        self.run_deferred()
+    }
+
+    /// Answer a pending unary gRPC call (or end a stream) with a status, message and metadata:
+    /// runs the module's initial metadata, receive and close callbacks as Envoy does.
+    pub fn respond_grpc_call(
+        &self,
+        token: u32,
+        status: u32,
+        message: &str,
+        response: Option<&[u8]>,
+    ) -> Result<()> {
+        let call = {
+            let mut s = self.shared.borrow_mut();
+            let i = s
+                .grpc_calls
+                .iter()
+                .position(|c| c.token == token)
+                .ok_or(Error::UnknownToken(token))?;
+            s.grpc_calls.remove(i)
+        };
+        let vm = self
+            .shared
+            .borrow()
+            .vm(call.vm_index)
+            .ok_or(Error::Usage("the VM that made the call is gone".into()))?;
+        {
+            let mut v = vm.borrow_mut();
+            let ctx = call.context as i32;
+            if let Some(body) = response {
+                v.store.data_mut().call_response = Some(CallResponse {
+                    body: body.to_vec(),
+                    ..CallResponse::default()
+                });
+                let f = v.exports.on_grpc_receive.clone();
+                let r = v.call(
+                    "proxy_on_grpc_receive",
+                    call.context,
+                    f,
+                    (ctx, token as i32, body.len() as i32),
+                );
+                if r.is_err() {
+                    v.store.data_mut().call_response = None;
+                    r?;
+                }
+            }
+            v.store.data_mut().call_response = Some(CallResponse {
+                grpc_status: Some((status, message.to_string())),
+                ..CallResponse::default()
+            });
+            let f = v.exports.on_grpc_close.clone();
+            let r = v.call(
+                "proxy_on_grpc_close",
+                call.context,
+                f,
+                (ctx, token as i32, status as i32),
+            );
+            v.store.data_mut().call_response = None;
+            r?;
+        }
+        self.run_deferred()
+    }
+
+    /// Deliver work that had to wait for a callback to return (queue notifications).
+    pub(crate) fn run_deferred(&self) -> Result<()> {
+        loop {
+            let next = {
+                let mut s = self.shared.borrow_mut();
+                if s.deferred.is_empty() {
+                    return Ok(());
+                }
+                s.deferred.remove(0)
+            };
+            match next {
+                Deferred::QueueReady {
+                    vm_index,
+                    context,
+                    token,
+                } => {
+                    let Some(vm) = self.shared.borrow().vm(vm_index) else {
+                        continue;
+                    };
+                    let mut v = vm.borrow_mut();
+                    if v.failed.is_some() {
+                        continue;
+                    }
+                    let f = v.exports.on_queue_ready.clone();
+                    v.call(
+                        "proxy_on_queue_ready",
+                        context,
+                        f,
+                        (context as i32, token as i32),
+                    )?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,945 @@
+//! The host functions: the proxy-wasm ABI (`env.proxy_*`) and WASI preview 1 as Envoy provides it.
+//! Status codes follow proxy-wasm-cpp-host and Envoy's context. See the crate README for the list
+//! and for what is `Unimplemented`.
+
+use crate::abi::{
+    AbiVersion, BufferType, ENV_MODULE, LogLevel, MapType, MetricType, Status, WASI_MODULE,
+};
+use crate::headers::{HeaderMap, deserialize_pairs};
+use crate::host::{GrpcCall, HttpCall, Metric};
+use crate::vm::{Abort, LocalResponse, StreamCtx, VmState};
+use std::collections::HashSet;
+use wasmtime::{Caller, ExternType, FuncType, Linker, Val};
+
+type C<'a> = Caller<'a, VmState>;
+type R = wasmtime::Result<i32>;
+
+const OK: i32 = Status::Ok as i32;
+
+fn st(s: Status) -> R {
+    Ok(s as i32)
+}
+
+/// Read `len` bytes at `ptr` from the module's memory.
+fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+    let mem = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
+    let data = mem.data(&*c);
+    let (p, l) = (ptr as u32 as usize, len as u32 as usize);
+    data.get(p..p.checked_add(l).ok_or(Status::InvalidMemoryAccess)?)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
+fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> Result<String, Status> {
+    read(c, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn write(c: &mut C<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    let mem = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
+    let p = ptr as u32 as usize;
+    mem.data_mut(&mut *c)
+        .get_mut(p..p + bytes.len())
+        .ok_or(Status::InvalidMemoryAccess)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> Result<(), Status> {
+    write(c, ptr, &v.to_le_bytes())
+}
+
+/// Allocate in the module, copy `bytes` there, and store pointer and size at the out-params.
+/// Empty data is returned as (0, 0) without allocating, as cpp-host does.
+fn give(
+    c: &mut C<'_>,
+    bytes: &[u8],
+    ptr_ptr: i32,
+    size_ptr: i32,
+) -> wasmtime::Result<Result<(), Status>> {
+    let mut ptr = 0u32;
+    if !bytes.is_empty() {
+        let Some(alloc) = c.data().alloc.clone() else {
+            return Ok(Err(Status::InternalFailure));
+        };
+        ptr = alloc.call(&mut *c, bytes.len() as i32)? as u32;
+        if ptr == 0 {
+            return Ok(Err(Status::InternalFailure));
+        }
+        if let Err(s) = write(c, ptr as i32, bytes) {
+            return Ok(Err(s));
+        }
+    }
+    Ok(write_u32(c, ptr_ptr, ptr).and_then(|_| write_u32(c, size_ptr, bytes.len() as u32)))
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(s) => return Ok(s as i32),
+        }
+    };
+}
+
+/// Finish a `give`: a trap propagates, a status is returned.
+fn gave(r: wasmtime::Result<Result<(), Status>>) -> R {
+    match r? {
+        Ok(()) => Ok(OK),
+        Err(s) => Ok(s as i32),
+    }
+}
+
+fn stream<'a>(d: &'a mut VmState) -> Result<&'a mut StreamCtx, Status> {
+    let ctx = d.context();
+    d.streams.get_mut(&ctx).ok_or(Status::BadArgument)
+}
+
+fn header_map<'a>(d: &'a mut VmState, t: i32) -> Result<&'a mut HeaderMap, Status> {
+    let t = MapType::from_i32(t).ok_or(Status::BadArgument)?;
+    if matches!(
+        t,
+        MapType::HttpCallResponseHeaders
+            | MapType::HttpCallResponseTrailers
+            | MapType::GrpcReceiveInitialMetadata
+            | MapType::GrpcReceiveTrailingMetadata
+    ) {
+        let r = d.call_response.as_mut().ok_or(Status::BadArgument)?;
+        return Ok(match t {
+            MapType::HttpCallResponseHeaders | MapType::GrpcReceiveInitialMetadata => {
+                &mut r.headers
+            }
+            _ => &mut r.trailers,
+        });
+    }
+    let s = stream(d)?;
+    let m = match t {
+        MapType::HttpRequestHeaders => &mut s.request_headers,
+        MapType::HttpRequestTrailers => &mut s.request_trailers,
+        MapType::HttpResponseHeaders => &mut s.response_headers,
+        _ => &mut s.response_trailers,
+    };
+    m.as_mut().ok_or(Status::BadArgument)
+}
+
+/// Define every host function for `abi`; returns the `(module, name)` pairs provided.
+pub(crate) fn define(
+    l: &mut Linker<VmState>,
+    abi: AbiVersion,
+) -> wasmtime::Result<HashSet<(&'static str, &'static str)>> {
+    let mut names: HashSet<(&'static str, &'static str)> = HashSet::new();
+    macro_rules! env {
+        ($name:literal, $f:expr) => {{
+            l.func_wrap(ENV_MODULE, $name, $f)?;
+            names.insert((ENV_MODULE, $name));
+        }};
+    }
+    macro_rules! wasi {
+        ($name:literal, $f:expr) => {{
+            l.func_wrap(WASI_MODULE, $name, $f)?;
+            names.insert((WASI_MODULE, $name));
+        }};
+    }
+
+    // ---- logging, time, configuration ----
+    env!("proxy_log", |mut c: C<'_>,
+                       level: i32,
+                       ptr: i32,
+                       len: i32|
+     -> R {
+        let msg = tri!(read_str(&mut c, ptr, len));
+        let level = tri!(LogLevel::from_i32(level).ok_or(Status::BadArgument));
+        c.data().log(level, msg);
+        Ok(OK)
+    });
+    env!("proxy_get_log_level", |mut c: C<'_>, out: i32| -> R {
+        let level = c.data().shared.borrow().log_level as u32;
+        tri!(write_u32(&mut c, out, level));
+        Ok(OK)
+    });
+    env!("proxy_get_current_time_nanoseconds", |mut c: C<'_>,
+                                                out: i32|
+     -> R {
+        let now = c.data().shared.borrow().now;
+        tri!(write(&mut c, out, &now.to_le_bytes()));
+        Ok(OK)
+    });
+    env!("proxy_set_tick_period_milliseconds", |mut c: C<'_>,
+                                                ms: i32|
+     -> R {
+        let d = c.data_mut();
+        let now = d.shared.borrow().now;
+        let ctx = d.context();
+        let root = match d.roots.get_mut(&ctx) {
+            Some(r) => r,
+            None => {
+                let Some(root) = d.streams.get(&ctx).map(|s| s.root) else {
+                    return st(Status::BadArgument);
+                };
+                tri!(d.roots.get_mut(&root).ok_or(Status::BadArgument))
+            }
+        };
+        let period = std::time::Duration::from_millis(ms as u32 as u64);
+        root.tick_period = (!period.is_zero()).then_some(period);
+        root.next_tick = now + period.as_nanos() as u64;
+        Ok(OK)
+    });
+    env!("proxy_get_configuration", |mut c: C<'_>,
+                                     ptr_ptr: i32,
+                                     size_ptr: i32|
+     -> R {
+        let cfg = {
+            let d = c.data();
+            d.root_of(d.context())
+                .map(|r| r.configuration.clone())
+                .unwrap_or_default()
+        };
+        gave(give(&mut c, &cfg, ptr_ptr, size_ptr))
+    });
+
+    // ---- buffers ----
+    env!("proxy_get_buffer_bytes", |mut c: C<'_>,
+                                    t: i32,
+                                    start: i32,
+                                    len: i32,
+                                    ptr_ptr: i32,
+                                    size_ptr: i32|
+     -> R {
+        let bytes = tri!(buffer(c.data(), t));
+        let (start, len) = (start as u32 as usize, len as u32 as usize);
+        if start.checked_add(len).is_none() || start > bytes.len() {
+            return st(Status::BadArgument);
+        }
+        let end = (start + len).min(bytes.len());
+        let slice = bytes[start..end].to_vec();
+        gave(give(&mut c, &slice, ptr_ptr, size_ptr))
+    });
+    env!("proxy_get_buffer_status", |mut c: C<'_>,
+                                     t: i32,
+                                     len_ptr: i32,
+                                     flags_ptr: i32|
+     -> R {
+        let n = tri!(buffer(c.data(), t)).len() as u32;
+        tri!(write_u32(&mut c, len_ptr, n));
+        tri!(write_u32(&mut c, flags_ptr, 0));
+        Ok(OK)
+    });
+    env!("proxy_set_buffer_bytes", |mut c: C<'_>,
+                                    t: i32,
+                                    start: i32,
+                                    len: i32,
+                                    ptr: i32,
+                                    size: i32|
+     -> R {
+        let data = tri!(read(&mut c, ptr, size));
+        let t = tri!(BufferType::from_i32(t).ok_or(Status::BadArgument));
+        let d = c.data_mut();
+        let buf: &mut Vec<u8> = match t {
+            BufferType::HttpRequestBody => &mut tri!(stream(d)).request_body,
+            BufferType::HttpResponseBody => &mut tri!(stream(d)).response_body,
+            BufferType::DownstreamData => &mut tri!(stream(d)).downstream_data,
+            BufferType::UpstreamData => &mut tri!(stream(d)).upstream_data,
+            BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer => {
+                &mut tri!(d.call_response.as_mut().ok_or(Status::NotFound)).body
+            }
+            _ => return st(Status::Unimplemented),
+        };
+        // Envoy's buffer semantics: start 0 replaces the first `len` bytes (prepends when
+        // len is 0); start at or past the end appends; anything else is refused.
+        let (start, len) = (start as u32 as usize, len as u32 as usize);
+        if start == 0 {
+            let cut = len.min(buf.len());
+            buf.splice(0..cut, data);
+        } else if start >= buf.len() {
+            buf.extend_from_slice(&data);
+        } else {
+            return st(Status::BadArgument);
+        }
+        Ok(OK)
+    });
+
+    // ---- header maps ----
+    env!("proxy_get_header_map_pairs", |mut c: C<'_>,
+                                        t: i32,
+                                        ptr_ptr: i32,
+                                        size_ptr: i32|
+     -> R {
+        let bytes = tri!(header_map(c.data_mut(), t)).serialize();
+        gave(give(&mut c, &bytes, ptr_ptr, size_ptr))
+    });
+    env!("proxy_set_header_map_pairs", |mut c: C<'_>,
+                                        t: i32,
+                                        ptr: i32,
+                                        size: i32|
+     -> R {
+        let raw = tri!(read(&mut c, ptr, size));
+        let pairs = tri!(deserialize_pairs(&raw).ok_or(Status::ParseFailure));
+        let mut new = HeaderMap::new();
+        for (k, v) in pairs {
+            new.add(&String::from_utf8_lossy(k), v);
+        }
+        *tri!(header_map(c.data_mut(), t)) = new;
+        Ok(OK)
+    });
+    env!("proxy_get_header_map_value", |mut c: C<'_>,
+                                        t: i32,
+                                        kp: i32,
+                                        ks: i32,
+                                        ptr_ptr: i32,
+                                        size_ptr: i32|
+     -> R {
+        let key = tri!(read_str(&mut c, kp, ks));
+        let v = tri!(header_map(c.data_mut(), t))
+            .get_bytes(&key)
+            .map(<[u8]>::to_vec);
+        let v = tri!(v.ok_or(Status::NotFound));
+        gave(give(&mut c, &v, ptr_ptr, size_ptr))
+    });
+    env!("proxy_add_header_map_value", |mut c: C<'_>,
+                                        t: i32,
+                                        kp: i32,
+                                        ks: i32,
+                                        vp: i32,
+                                        vs: i32|
+     -> R {
+        let key = tri!(read_str(&mut c, kp, ks));
+        let value = tri!(read(&mut c, vp, vs));
+        tri!(header_map(c.data_mut(), t)).add(&key, value);
+        Ok(OK)
+    });
+    env!("proxy_replace_header_map_value", |mut c: C<'_>,
+                                            t: i32,
+                                            kp: i32,
+                                            ks: i32,
+                                            vp: i32,
+                                            vs: i32|
+     -> R {
+        let key = tri!(read_str(&mut c, kp, ks));
+        let value = tri!(read(&mut c, vp, vs));
+        tri!(header_map(c.data_mut(), t)).set(&key, value);
+        Ok(OK)
+    });
+    env!("proxy_remove_header_map_value", |mut c: C<'_>,
+                                           t: i32,
+                                           kp: i32,
+                                           ks: i32|
+     -> R {
+        let key = tri!(read_str(&mut c, kp, ks));
+        tri!(header_map(c.data_mut(), t)).remove(&key);
+        Ok(OK)
+    });
+    env!("proxy_get_header_map_size", |mut c: C<'_>,
+                                       t: i32,
+                                       out: i32|
+     -> R {
+        let n = tri!(header_map(c.data_mut(), t)).byte_size() as u32;
+        tri!(write_u32(&mut c, out, n));
+        Ok(OK)
+    });
+
+    // ---- stream control ----
+    env!("proxy_send_local_response", |mut c: C<'_>,
+                                       status: i32,
+                                       dp: i32,
+                                       ds: i32,
+                                       bp: i32,
+                                       bs: i32,
+                                       hp: i32,
+                                       hs: i32,
+                                       grpc: i32|
+     -> R {
+        let details = tri!(read_str(&mut c, dp, ds));
+        let body = tri!(read(&mut c, bp, bs));
+        let raw = tri!(read(&mut c, hp, hs));
+        let headers = tri!(HeaderMap::deserialize(&raw).ok_or(Status::ParseFailure));
+        let s = tri!(stream(c.data_mut()));
+        s.local_response = Some(LocalResponse {
+            status: status as u32,
+            details,
+            body,
+            headers,
+            grpc_status: grpc,
+        });
+        Ok(OK)
+    });
+    if abi == AbiVersion::V0_1_0 {
+        env!("proxy_continue_request", |mut c: C<'_>| -> R {
+            tri!(stream(c.data_mut())).resumed.push(0);
+            Ok(OK)
+        });
+        env!("proxy_continue_response", |mut c: C<'_>| -> R {
+            tri!(stream(c.data_mut())).resumed.push(1);
+            Ok(OK)
+        });
+        env!("proxy_clear_route_cache", |_c: C<'_>| -> R { Ok(OK) });
+    }
+    env!("proxy_continue_stream", |mut c: C<'_>, t: i32| -> R {
+        if !(0..=1).contains(&t) {
+            return st(Status::BadArgument);
+        }
+        tri!(stream(c.data_mut())).resumed.push(t);
+        Ok(OK)
+    });
+    env!("proxy_close_stream", |mut c: C<'_>, t: i32| -> R {
+        if !(0..=1).contains(&t) {
+            return st(Status::BadArgument);
+        }
+        tri!(stream(c.data_mut())).closed.push(t);
+        Ok(OK)
+    });
+    env!("proxy_done", |_c: C<'_>| -> R { Ok(OK) });
+    env!("proxy_set_effective_context", |mut c: C<'_>,
+                                         ctx: i32|
+     -> R {
+        let d = c.data_mut();
+        let ctx = ctx as u32;
+        if !d.roots.contains_key(&ctx) && !d.streams.contains_key(&ctx) {
+            return st(Status::BadArgument);
+        }
+        d.effective = Some(ctx);
+        Ok(OK)
+    });
+
+    // ---- properties ----
+    env!("proxy_get_property", |mut c: C<'_>,
+                                pp: i32,
+                                ps: i32,
+                                ptr_ptr: i32,
+                                size_ptr: i32|
+     -> R {
+        let path = tri!(read(&mut c, pp, ps));
+        let v = tri!(crate::host::property(c.data(), &path).ok_or(Status::NotFound));
+        gave(give(&mut c, &v, ptr_ptr, size_ptr))
+    });
+    env!("proxy_set_property", |mut c: C<'_>,
+                                pp: i32,
+                                ps: i32,
+                                vp: i32,
+                                vs: i32|
+     -> R {
+        let path = tri!(read(&mut c, pp, ps));
+        let value = tri!(read(&mut c, vp, vs));
+        let key = crate::host::path_key(&path);
+        let d = c.data_mut();
+        match stream(d) {
+            Ok(s) => {
+                s.properties.insert(key, value);
+            }
+            Err(_) => {
+                d.shared.borrow_mut().properties.insert(key, value);
+            }
+        }
+        Ok(OK)
+    });
+
+    // ---- shared data and queues ----
+    env!("proxy_get_shared_data", |mut c: C<'_>,
+                                   kp: i32,
+                                   ks: i32,
+                                   ptr_ptr: i32,
+                                   size_ptr: i32,
+                                   cas_ptr: i32|
+     -> R {
+        let key = tri!(read_str(&mut c, kp, ks));
+        let got = {
+            let d = c.data();
+            d.shared
+                .borrow()
+                .shared_data
+                .get(&(d.vm_id.clone(), key))
+                .cloned()
+        };
+        let (value, cas) = tri!(got.ok_or(Status::NotFound));
+        tri!(write_u32(&mut c, cas_ptr, cas));
+        gave(give(&mut c, &value, ptr_ptr, size_ptr))
+    });
+    env!("proxy_set_shared_data", |mut c: C<'_>,
+                                   kp: i32,
+                                   ks: i32,
+                                   vp: i32,
+                                   vs: i32,
+                                   cas: i32|
+     -> R {
+        let key = tri!(read_str(&mut c, kp, ks));
+        let value = tri!(read(&mut c, vp, vs));
+        let d = c.data();
+        let s = &mut *d.shared.borrow_mut();
+        Ok(s.set_shared_data(&d.vm_id, key, value, cas as u32) as i32)
+    });
+    env!("proxy_register_shared_queue", |mut c: C<'_>,
+                                         np: i32,
+                                         ns: i32,
+                                         out: i32|
+     -> R {
+        let name = tri!(read_str(&mut c, np, ns));
+        let token = {
+            let d = c.data();
+            d.shared
+                .borrow_mut()
+                .register_queue(&d.vm_id, name, d.vm_index, d.context())
+        };
+        tri!(write_u32(&mut c, out, token));
+        Ok(OK)
+    });
+    env!("proxy_resolve_shared_queue", |mut c: C<'_>,
+                                        vp: i32,
+                                        vs: i32,
+                                        np: i32,
+                                        ns: i32,
+                                        out: i32|
+     -> R {
+        let vm_id = tri!(read_str(&mut c, vp, vs));
+        let name = tri!(read_str(&mut c, np, ns));
+        let token = c.data().shared.borrow().resolve_queue(&vm_id, &name);
+        let token = tri!(token.ok_or(Status::NotFound));
+        tri!(write_u32(&mut c, out, token));
+        Ok(OK)
+    });
+    env!("proxy_enqueue_shared_queue", |mut c: C<'_>,
+                                        token: i32,
+                                        vp: i32,
+                                        vs: i32|
+     -> R {
+        let value = tri!(read(&mut c, vp, vs));
+        Ok(c.data().shared.borrow_mut().enqueue(token as u32, value) as i32)
+    });
+    env!("proxy_dequeue_shared_queue", |mut c: C<'_>,
+                                        token: i32,
+                                        ptr_ptr: i32,
+                                        size_ptr: i32|
+     -> R {
+        let v = c.data().shared.borrow_mut().dequeue(token as u32);
+        let v = tri!(v);
+        gave(give(&mut c, &v, ptr_ptr, size_ptr))
+    });
+
+    // ---- metrics ----
+    env!("proxy_define_metric", |mut c: C<'_>,
+                                 t: i32,
+                                 np: i32,
+                                 ns: i32,
+                                 out: i32|
+     -> R {
+        let kind = tri!(MetricType::from_i32(t).ok_or(Status::BadArgument));
+        let name = tri!(read_str(&mut c, np, ns));
+        let id = c.data().shared.borrow_mut().define_metric(kind, name);
+        tri!(write_u32(&mut c, out, id));
+        Ok(OK)
+    });
+    env!("proxy_increment_metric", |c: C<'_>,
+                                    id: i32,
+                                    offset: i64|
+     -> R {
+        let mut s = c.data().shared.borrow_mut();
+        let m: &mut Metric = tri!(s.metric_mut(id as u32));
+        Ok(m.increment(offset) as i32)
+    });
+    env!("proxy_record_metric", |c: C<'_>,
+                                 id: i32,
+                                 value: i64|
+     -> R {
+        let mut s = c.data().shared.borrow_mut();
+        let m: &mut Metric = tri!(s.metric_mut(id as u32));
+        Ok(m.record(value as u64) as i32)
+    });
+    env!("proxy_get_metric", |mut c: C<'_>, id: i32, out: i32| -> R {
+        let v = {
+            let mut s = c.data().shared.borrow_mut();
+            let m: &mut Metric = tri!(s.metric_mut(id as u32));
+            tri!(m.get())
+        };
+        tri!(write(&mut c, out, &v.to_le_bytes()));
+        Ok(OK)
+    });
+
+    // ---- HTTP and gRPC calls ----
+    env!("proxy_http_call", |mut c: C<'_>,
+                             up: i32,
+                             us: i32,
+                             hp: i32,
+                             hs: i32,
+                             bp: i32,
+                             bs: i32,
+                             tp: i32,
+                             ts: i32,
+                             timeout: i32,
+                             out: i32|
+     -> R {
+        let upstream = tri!(read_str(&mut c, up, us));
+        let headers =
+            tri!(HeaderMap::deserialize(&tri!(read(&mut c, hp, hs))).ok_or(Status::ParseFailure));
+        let body = tri!(read(&mut c, bp, bs));
+        let trailers =
+            tri!(HeaderMap::deserialize(&tri!(read(&mut c, tp, ts))).ok_or(Status::ParseFailure));
+        let token = {
+            let d = c.data();
+            let mut s = d.shared.borrow_mut();
+            if !s.knows_cluster(&upstream) {
+                return st(Status::BadArgument);
+            }
+            // Envoy refuses calls without the pseudo-headers it needs to route.
+            if [":method", ":path", ":authority"]
+                .iter()
+                .any(|h| !headers.contains(h))
+            {
+                return st(Status::BadArgument);
+            }
+            s.add_http_call(HttpCall {
+                token: 0,
+                upstream,
+                headers,
+                body,
+                trailers,
+                timeout_ms: timeout as u32,
+                vm_index: d.vm_index,
+                context: d.context(),
+            })
+        };
+        tri!(write_u32(&mut c, out, token));
+        Ok(OK)
+    });
+    env!("proxy_grpc_call", |mut c: C<'_>,
+                             sp: i32,
+                             ss: i32,
+                             snp: i32,
+                             sns: i32,
+                             mp: i32,
+                             ms: i32,
+                             ip: i32,
+                             is: i32,
+                             rp: i32,
+                             rs: i32,
+                             timeout: i32,
+                             out: i32|
+     -> R {
+        let call = tri!(grpc_call(
+            &mut c,
+            [sp, ss, snp, sns, mp, ms, ip, is],
+            Some((rp, rs)),
+            timeout
+        ));
+        let token = c.data().shared.borrow_mut().add_grpc_call(call);
+        tri!(write_u32(&mut c, out, token));
+        Ok(OK)
+    });
+    env!("proxy_grpc_stream", |mut c: C<'_>,
+                               sp: i32,
+                               ss: i32,
+                               snp: i32,
+                               sns: i32,
+                               mp: i32,
+                               ms: i32,
+                               ip: i32,
+                               is: i32,
+                               out: i32|
+     -> R {
+        let call = tri!(grpc_call(
+            &mut c,
+            [sp, ss, snp, sns, mp, ms, ip, is],
+            None,
+            0
+        ));
+        let token = c.data().shared.borrow_mut().add_grpc_call(call);
+        tri!(write_u32(&mut c, out, token));
+        Ok(OK)
+    });
+    env!("proxy_grpc_send", |mut c: C<'_>,
+                             token: i32,
+                             mp: i32,
+                             ms: i32,
+                             end: i32|
+     -> R {
+        let msg = tri!(read(&mut c, mp, ms));
+        let mut s = c.data().shared.borrow_mut();
+        let call = tri!(s.grpc_call_mut(token as u32).ok_or(Status::BadArgument));
+        if !call.stream {
+            return st(Status::BadArgument);
+        }
+        call.sent.push(msg);
+        call.local_closed |= end != 0;
+        Ok(OK)
+    });
+    env!("proxy_grpc_cancel", |c: C<'_>, token: i32| -> R {
+        let mut s = c.data().shared.borrow_mut();
+        tri!(s.grpc_call_mut(token as u32).ok_or(Status::NotFound)).cancelled = true;
+        Ok(OK)
+    });
+    env!("proxy_grpc_close", |c: C<'_>, token: i32| -> R {
+        let mut s = c.data().shared.borrow_mut();
+        tri!(s.grpc_call_mut(token as u32).ok_or(Status::NotFound)).local_closed = true;
+        Ok(OK)
+    });
+    env!("proxy_get_status", |mut c: C<'_>,
+                              code_ptr: i32,
+                              ptr_ptr: i32,
+                              size_ptr: i32|
+     -> R {
+        let got = c
+            .data()
+            .call_response
+            .as_ref()
+            .and_then(|r| r.grpc_status.clone());
+        let (code, msg) = tri!(got.ok_or(Status::NotFound));
+        tri!(write_u32(&mut c, code_ptr, code));
+        gave(give(&mut c, msg.as_bytes(), ptr_ptr, size_ptr))
+    });
+
+    // ---- foreign functions ----
+    env!("proxy_call_foreign_function", |mut c: C<'_>,
+                                         np: i32,
+                                         ns: i32,
+                                         ap: i32,
+                                         asz: i32,
+                                         ptr_ptr: i32,
+                                         size_ptr: i32|
+     -> R {
+        let name = tri!(read_str(&mut c, np, ns));
+        let args = tri!(read(&mut c, ap, asz));
+        let f = c.data().shared.borrow().foreign.get(&name).cloned();
+        let f = tri!(f.ok_or(Status::NotFound));
+        let out = tri!(f(&args));
+        gave(give(&mut c, &out, ptr_ptr, size_ptr))
+    });
+
+    // ---- WASI preview 1, as Envoy provides it ----
+    wasi!("fd_write", |mut c: C<'_>,
+                       fd: i32,
+                       iovs: i32,
+                       n: i32,
+                       written: i32|
+     -> R {
+        if fd != 1 && fd != 2 {
+            return Ok(ERRNO_BADF);
+        }
+        let mut out = Vec::new();
+        for i in 0..n {
+            let iov = tri_errno!(read(&mut c, iovs + i * 8, 8));
+            let p = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+            let l = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+            out.extend(tri_errno!(read(&mut c, p, l)));
+        }
+        let n = out.len() as u32;
+        let text = String::from_utf8_lossy(&out);
+        let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
+        c.data().log(
+            if fd == 1 {
+                LogLevel::Info
+            } else {
+                LogLevel::Error
+            },
+            text,
+        );
+        tri_errno!(write_u32(&mut c, written, n));
+        Ok(0)
+    });
+    wasi!("fd_read", |_c: C<'_>,
+                      _fd: i32,
+                      _iovs: i32,
+                      _n: i32,
+                      _read: i32|
+     -> R { Ok(ERRNO_BADF) });
+    wasi!("fd_close", |_c: C<'_>, _fd: i32| -> R { Ok(ERRNO_BADF) });
+    wasi!("fd_seek", |_c: C<'_>,
+                      _fd: i32,
+                      _off: i64,
+                      _whence: i32,
+                      _out: i32|
+     -> R { Ok(ERRNO_BADF) });
+    wasi!("fd_fdstat_get", |mut c: C<'_>, fd: i32, out: i32| -> R {
+        if !(0..=2).contains(&fd) {
+            return Ok(ERRNO_BADF);
+        }
+        // filetype character device, no flags, rights: read/write as the fd allows.
+        let mut stat = [0u8; 24];
+        stat[0] = 2;
+        tri_errno!(write(&mut c, out, &stat));
+        Ok(0)
+    });
+    wasi!("fd_prestat_get", |_c: C<'_>, _fd: i32, _out: i32| -> R {
+        Ok(ERRNO_BADF)
+    });
+    wasi!("fd_prestat_dir_name", |_c: C<'_>,
+                                  _fd: i32,
+                                  _p: i32,
+                                  _l: i32|
+     -> R { Ok(ERRNO_BADF) });
+    wasi!("environ_sizes_get", |mut c: C<'_>,
+                                count: i32,
+                                size: i32|
+     -> R {
+        let (n, bytes) = {
+            let s = c.data().shared.borrow();
+            (
+                s.env.len() as u32,
+                s.env
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 2)
+                    .sum::<usize>() as u32,
+            )
+        };
+        tri_errno!(write_u32(&mut c, count, n));
+        tri_errno!(write_u32(&mut c, size, bytes));
+        Ok(0)
+    });
+    wasi!("environ_get", |mut c: C<'_>, ptrs: i32, buf: i32| -> R {
+        let env = c.data().shared.borrow().env.clone();
+        let mut at = buf;
+        for (i, (k, v)) in env.iter().enumerate() {
+            tri_errno!(write_u32(&mut c, ptrs + 4 * i as i32, at as u32));
+            let entry = format!("{k}={v}\0");
+            tri_errno!(write(&mut c, at, entry.as_bytes()));
+            at += entry.len() as i32;
+        }
+        Ok(0)
+    });
+    wasi!("args_sizes_get", |mut c: C<'_>,
+                             count: i32,
+                             size: i32|
+     -> R {
+        tri_errno!(write_u32(&mut c, count, 0));
+        tri_errno!(write_u32(&mut c, size, 0));
+        Ok(0)
+    });
+    wasi!("args_get", |_c: C<'_>, _ptrs: i32, _buf: i32| -> R {
+        Ok(0)
+    });
+    wasi!("clock_time_get", |mut c: C<'_>,
+                             id: i32,
+                             _precision: i64,
+                             out: i32|
+     -> R {
+        let s = c.data().shared.borrow();
+        let t = match id {
+            0 => s.now,
+            1 => s.monotonic(),
+            _ => return Ok(ERRNO_INVAL),
+        };
+        drop(s);
+        tri_errno!(write(&mut c, out, &t.to_le_bytes()));
+        Ok(0)
+    });
+    wasi!("clock_res_get", |mut c: C<'_>, _id: i32, out: i32| -> R {
+        tri_errno!(write(&mut c, out, &1u64.to_le_bytes()));
+        Ok(0)
+    });
+    wasi!("random_get", |mut c: C<'_>, buf: i32, len: i32| -> R {
+        let bytes = c
+            .data()
+            .shared
+            .borrow_mut()
+            .random_bytes(len as u32 as usize);
+        tri_errno!(write(&mut c, buf, &bytes));
+        Ok(0)
+    });
+    wasi!("sched_yield", |_c: C<'_>| -> R { Ok(0) });
+    wasi!("poll_oneoff", |_c: C<'_>,
+                          _in: i32,
+                          _out: i32,
+                          _n: i32,
+                          _ret: i32|
+     -> R { Ok(ERRNO_NOTSUP) });
+    wasi!("proc_exit", |mut c: C<'_>,
+                        code: i32|
+     -> wasmtime::Result<()> {
+        c.data_mut().abort = Some(Abort::Exit(code));
+        Err(wasmtime::Error::new(Abort::Exit(code)))
+    });
+    Ok(names)
+}
+
+const ERRNO_BADF: i32 = 8;
+const ERRNO_INVAL: i32 = 28;
+const ERRNO_NOTSUP: i32 = 58;
+const ERRNO_FAULT: i32 = 21;
+
+macro_rules! tri_errno {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(_) => return Ok(ERRNO_FAULT),
+        }
+    };
+}
+use tri_errno;
+
+fn buffer(d: &VmState, t: i32) -> Result<Vec<u8>, Status> {
+    let t = BufferType::from_i32(t).ok_or(Status::BadArgument)?;
+    let ctx = d.context();
+    let s = d.streams.get(&ctx);
+    Ok(match t {
+        BufferType::VmConfiguration => d.vm_configuration.clone(),
+        BufferType::PluginConfiguration => d
+            .root_of(ctx)
+            .map(|r| r.configuration.clone())
+            .ok_or(Status::NotFound)?,
+        BufferType::HttpRequestBody => s.ok_or(Status::NotFound)?.request_body.clone(),
+        BufferType::HttpResponseBody => s.ok_or(Status::NotFound)?.response_body.clone(),
+        BufferType::DownstreamData => s.ok_or(Status::NotFound)?.downstream_data.clone(),
+        BufferType::UpstreamData => s.ok_or(Status::NotFound)?.upstream_data.clone(),
+        BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer => d
+            .call_response
+            .as_ref()
+            .ok_or(Status::NotFound)?
+            .body
+            .clone(),
+        BufferType::CallData => d.call_data.clone(),
+    })
+}
+
+fn grpc_call(
+    c: &mut C<'_>,
+    p: [i32; 8],
+    request: Option<(i32, i32)>,
+    timeout: i32,
+) -> Result<GrpcCall, Status> {
+    let service = read(c, p[0], p[1])?;
+    let service_name = read_str(c, p[2], p[3])?;
+    let method = read_str(c, p[4], p[5])?;
+    let metadata = HeaderMap::deserialize(&read(c, p[6], p[7])?).ok_or(Status::ParseFailure)?;
+    let message = match request {
+        Some((rp, rs)) => read(c, rp, rs)?,
+        None => Vec::new(),
+    };
+    let d = c.data();
+    Ok(GrpcCall {
+        token: 0,
+        service: String::from_utf8_lossy(&service).into_owned(),
+        service_name,
+        method,
+        initial_metadata: metadata,
+        sent: if request.is_some() {
+            vec![message]
+        } else {
+            Vec::new()
+        },
+        stream: request.is_none(),
+        timeout_ms: timeout as u32,
+        vm_index: d.vm_index,
+        context: d.context(),
+        cancelled: false,
+        local_closed: request.is_some(),
+    })
+}
+
+/// An import the host does not provide: calling it stops the module with an error naming it.
+pub(crate) fn define_unsupported(
+    l: &mut Linker<VmState>,
+    module: &str,
+    name: &str,
+    ty: ExternType,
+) -> wasmtime::Result<()> {
+    let ExternType::Func(ft) = ty else {
+        return Ok(());
+    };
+    let full = format!("{module}.{name}");
+    let ft: FuncType = ft;
+    l.func_new(
+        module,
+        name,
+        ft,
+        move |mut c: C<'_>, _args: &[Val], _ret: &mut [Val]| {
+            c.data_mut().abort = Some(Abort::Unsupported(full.clone()));
+            Err(wasmtime::Error::new(Abort::Unsupported(full.clone())))
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,482 @@
+//! One VM: a wasmtime store with an instance of the module, its contexts, and the code that calls
+//! into it and turns traps into [`Error`]s.
+
+use crate::abi::{AbiVersion, LogLevel};
+use crate::error::{Error, Result};
+use crate::headers::HeaderMap;
+use crate::host::Shared;
+use crate::runtime::{EPOCH_TICK, Module};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+use wasmtime::{Memory, ResourceLimiter, Store, Trap, TypedFunc, WasmParams, WasmResults};
+
+/// A host function's reason to stop the module: recorded in the store, then turned into an
+/// [`Error`] by the caller of the callback.
+#[derive(Debug)]
+pub(crate) enum Abort {
+    /// `proc_exit(code)`.
+    Exit(i32),
+    /// An import the host does not provide.
+    Unsupported(String),
+}
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abort::Exit(c) => write!(f, "proc_exit({c})"),
+            Abort::Unsupported(i) => write!(f, "unsupported import {i}"),
+        }
+    }
+}
+
+impl std::error::Error for Abort {}
+
+/// Memory cap for one VM.
+pub(crate) struct Limiter {
+    pub cap: usize,
+    pub breached: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            // As in V8 under Envoy: memory.grow returns -1; the module decides what to do (a Rust
+            // module aborts, which traps).
+            self.breached = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A plugin's root context inside a VM.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RootCtx {
+    pub root_id: String,
+    pub name: String,
+    pub configuration: Vec<u8>,
+    pub tick_period: Option<Duration>,
+    /// Host clock (nanoseconds since the epoch) of the next tick.
+    pub next_tick: u64,
+}
+
+/// A local response sent with `proxy_send_local_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// HTTP status.
+    pub status: u32,
+    /// Response code details, as Envoy records them.
+    pub details: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Extra headers.
+    pub headers: HeaderMap,
+    /// gRPC status, or -1 for none.
+    pub grpc_status: i32,
+}
+
+/// The state of one HTTP stream (or network connection) context.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamCtx {
+    pub root: u32,
+    pub request_headers: Option<HeaderMap>,
+    pub request_body: Vec<u8>,
+    pub request_trailers: Option<HeaderMap>,
+    pub response_headers: Option<HeaderMap>,
+    pub response_body: Vec<u8>,
+    pub response_trailers: Option<HeaderMap>,
+    pub local_response: Option<LocalResponse>,
+    pub properties: HashMap<String, Vec<u8>>,
+    /// `proxy_continue_stream` / `proxy_continue_request|response` calls: 0 request, 1 response.
+    pub resumed: Vec<i32>,
+    /// `proxy_close_stream` / `proxy_reset_stream` calls.
+    pub closed: Vec<i32>,
+    /// Network: downstream and upstream data buffers.
+    pub downstream_data: Vec<u8>,
+    pub upstream_data: Vec<u8>,
+}
+
+/// What an HTTP or gRPC call's response exposes while `proxy_on_*_response` runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallResponse {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub trailers: HeaderMap,
+    /// gRPC: status code and message.
+    pub grpc_status: Option<(u32, String)>,
+}
+
+/// The data of a store.
+pub(crate) struct VmState {
+    pub shared: Rc<RefCell<Shared>>,
+    pub vm_id: String,
+    pub vm_configuration: Vec<u8>,
+    pub abi: AbiVersion,
+    pub vm_index: usize,
+    pub memory: Option<Memory>,
+    pub alloc: Option<TypedFunc<i32, i32>>,
+    /// The context whose callback is running.
+    pub current: u32,
+    /// Set by `proxy_set_effective_context` for the rest of the callback.
+    pub effective: Option<u32>,
+    pub roots: BTreeMap<u32, RootCtx>,
+    pub streams: HashMap<u32, StreamCtx>,
+    /// Arguments of the foreign function call being delivered (`CallData`).
+    pub call_data: Vec<u8>,
+    /// The HTTP/gRPC call response being delivered.
+    pub call_response: Option<CallResponse>,
+    pub limiter: Limiter,
+    pub abort: Option<Abort>,
+}
+
+impl VmState {
+    /// The context host calls act on: the effective one if set, else the running one.
+    pub fn context(&self) -> u32 {
+        self.effective.unwrap_or(self.current)
+    }
+
+    /// The root context owning the acting context (itself when it is a root).
+    pub fn root_of(&self, ctx: u32) -> Option<&RootCtx> {
+        match self.roots.get(&ctx) {
+            Some(r) => Some(r),
+            None => self.streams.get(&ctx).and_then(|s| self.roots.get(&s.root)),
+        }
+    }
+
+    /// Record a log line from the module.
+    pub fn log(&self, level: LogLevel, message: String) {
+        let ctx = self.context();
+        let root_id = self
+            .root_of(ctx)
+            .map(|r| r.root_id.clone())
+            .unwrap_or_default();
+        self.shared
+            .borrow_mut()
+            .log(level, message, &self.vm_id, &root_id, ctx);
+    }
+}
+
+/// Cached callback exports. Absent exports are `None`: the callback is skipped as in cpp-host.
+#[derive(Clone, Default)]
+pub(crate) struct Exports {
+    pub on_context_create: Option<TypedFunc<(i32, i32), ()>>,
+    pub on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_configure: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_tick: Option<TypedFunc<i32, ()>>,
+    pub on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    pub on_foreign_function: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub on_done: Option<TypedFunc<i32, i32>>,
+    pub on_log: Option<TypedFunc<i32, ()>>,
+    pub on_delete: Option<TypedFunc<i32, ()>>,
+    /// 0.2.x: (context, count, end_of_stream); 0.1.0: (context, count) adapted.
+    pub on_request_headers: Option<Callback3>,
+    pub on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_request_metadata: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_response_headers: Option<Callback3>,
+    pub on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_response_metadata: Option<TypedFunc<(i32, i32), i32>>,
+    pub on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub on_grpc_receive_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub on_grpc_receive_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub on_new_connection: Option<TypedFunc<i32, i32>>,
+    pub on_downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub on_upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub on_downstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
+    pub on_upstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
+}
+
+/// A headers callback in either arity.
+#[derive(Clone)]
+pub(crate) enum Callback3 {
+    /// 0.2.x
+    Three(TypedFunc<(i32, i32, i32), i32>),
+    /// 0.1.0
+    Two(TypedFunc<(i32, i32), i32>),
+}
+
+/// A running VM.
+pub(crate) struct VmInner {
+    pub store: Store<VmState>,
+    pub exports: Exports,
+    pub failed: Option<Error>,
+    pub deadline: Duration,
+    pub next_context_id: u32,
+}
+
+pub(crate) type Vm = Rc<RefCell<VmInner>>;
+
+fn typed<P: WasmParams, R: WasmResults>(
+    store: &mut Store<VmState>,
+    instance: &wasmtime::Instance,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>> {
+    match instance.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f
+            .typed::<P, R>(&*store)
+            .map(Some)
+            .map_err(|e| Error::BadExport {
+                name: name.to_string(),
+                message: format!("{e:#}"),
+            }),
+    }
+}
+
+/// Options for a new VM.
+pub(crate) struct VmOptions {
+    pub vm_id: String,
+    pub vm_configuration: Vec<u8>,
+    pub memory_cap: usize,
+    pub deadline: Duration,
+}
+
+impl VmInner {
+    /// Instantiate the module, run its initializer and `proxy_on_vm_start`.
+    pub fn start(module: &Module, shared: Rc<RefCell<Shared>>, opts: VmOptions) -> Result<Vm> {
+        let vm_index = shared.borrow().vms.len();
+        let state = VmState {
+            shared: shared.clone(),
+            vm_id: opts.vm_id.clone(),
+            vm_configuration: opts.vm_configuration,
+            abi: module.abi_version(),
+            vm_index,
+            memory: None,
+            alloc: None,
+            current: 0,
+            effective: None,
+            roots: BTreeMap::new(),
+            streams: HashMap::new(),
+            call_data: Vec::new(),
+            call_response: None,
+            limiter: Limiter {
+                cap: opts.memory_cap,
+                breached: false,
+            },
+            abort: None,
+        };
+        let mut store = Store::new(module.runtime.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks(opts.deadline));
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or(Error::NoMemory)?;
+        let alloc = match typed::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate")? {
+            Some(f) => Some(f),
+            None => typed::<i32, i32>(&mut store, &instance, "malloc")?,
+        };
+        if alloc.is_none() {
+            return Err(Error::NoAllocator);
+        }
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = alloc;
+
+        let abi = module.abi_version();
+        let headers = |store: &mut Store<VmState>, name: &str| -> Result<Option<Callback3>> {
+            if abi == AbiVersion::V0_1_0 {
+                Ok(typed::<(i32, i32), i32>(store, &instance, name)?.map(Callback3::Two))
+            } else {
+                Ok(typed::<(i32, i32, i32), i32>(store, &instance, name)?.map(Callback3::Three))
+            }
+        };
+        let s = &mut store;
+        let exports = Exports {
+            on_context_create: typed(s, &instance, "proxy_on_context_create")?,
+            on_vm_start: typed(s, &instance, "proxy_on_vm_start")?,
+            on_configure: typed(s, &instance, "proxy_on_configure")?,
+            on_tick: typed(s, &instance, "proxy_on_tick")?,
+            on_queue_ready: typed(s, &instance, "proxy_on_queue_ready")?,
+            on_foreign_function: typed(s, &instance, "proxy_on_foreign_function")?,
+            on_done: typed(s, &instance, "proxy_on_done")?,
+            on_log: typed(s, &instance, "proxy_on_log")?,
+            on_delete: typed(s, &instance, "proxy_on_delete")?,
+            on_request_headers: headers(s, "proxy_on_request_headers")?,
+            on_request_body: typed(s, &instance, "proxy_on_request_body")?,
+            on_request_trailers: typed(s, &instance, "proxy_on_request_trailers")?,
+            on_request_metadata: typed(s, &instance, "proxy_on_request_metadata")?,
+            on_response_headers: headers(s, "proxy_on_response_headers")?,
+            on_response_body: typed(s, &instance, "proxy_on_response_body")?,
+            on_response_trailers: typed(s, &instance, "proxy_on_response_trailers")?,
+            on_response_metadata: typed(s, &instance, "proxy_on_response_metadata")?,
+            on_http_call_response: typed(s, &instance, "proxy_on_http_call_response")?,
+            on_grpc_receive_initial_metadata: typed(
+                s,
+                &instance,
+                "proxy_on_grpc_receive_initial_metadata",
+            )?,
+            on_grpc_receive: typed(s, &instance, "proxy_on_grpc_receive")?,
+            on_grpc_receive_trailing_metadata: typed(
+                s,
+                &instance,
+                "proxy_on_grpc_receive_trailing_metadata",
+            )?,
+            on_grpc_close: typed(s, &instance, "proxy_on_grpc_close")?,
+            on_new_connection: typed(s, &instance, "proxy_on_new_connection")?,
+            on_downstream_data: typed(s, &instance, "proxy_on_downstream_data")?,
+            on_upstream_data: typed(s, &instance, "proxy_on_upstream_data")?,
+            on_downstream_connection_close: typed(
+                s,
+                &instance,
+                "proxy_on_downstream_connection_close",
+            )?,
+            on_upstream_connection_close: typed(
+                s,
+                &instance,
+                "proxy_on_upstream_connection_close",
+            )?,
+        };
+        let init = typed::<(), ()>(&mut store, &instance, "_initialize")?;
+        let start = typed::<(), ()>(&mut store, &instance, "_start")?;
+        let main = typed::<(i32, i32), i32>(&mut store, &instance, "main")?;
+        let mut vm = VmInner {
+            store,
+            exports,
+            failed: None,
+            deadline: opts.deadline,
+            next_context_id: 1,
+        };
+        // Reactor modules export _initialize; command modules _start (WASI); some languages
+        // a main(argc, argv) that must run once.
+        if let Some(f) = init {
+            vm.call("_initialize", 0, Some(f), ())?;
+        } else if let Some(f) = start {
+            vm.call("_start", 0, Some(f), ())?;
+        }
+        if let Some(f) = main {
+            vm.call("main", 0, Some(f), (0, 0))?;
+        }
+        // The VM context (id 0 in this host) gets created and started once.
+        let cfg_size = vm.store.data().vm_configuration.len() as i32;
+        vm.call(
+            "proxy_on_context_create",
+            0,
+            vm.exports.on_context_create.clone(),
+            (0, 0),
+        )?;
+        let ok = vm.call(
+            "proxy_on_vm_start",
+            0,
+            vm.exports.on_vm_start.clone(),
+            (0, cfg_size),
+        )?;
+        if ok == Some(0) {
+            return Err(Error::VmStartFailed { vm_id: opts.vm_id });
+        }
+        let vm = Rc::new(RefCell::new(vm));
+        shared.borrow_mut().vms.push(Rc::downgrade(&vm));
+        Ok(vm)
+    }
+
+    /// A fresh context id.
+    pub fn new_context_id(&mut self) -> u32 {
+        let id = self.next_context_id;
+        self.next_context_id += 1;
+        id
+    }
+
+    /// Call a callback on context `ctx`. A missing export is skipped (`Ok(None)`). A failure marks
+    /// the VM failed.
+    pub fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        name: &str,
+        ctx: u32,
+        f: Option<TypedFunc<P, R>>,
+        args: P,
+    ) -> Result<Option<R>> {
+        if let Some(e) = &self.failed {
+            return Err(Error::VmFailed(e.to_string()));
+        }
+        let Some(f) = f else { return Ok(None) };
+        {
+            let d = self.store.data_mut();
+            d.current = ctx;
+            d.effective = None;
+        }
+        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
+        let out = f.call(&mut self.store, args);
+        self.store.data_mut().effective = None;
+        match out {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                let err = self.classify(name, e);
+                self.failed = Some(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// A headers callback in the module's arity.
+    pub fn call_headers(
+        &mut self,
+        name: &str,
+        ctx: u32,
+        f: Option<Callback3>,
+        count: i32,
+        end_of_stream: bool,
+    ) -> Result<Option<i32>> {
+        match f {
+            None => Ok(None),
+            Some(Callback3::Three(f)) => self.call(
+                name,
+                ctx,
+                Some(f),
+                (ctx as i32, count, end_of_stream as i32),
+            ),
+            Some(Callback3::Two(f)) => self.call(name, ctx, Some(f), (ctx as i32, count)),
+        }
+    }
+
+    fn classify(&mut self, callback: &str, e: wasmtime::Error) -> Error {
+        let callback = callback.to_string();
+        let d = self.store.data_mut();
+        if let Some(abort) = d.abort.take() {
+            return match abort {
+                Abort::Exit(code) => Error::Exit { callback, code },
+                Abort::Unsupported(import) => Error::UnsupportedImport { callback, import },
+            };
+        }
+        if d.limiter.breached {
+            return Error::MemoryLimit {
+                callback,
+                limit: d.limiter.cap,
+            };
+        }
+        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return Error::Timeout {
+                callback,
+                millis: self.deadline.as_millis() as u64,
+            };
+        }
+        Error::Trap {
+            callback,
+            message: format!("{e:?}"),
+        }
+    }
+}
+
+fn deadline_ticks(d: Duration) -> u64 {
+    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
