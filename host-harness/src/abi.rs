@@ -284,3 +284,5 @@ pub const ENVOY_CUSTOM_METRIC_PREFIX: &str = "wasmcustom.";
 pub const ENV_MODULE: &str = "env";
 /// The module name of WASI preview 1.
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
+/// The older WASI module name, which cpp-host also serves.
+pub const WASI_UNSTABLE_MODULE: &str = "wasi_unstable";

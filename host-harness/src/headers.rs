@@ -80,28 +80,11 @@ impl HeaderMap {
             .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
     }
 
-    /// Replace every value of `name` with one, keeping the position of the first (Envoy's
-    /// `setCopy`); appends when absent.
+    /// Replace every value of `name` with one value, at the end of the map (Envoy 1.40's
+    /// `setCopy`: remove, then add).
     pub fn set(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let value = value.as_ref();
-        match self
-            .entries
-            .iter()
-            .position(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some(first) => {
-                self.entries[first].1 = value.to_vec();
-                let mut i = first + 1;
-                while i < self.entries.len() {
-                    if self.entries[i].0.eq_ignore_ascii_case(name) {
-                        self.entries.remove(i);
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            None => self.add(name, value),
-        }
+        self.remove(name);
+        self.add(name, value);
     }
 
     /// Remove every value of `name`.

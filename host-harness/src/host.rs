@@ -41,9 +41,10 @@ pub struct Metric {
 }
 
 impl Metric {
+    /// Envoy: counters take positive increments only; gauges add or subtract; histograms refuse.
     pub(crate) fn increment(&mut self, offset: i64) -> Status {
         match self.kind {
-            MetricType::Counter if offset < 0 => Status::BadArgument,
+            MetricType::Counter if offset <= 0 => Status::BadArgument,
             MetricType::Counter | MetricType::Gauge => {
                 self.value = self.value.wrapping_add(offset);
                 Status::Ok
@@ -52,17 +53,14 @@ impl Metric {
         }
     }
 
+    /// Envoy: a counter adds the value, a gauge is set to it, a histogram records it.
     pub(crate) fn record(&mut self, value: u64) -> Status {
         match self.kind {
-            MetricType::Counter | MetricType::Gauge => {
-                self.value = value as i64;
-                Status::Ok
-            }
-            MetricType::Histogram => {
-                self.recorded.push(value);
-                Status::Ok
-            }
+            MetricType::Counter => self.value = self.value.wrapping_add(value as i64),
+            MetricType::Gauge => self.value = value as i64,
+            MetricType::Histogram => self.recorded.push(value),
         }
+        Status::Ok
     }
 
     pub(crate) fn get(&self) -> std::result::Result<u64, Status> {
@@ -119,6 +117,19 @@ pub struct GrpcCall {
     pub local_closed: bool,
 }
 
+/// What the server side of a gRPC stream does next.
+#[derive(Debug, Clone, Copy)]
+pub enum GrpcStreamEvent<'a> {
+    /// Initial metadata (`proxy_on_grpc_receive_initial_metadata`).
+    InitialMetadata(&'a [(&'a str, &'a str)]),
+    /// A message (`proxy_on_grpc_receive`).
+    Message(&'a [u8]),
+    /// Trailing metadata (`proxy_on_grpc_receive_trailing_metadata`).
+    TrailingMetadata(&'a [(&'a str, &'a str)]),
+    /// The close, with gRPC status and message (`proxy_on_grpc_close`).
+    Close(u32, &'a str),
+}
+
 type Foreign = Rc<dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, Status>>;
 
 struct Queue {
@@ -153,7 +164,6 @@ pub(crate) struct Shared {
     clusters: Option<Vec<String>>,
     pub http_calls: Vec<HttpCall>,
     pub grpc_calls: Vec<GrpcCall>,
-    next_token: u32,
     pub env: Vec<(String, String)>,
     rng: u64,
     pub vms: Vec<Weak<RefCell<VmInner>>>,
@@ -190,11 +200,12 @@ impl Shared {
         cas: u32,
     ) -> Status {
         let slot = (vm_id.to_string(), key);
-        if cas != 0 {
-            match self.shared_data.get(&slot) {
-                Some((_, current)) if *current == cas => {}
-                _ => return Status::CasMismatch,
-            }
+        // cpp-host: a CAS is checked only against an existing key; cas 0 always writes.
+        if cas != 0
+            && let Some((_, current)) = self.shared_data.get(&slot)
+            && *current != cas
+        {
+            return Status::CasMismatch;
         }
         self.next_cas = self.next_cas.wrapping_add(1).max(1);
         self.shared_data.insert(slot, (value, self.next_cas));
@@ -260,27 +271,26 @@ impl Shared {
         q.items.pop_front().ok_or(Status::Empty)
     }
 
-    pub(crate) fn define_metric(&mut self, kind: MetricType, name: String) -> u32 {
-        if let Some(i) = self
+    /// The host-wide stat behind a name and kind (Envoy's `wasmcustom.<name>`), created on
+    /// first definition.
+    pub(crate) fn stat(&mut self, kind: MetricType, name: &str) -> &mut Metric {
+        let i = match self
             .metrics
             .iter()
             .position(|m| m.name == name && m.kind == kind)
         {
-            return i as u32 + 1;
-        }
-        self.metrics.push(Metric {
-            name,
-            kind,
-            value: 0,
-            recorded: Vec::new(),
-        });
-        self.metrics.len() as u32
-    }
-
-    pub(crate) fn metric_mut(&mut self, id: u32) -> std::result::Result<&mut Metric, Status> {
-        id.checked_sub(1)
-            .and_then(|i| self.metrics.get_mut(i as usize))
-            .ok_or(Status::NotFound)
+            Some(i) => i,
+            None => {
+                self.metrics.push(Metric {
+                    name: name.to_string(),
+                    kind,
+                    value: 0,
+                    recorded: Vec::new(),
+                });
+                self.metrics.len() - 1
+            }
+        };
+        &mut self.metrics[i]
     }
 
     pub(crate) fn knows_cluster(&self, name: &str) -> bool {
@@ -289,27 +299,10 @@ impl Shared {
             .is_none_or(|c| c.iter().any(|n| n == name))
     }
 
-    fn token(&mut self) -> u32 {
-        self.next_token += 1;
-        self.next_token
-    }
-
-    pub(crate) fn add_http_call(&mut self, mut call: HttpCall) -> u32 {
-        call.token = self.token();
-        let t = call.token;
-        self.http_calls.push(call);
-        t
-    }
-
-    pub(crate) fn add_grpc_call(&mut self, mut call: GrpcCall) -> u32 {
-        call.token = self.token();
-        let t = call.token;
-        self.grpc_calls.push(call);
-        t
-    }
-
-    pub(crate) fn grpc_call_mut(&mut self, token: u32) -> Option<&mut GrpcCall> {
-        self.grpc_calls.iter_mut().find(|c| c.token == token)
+    pub(crate) fn grpc_call_mut(&mut self, vm_index: usize, token: u32) -> Option<&mut GrpcCall> {
+        self.grpc_calls
+            .iter_mut()
+            .find(|c| c.vm_index == vm_index && c.token == token)
     }
 
     pub(crate) fn random_bytes(&mut self, n: usize) -> Vec<u8> {
@@ -351,7 +344,15 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
         if let Some(v) = s.properties.get(&key) {
             return Some(v.clone());
         }
-        let req = s.request_headers.as_ref();
+        // Header-backed attributes exist only while Envoy holds the map, and in on_log.
+        let req = s
+            .request_headers
+            .as_ref()
+            .filter(|_| s.request_headers_held || s.in_log);
+        let resp = s
+            .response_headers
+            .as_ref()
+            .filter(|_| s.response_headers_held || s.in_log);
         let rh = |name: &str| req.and_then(|h| h.get_bytes(name)).map(<[u8]>::to_vec);
         let derived = match key.as_str() {
             "request\0path" => rh(":path"),
@@ -381,11 +382,7 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             return rh(h);
         }
         if let Some(h) = key.strip_prefix("response\0headers\0") {
-            return s
-                .response_headers
-                .as_ref()
-                .and_then(|m| m.get_bytes(h))
-                .map(<[u8]>::to_vec);
+            return resp.and_then(|m| m.get_bytes(h)).map(<[u8]>::to_vec);
         }
     }
     if let Some(root) = d.root_of(ctx) {
@@ -437,7 +434,6 @@ impl Host {
             clusters: None,
             http_calls: Vec::new(),
             grpc_calls: Vec::new(),
-            next_token: 0,
             env: Vec::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
             vms: Vec::new(),
@@ -627,8 +623,20 @@ impl Host {
         Ok(())
     }
 
-    /// Answer a pending HTTP call: the module's `proxy_on_http_call_response` runs with these
-    /// headers, body and trailers.
+    fn take_http_call(&self, token: u32, vm: Option<usize>) -> Result<HttpCall> {
+        let mut s = self.shared.borrow_mut();
+        let i = s
+            .http_calls
+            .iter()
+            .position(|c| c.token == token && vm.is_none_or(|v| v == c.vm_index))
+            .ok_or(Error::UnknownToken(token))?;
+        Ok(s.http_calls.remove(i))
+    }
+
+    /// Answer a pending HTTP call (the first with this token; tokens are per VM, see
+    /// [`Plugin::respond_http_call`](crate::Plugin::respond_http_call) for one plugin's): the
+    /// module's `proxy_on_http_call_response` runs on the calling root context with these
+    /// headers, body and trailers readable.
     pub fn respond_http_call(
         &self,
         token: u32,
@@ -636,78 +644,100 @@ impl Host {
         body: impl AsRef<[u8]>,
         trailers: &[(&str, &str)],
     ) -> Result<()> {
-        let call = {
-            let mut s = self.shared.borrow_mut();
-            let i = s
-                .http_calls
-                .iter()
-                .position(|c| c.token == token)
-                .ok_or(Error::UnknownToken(token))?;
-            s.http_calls.remove(i)
-        };
+        let call = self.take_http_call(token, None)?;
+        self.deliver_http_response(call, headers, body.as_ref(), trailers)
+    }
+
+    pub(crate) fn respond_http_call_in(
+        &self,
+        vm_index: usize,
+        token: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        trailers: &[(&str, &str)],
+    ) -> Result<()> {
+        let call = self.take_http_call(token, Some(vm_index))?;
+        self.deliver_http_response(call, headers, body, trailers)
+    }
+
+    /// Fail a pending HTTP call as Envoy does on a reset: the callback runs with no headers, no
+    /// body, and `proxy_get_status` reports (11, "reset").
+    pub fn fail_http_call(&self, token: u32) -> Result<()> {
+        let call = self.take_http_call(token, None)?;
+        self.callout(call.vm_index, |v| {
+            v.store.data_mut().last_status = (11, "reset".into());
+            v.store.data_mut().call_response = Some(CallResponse::default());
+            let f = v.exports.on_http_call_response.clone();
+            let ctx = call.context;
+            v.call(
+                "proxy_on_http_call_response",
+                ctx,
+                f,
+                (ctx as i32, call.token as i32, 0, 0, 0),
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn deliver_http_response(
+        &self,
+        call: HttpCall,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        trailers: &[(&str, &str)],
+    ) -> Result<()> {
         let response = CallResponse {
             headers: HeaderMap::from_pairs(headers),
-            body: body.as_ref().to_vec(),
+            body: body.to_vec(),
             trailers: HeaderMap::from_pairs(trailers),
-            grpc_status: None,
         };
-        self.deliver_http_response(call, Some(response))
+        let counts = (
+            response.headers.len() as i32,
+            response.body.len() as i32,
+            response.trailers.len() as i32,
+        );
+        self.callout(call.vm_index, |v| {
+            v.store.data_mut().call_response = Some(response);
+            let f = v.exports.on_http_call_response.clone();
+            let ctx = call.context;
+            v.call(
+                "proxy_on_http_call_response",
+                ctx,
+                f,
+                (ctx as i32, call.token as i32, counts.0, counts.1, counts.2),
+            )
+            .map(|_| ())
+        })
     }
 
-    /// Fail a pending HTTP call (Envoy's reset or timeout): the callback runs with no headers
-    /// and no body.
-    pub fn fail_http_call(&self, token: u32) -> Result<()> {
-        let call = {
-            let mut s = self.shared.borrow_mut();
-            let i = s
-                .http_calls
-                .iter()
-                .position(|c| c.token == token)
-                .ok_or(Error::UnknownToken(token))?;
-            s.http_calls.remove(i)
-        };
-        self.deliver_http_response(call, None)
-    }
-
-    fn deliver_http_response(&self, call: HttpCall, response: Option<CallResponse>) -> Result<()> {
+    /// Run `f` on a VM with a call response in place, then clear it and run deferred work.
+    fn callout(&self, vm_index: usize, f: impl FnOnce(&mut VmInner) -> Result<()>) -> Result<()> {
         let vm = self
             .shared
             .borrow()
-            .vm(call.vm_index)
+            .vm(vm_index)
             .ok_or(Error::Usage("the VM that made the call is gone".into()))?;
-        {
+        let r = {
             let mut v = vm.borrow_mut();
-            let (n_h, n_b, n_t) = response.as_ref().map_or((0, 0, 0), |r| {
-                (r.headers.len(), r.body.len(), r.trailers.len())
-            });
-            v.store.data_mut().call_response = Some(response.unwrap_or_default());
-            let f = v.exports.on_http_call_response.clone();
-            let out = v.call(
-                "proxy_on_http_call_response",
-                call.context,
-                f,
-                (
-                    call.context as i32,
-                    call.token as i32,
-                    n_h as i32,
-                    n_b as i32,
-                    n_t as i32,
-                ),
-            );
+            if v.failed.is_some() {
+                // cpp-host skips callbacks into a failed VM.
+                return Ok(());
+            }
+            let r = f(&mut v);
             v.store.data_mut().call_response = None;
-            out?;
-        }
+            r
+        };
+        r?;
         self.run_deferred()
     }
 
-    /// Answer a pending unary gRPC call (or end a stream) with a status, message and metadata:
-    /// runs the module's initial metadata, receive and close callbacks as Envoy does.
+    /// Answer a pending unary gRPC call: with `Ok(message)` the module's
+    /// `proxy_on_grpc_receive` runs with the message; with `Err((status, message))` its
+    /// `proxy_on_grpc_close` runs and `proxy_get_status` reports them, as Envoy does.
     pub fn respond_grpc_call(
         &self,
         token: u32,
-        status: u32,
-        message: &str,
-        response: Option<&[u8]>,
+        response: std::result::Result<&[u8], (u32, &str)>,
     ) -> Result<()> {
         let call = {
             let mut s = self.shared.borrow_mut();
@@ -718,46 +748,109 @@ impl Host {
                 .ok_or(Error::UnknownToken(token))?;
             s.grpc_calls.remove(i)
         };
-        let vm = self
-            .shared
-            .borrow()
-            .vm(call.vm_index)
-            .ok_or(Error::Usage("the VM that made the call is gone".into()))?;
-        {
-            let mut v = vm.borrow_mut();
-            let ctx = call.context as i32;
-            if let Some(body) = response {
+        let ctx = call.context;
+        self.callout(call.vm_index, |v| match response {
+            Ok(body) => {
                 v.store.data_mut().call_response = Some(CallResponse {
                     body: body.to_vec(),
                     ..CallResponse::default()
                 });
                 let f = v.exports.on_grpc_receive.clone();
-                let r = v.call(
+                v.call(
                     "proxy_on_grpc_receive",
-                    call.context,
+                    ctx,
                     f,
-                    (ctx, token as i32, body.len() as i32),
-                );
-                if r.is_err() {
-                    v.store.data_mut().call_response = None;
-                    r?;
-                }
+                    (ctx as i32, token as i32, body.len() as i32),
+                )
+                .map(|_| ())
             }
-            v.store.data_mut().call_response = Some(CallResponse {
-                grpc_status: Some((status, message.to_string())),
-                ..CallResponse::default()
-            });
-            let f = v.exports.on_grpc_close.clone();
-            let r = v.call(
-                "proxy_on_grpc_close",
-                call.context,
-                f,
-                (ctx, token as i32, status as i32),
-            );
-            v.store.data_mut().call_response = None;
-            r?;
-        }
-        self.run_deferred()
+            Err((status, message)) => {
+                v.store.data_mut().last_status = (status, message.to_string());
+                let f = v.exports.on_grpc_close.clone();
+                v.call(
+                    "proxy_on_grpc_close",
+                    ctx,
+                    f,
+                    (ctx as i32, token as i32, status as i32),
+                )
+                .map(|_| ())
+            }
+        })
+    }
+
+    /// Drive an open gRPC stream from the server side: initial metadata, a message, trailing
+    /// metadata, or the close with a status (then the stream is forgotten).
+    pub fn grpc_stream_event(&self, token: u32, event: GrpcStreamEvent<'_>) -> Result<()> {
+        let call = {
+            let mut s = self.shared.borrow_mut();
+            let i = s
+                .grpc_calls
+                .iter()
+                .position(|c| c.token == token && c.stream)
+                .ok_or(Error::UnknownToken(token))?;
+            if matches!(event, GrpcStreamEvent::Close(..)) {
+                s.grpc_calls.remove(i)
+            } else {
+                s.grpc_calls[i].clone()
+            }
+        };
+        let ctx = call.context;
+        let t = token as i32;
+        self.callout(call.vm_index, |v| match event {
+            GrpcStreamEvent::InitialMetadata(pairs) => {
+                v.store.data_mut().call_response = Some(CallResponse {
+                    headers: HeaderMap::from_pairs(pairs),
+                    ..CallResponse::default()
+                });
+                let f = v.exports.on_grpc_receive_initial_metadata.clone();
+                v.call(
+                    "proxy_on_grpc_receive_initial_metadata",
+                    ctx,
+                    f,
+                    (ctx as i32, t, pairs.len() as i32),
+                )
+                .map(|_| ())
+            }
+            GrpcStreamEvent::Message(body) => {
+                v.store.data_mut().call_response = Some(CallResponse {
+                    body: body.to_vec(),
+                    ..CallResponse::default()
+                });
+                let f = v.exports.on_grpc_receive.clone();
+                v.call(
+                    "proxy_on_grpc_receive",
+                    ctx,
+                    f,
+                    (ctx as i32, t, body.len() as i32),
+                )
+                .map(|_| ())
+            }
+            GrpcStreamEvent::TrailingMetadata(pairs) => {
+                v.store.data_mut().call_response = Some(CallResponse {
+                    trailers: HeaderMap::from_pairs(pairs),
+                    ..CallResponse::default()
+                });
+                let f = v.exports.on_grpc_receive_trailing_metadata.clone();
+                v.call(
+                    "proxy_on_grpc_receive_trailing_metadata",
+                    ctx,
+                    f,
+                    (ctx as i32, t, pairs.len() as i32),
+                )
+                .map(|_| ())
+            }
+            GrpcStreamEvent::Close(status, message) => {
+                v.store.data_mut().last_status = (status, message.to_string());
+                let f = v.exports.on_grpc_close.clone();
+                v.call(
+                    "proxy_on_grpc_close",
+                    ctx,
+                    f,
+                    (ctx as i32, t, status as i32),
+                )
+                .map(|_| ())
+            }
+        })
     }
 
     /// Deliver work that had to wait for a callback to return (queue notifications).

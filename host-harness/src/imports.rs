@@ -4,11 +4,13 @@
 
 use crate::abi::{
     AbiVersion, BufferType, ENV_MODULE, LogLevel, MapType, MetricType, Status, WASI_MODULE,
+    WASI_UNSTABLE_MODULE,
 };
 use crate::headers::{HeaderMap, deserialize_pairs};
-use crate::host::{GrpcCall, HttpCall, Metric};
+use crate::host::{GrpcCall, HttpCall};
 use crate::vm::{Abort, LocalResponse, StreamCtx, VmState};
 use std::collections::HashSet;
+use std::time::Duration;
 use wasmtime::{Caller, ExternType, FuncType, Linker, Val};
 
 type C<'a> = Caller<'a, VmState>;
@@ -94,7 +96,10 @@ fn stream<'a>(d: &'a mut VmState) -> Result<&'a mut StreamCtx, Status> {
     d.streams.get_mut(&ctx).ok_or(Status::BadArgument)
 }
 
-fn header_map<'a>(d: &'a mut VmState, t: i32) -> Result<&'a mut HeaderMap, Status> {
+/// A header map as Envoy exposes it to the acting context. `write`: the mutable view (add,
+/// replace, remove, set pairs, size), which call responses and gRPC metadata never are. Outside
+/// the callbacks that hold a map Envoy answers `BadArgument`; `proxy_on_log` can read them all.
+fn header_map(d: &mut VmState, t: i32, write: bool) -> Result<&mut HeaderMap, Status> {
     let t = MapType::from_i32(t).ok_or(Status::BadArgument)?;
     if matches!(
         t,
@@ -103,6 +108,9 @@ fn header_map<'a>(d: &'a mut VmState, t: i32) -> Result<&'a mut HeaderMap, Statu
             | MapType::GrpcReceiveInitialMetadata
             | MapType::GrpcReceiveTrailingMetadata
     ) {
+        if write {
+            return Err(Status::BadArgument);
+        }
         let r = d.call_response.as_mut().ok_or(Status::BadArgument)?;
         return Ok(match t {
             MapType::HttpCallResponseHeaders | MapType::GrpcReceiveInitialMetadata => {
@@ -112,13 +120,17 @@ fn header_map<'a>(d: &'a mut VmState, t: i32) -> Result<&'a mut HeaderMap, Statu
         });
     }
     let s = stream(d)?;
-    let m = match t {
-        MapType::HttpRequestHeaders => &mut s.request_headers,
-        MapType::HttpRequestTrailers => &mut s.request_trailers,
-        MapType::HttpResponseHeaders => &mut s.response_headers,
-        _ => &mut s.response_trailers,
+    let readable = !write && s.in_log;
+    let (held, m) = match t {
+        MapType::HttpRequestHeaders => (s.request_headers_held, &mut s.request_headers),
+        MapType::HttpRequestTrailers => (s.request_trailers_held, &mut s.request_trailers),
+        MapType::HttpResponseHeaders => (s.response_headers_held, &mut s.response_headers),
+        _ => (s.response_trailers_held, &mut s.response_trailers),
     };
-    m.as_mut().ok_or(Status::BadArgument)
+    if !(held || readable) {
+        return Err(Status::BadArgument);
+    }
+    Ok(m.get_or_insert_with(HeaderMap::new))
 }
 
 /// Define every host function for `abi`; returns the `(module, name)` pairs provided.
@@ -133,10 +145,14 @@ pub(crate) fn define(
             names.insert((ENV_MODULE, $name));
         }};
     }
+    // cpp-host registers WASI under both names.
     macro_rules! wasi {
         ($name:literal, $f:expr) => {{
-            l.func_wrap(WASI_MODULE, $name, $f)?;
+            let f = $f;
+            l.func_wrap(WASI_MODULE, $name, f)?;
+            l.func_wrap(WASI_UNSTABLE_MODULE, $name, f)?;
             names.insert((WASI_MODULE, $name));
+            names.insert((WASI_UNSTABLE_MODULE, $name));
         }};
     }
 
@@ -151,11 +167,13 @@ pub(crate) fn define(
         c.data().log(level, msg);
         Ok(OK)
     });
-    env!("proxy_get_log_level", |mut c: C<'_>, out: i32| -> R {
-        let level = c.data().shared.borrow().log_level as u32;
-        tri!(write_u32(&mut c, out, level));
-        Ok(OK)
-    });
+    if abi == AbiVersion::V0_2_1 {
+        env!("proxy_get_log_level", |mut c: C<'_>, out: i32| -> R {
+            let level = c.data().shared.borrow().log_level as u32;
+            tri!(write_u32(&mut c, out, level));
+            Ok(OK)
+        });
+    }
     env!("proxy_get_current_time_nanoseconds", |mut c: C<'_>,
                                                 out: i32|
      -> R {
@@ -169,49 +187,49 @@ pub(crate) fn define(
         let d = c.data_mut();
         let now = d.shared.borrow().now;
         let ctx = d.context();
-        let root = match d.roots.get_mut(&ctx) {
-            Some(r) => r,
-            None => {
-                let Some(root) = d.streams.get(&ctx).map(|s| s.root) else {
-                    return st(Status::BadArgument);
-                };
-                tri!(d.roots.get_mut(&root).ok_or(Status::BadArgument))
-            }
+        let root = if d.roots.contains_key(&ctx) {
+            ctx
+        } else {
+            tri!(
+                d.streams
+                    .get(&ctx)
+                    .map(|s| s.root)
+                    .ok_or(Status::BadArgument)
+            )
         };
-        let period = std::time::Duration::from_millis(ms as u32 as u64);
-        root.tick_period = (!period.is_zero()).then_some(period);
-        root.next_tick = now + period.as_nanos() as u64;
+        let r = tri!(d.roots.get_mut(&root).ok_or(Status::BadArgument));
+        let period = Duration::from_millis(ms as u32 as u64);
+        r.tick_period = (!period.is_zero()).then_some(period);
+        r.next_tick = now + period.as_nanos() as u64;
         Ok(OK)
     });
-    env!("proxy_get_configuration", |mut c: C<'_>,
-                                     ptr_ptr: i32,
-                                     size_ptr: i32|
-     -> R {
-        let cfg = {
-            let d = c.data();
-            d.root_of(d.context())
-                .map(|r| r.configuration.clone())
-                .unwrap_or_default()
-        };
-        gave(give(&mut c, &cfg, ptr_ptr, size_ptr))
-    });
+    if abi == AbiVersion::V0_1_0 {
+        env!("proxy_get_configuration", |mut c: C<'_>,
+                                         pp: i32,
+                                         sp: i32|
+         -> R {
+            let cfg = tri!(buffer(c.data(), BufferType::PluginConfiguration as i32));
+            gave(give(&mut c, &cfg, pp, sp))
+        });
+    }
 
     // ---- buffers ----
     env!("proxy_get_buffer_bytes", |mut c: C<'_>,
                                     t: i32,
                                     start: i32,
                                     len: i32,
-                                    ptr_ptr: i32,
-                                    size_ptr: i32|
+                                    pp: i32,
+                                    sp: i32|
      -> R {
         let bytes = tri!(buffer(c.data(), t));
         let (start, len) = (start as u32 as usize, len as u32 as usize);
-        if start.checked_add(len).is_none() || start > bytes.len() {
-            return st(Status::BadArgument);
-        }
-        let end = (start + len).min(bytes.len());
-        let slice = bytes[start..end].to_vec();
-        gave(give(&mut c, &slice, ptr_ptr, size_ptr))
+        // Reading past the end gives nothing; a long read is clamped.
+        let slice = bytes
+            .get(start..)
+            .map(|b| &b[..len.min(b.len())])
+            .unwrap_or(&[])
+            .to_vec();
+        gave(give(&mut c, &slice, pp, sp))
     });
     env!("proxy_get_buffer_status", |mut c: C<'_>,
                                      t: i32,
@@ -232,19 +250,20 @@ pub(crate) fn define(
      -> R {
         let data = tri!(read(&mut c, ptr, size));
         let t = tri!(BufferType::from_i32(t).ok_or(Status::BadArgument));
-        let d = c.data_mut();
-        let buf: &mut Vec<u8> = match t {
-            BufferType::HttpRequestBody => &mut tri!(stream(d)).request_body,
-            BufferType::HttpResponseBody => &mut tri!(stream(d)).response_body,
-            BufferType::DownstreamData => &mut tri!(stream(d)).downstream_data,
-            BufferType::UpstreamData => &mut tri!(stream(d)).upstream_data,
-            BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer => {
-                &mut tri!(d.call_response.as_mut().ok_or(Status::NotFound)).body
-            }
-            _ => return st(Status::Unimplemented),
+        let s = match stream(c.data_mut()) {
+            Ok(s) => s,
+            // Configuration, call responses and call data are immutable.
+            Err(_) => return st(Status::BadArgument),
         };
-        // Envoy's buffer semantics: start 0 replaces the first `len` bytes (prepends when
-        // len is 0); start at or past the end appends; anything else is refused.
+        let buf: &mut Vec<u8> = match t {
+            BufferType::HttpRequestBody if s.request_body_held => &mut s.request_body,
+            BufferType::HttpResponseBody if s.response_body_held => &mut s.response_body,
+            BufferType::DownstreamData => &mut s.downstream_data,
+            BufferType::UpstreamData => &mut s.upstream_data,
+            _ => return st(Status::BadArgument),
+        };
+        // Envoy: start 0 replaces the first `len` bytes (a prepend when len is 0); start at or
+        // past the end appends; a splice in the middle is refused.
         let (start, len) = (start as u32 as usize, len as u32 as usize);
         if start == 0 {
             let cut = len.min(buf.len());
@@ -260,11 +279,18 @@ pub(crate) fn define(
     // ---- header maps ----
     env!("proxy_get_header_map_pairs", |mut c: C<'_>,
                                         t: i32,
-                                        ptr_ptr: i32,
-                                        size_ptr: i32|
+                                        pp: i32,
+                                        sp: i32|
      -> R {
-        let bytes = tri!(header_map(c.data_mut(), t)).serialize();
-        gave(give(&mut c, &bytes, ptr_ptr, size_ptr))
+        if MapType::from_i32(t).is_none() {
+            return st(Status::BadArgument);
+        }
+        // An unavailable or empty map is an empty result, not an error.
+        let bytes = match header_map(c.data_mut(), t, false) {
+            Ok(m) if !m.is_empty() => m.serialize(),
+            _ => Vec::new(),
+        };
+        gave(give(&mut c, &bytes, pp, sp))
     });
     env!("proxy_set_header_map_pairs", |mut c: C<'_>,
                                         t: i32,
@@ -272,27 +298,27 @@ pub(crate) fn define(
                                         size: i32|
      -> R {
         let raw = tri!(read(&mut c, ptr, size));
-        let pairs = tri!(deserialize_pairs(&raw).ok_or(Status::ParseFailure));
+        // cpp-host reads malformed pairs as an empty list: the map is cleared, and Ok.
         let mut new = HeaderMap::new();
-        for (k, v) in pairs {
+        for (k, v) in deserialize_pairs(&raw).unwrap_or_default() {
             new.add(&String::from_utf8_lossy(k), v);
         }
-        *tri!(header_map(c.data_mut(), t)) = new;
+        *tri!(header_map(c.data_mut(), t, true)) = new;
         Ok(OK)
     });
     env!("proxy_get_header_map_value", |mut c: C<'_>,
                                         t: i32,
                                         kp: i32,
                                         ks: i32,
-                                        ptr_ptr: i32,
-                                        size_ptr: i32|
+                                        pp: i32,
+                                        sp: i32|
      -> R {
         let key = tri!(read_str(&mut c, kp, ks));
-        let v = tri!(header_map(c.data_mut(), t))
+        let v = tri!(header_map(c.data_mut(), t, false))
             .get_bytes(&key)
             .map(<[u8]>::to_vec);
         let v = tri!(v.ok_or(Status::NotFound));
-        gave(give(&mut c, &v, ptr_ptr, size_ptr))
+        gave(give(&mut c, &v, pp, sp))
     });
     env!("proxy_add_header_map_value", |mut c: C<'_>,
                                         t: i32,
@@ -303,7 +329,7 @@ pub(crate) fn define(
      -> R {
         let key = tri!(read_str(&mut c, kp, ks));
         let value = tri!(read(&mut c, vp, vs));
-        tri!(header_map(c.data_mut(), t)).add(&key, value);
+        tri!(header_map(c.data_mut(), t, true)).add(&key, value);
         Ok(OK)
     });
     env!("proxy_replace_header_map_value", |mut c: C<'_>,
@@ -315,7 +341,7 @@ pub(crate) fn define(
      -> R {
         let key = tri!(read_str(&mut c, kp, ks));
         let value = tri!(read(&mut c, vp, vs));
-        tri!(header_map(c.data_mut(), t)).set(&key, value);
+        tri!(header_map(c.data_mut(), t, true)).set(&key, value);
         Ok(OK)
     });
     env!("proxy_remove_header_map_value", |mut c: C<'_>,
@@ -324,14 +350,14 @@ pub(crate) fn define(
                                            ks: i32|
      -> R {
         let key = tri!(read_str(&mut c, kp, ks));
-        tri!(header_map(c.data_mut(), t)).remove(&key);
+        tri!(header_map(c.data_mut(), t, true)).remove(&key);
         Ok(OK)
     });
     env!("proxy_get_header_map_size", |mut c: C<'_>,
                                        t: i32,
                                        out: i32|
      -> R {
-        let n = tri!(header_map(c.data_mut(), t)).byte_size() as u32;
+        let n = tri!(header_map(c.data_mut(), t, true)).byte_size() as u32;
         tri!(write_u32(&mut c, out, n));
         Ok(OK)
     });
@@ -350,11 +376,15 @@ pub(crate) fn define(
         let details = tri!(read_str(&mut c, dp, ds));
         let body = tri!(read(&mut c, bp, bs));
         let raw = tri!(read(&mut c, hp, hs));
-        let headers = tri!(HeaderMap::deserialize(&raw).ok_or(Status::ParseFailure));
-        let s = tri!(stream(c.data_mut()));
+        // Malformed pairs are no headers, as in cpp-host.
+        let headers = HeaderMap::deserialize(&raw).unwrap_or_default();
+        let Ok(s) = stream(c.data_mut()) else {
+            // Envoy: a silent no-op outside an HTTP stream.
+            return Ok(OK);
+        };
         s.local_response = Some(LocalResponse {
             status: status as u32,
-            details,
+            details: details.replace(char::is_whitespace, "_"),
             body,
             headers,
             grpc_status: grpc,
@@ -371,22 +401,36 @@ pub(crate) fn define(
             Ok(OK)
         });
         env!("proxy_clear_route_cache", |_c: C<'_>| -> R { Ok(OK) });
+    } else {
+        env!("proxy_continue_stream", |mut c: C<'_>, t: i32| -> R {
+            match t {
+                0..=2 => {
+                    tri!(stream(c.data_mut())).resumed.push(t);
+                    Ok(OK)
+                }
+                // Envoy cannot resume an upstream connection.
+                3 => st(Status::Unimplemented),
+                _ => st(Status::BadArgument),
+            }
+        });
+        env!("proxy_close_stream", |mut c: C<'_>, t: i32| -> R {
+            if !(0..=3).contains(&t) {
+                return st(Status::BadArgument);
+            }
+            tri!(stream(c.data_mut())).closed.push(t);
+            Ok(OK)
+        });
     }
-    env!("proxy_continue_stream", |mut c: C<'_>, t: i32| -> R {
-        if !(0..=1).contains(&t) {
-            return st(Status::BadArgument);
+    env!("proxy_done", |mut c: C<'_>| -> R {
+        let d = c.data_mut();
+        let ctx = d.context();
+        if d.pending_done.remove(&ctx) {
+            d.done_called.push(ctx);
+            Ok(OK)
+        } else {
+            st(Status::NotFound)
         }
-        tri!(stream(c.data_mut())).resumed.push(t);
-        Ok(OK)
     });
-    env!("proxy_close_stream", |mut c: C<'_>, t: i32| -> R {
-        if !(0..=1).contains(&t) {
-            return st(Status::BadArgument);
-        }
-        tri!(stream(c.data_mut())).closed.push(t);
-        Ok(OK)
-    });
-    env!("proxy_done", |_c: C<'_>| -> R { Ok(OK) });
     env!("proxy_set_effective_context", |mut c: C<'_>,
                                          ctx: i32|
      -> R {
@@ -403,12 +447,12 @@ pub(crate) fn define(
     env!("proxy_get_property", |mut c: C<'_>,
                                 pp: i32,
                                 ps: i32,
-                                ptr_ptr: i32,
-                                size_ptr: i32|
+                                rp: i32,
+                                rs: i32|
      -> R {
         let path = tri!(read(&mut c, pp, ps));
         let v = tri!(crate::host::property(c.data(), &path).ok_or(Status::NotFound));
-        gave(give(&mut c, &v, ptr_ptr, size_ptr))
+        gave(give(&mut c, &v, rp, rs))
     });
     env!("proxy_set_property", |mut c: C<'_>,
                                 pp: i32,
@@ -418,16 +462,9 @@ pub(crate) fn define(
      -> R {
         let path = tri!(read(&mut c, pp, ps));
         let value = tri!(read(&mut c, vp, vs));
-        let key = crate::host::path_key(&path);
-        let d = c.data_mut();
-        match stream(d) {
-            Ok(s) => {
-                s.properties.insert(key, value);
-            }
-            Err(_) => {
-                d.shared.borrow_mut().properties.insert(key, value);
-            }
-        }
+        // Envoy keeps it in the stream's filter state; without a stream there is none.
+        let s = tri!(stream(c.data_mut()).map_err(|_| Status::NotFound));
+        s.properties.insert(crate::host::path_key(&path), value);
         Ok(OK)
     });
 
@@ -435,8 +472,8 @@ pub(crate) fn define(
     env!("proxy_get_shared_data", |mut c: C<'_>,
                                    kp: i32,
                                    ks: i32,
-                                   ptr_ptr: i32,
-                                   size_ptr: i32,
+                                   pp: i32,
+                                   sp: i32,
                                    cas_ptr: i32|
      -> R {
         let key = tri!(read_str(&mut c, kp, ks));
@@ -449,8 +486,12 @@ pub(crate) fn define(
                 .cloned()
         };
         let (value, cas) = tri!(got.ok_or(Status::NotFound));
+        let r = gave(give(&mut c, &value, pp, sp))?;
+        if r != OK {
+            return Ok(r);
+        }
         tri!(write_u32(&mut c, cas_ptr, cas));
-        gave(give(&mut c, &value, ptr_ptr, size_ptr))
+        Ok(OK)
     });
     env!("proxy_set_shared_data", |mut c: C<'_>,
                                    kp: i32,
@@ -473,9 +514,12 @@ pub(crate) fn define(
         let name = tri!(read_str(&mut c, np, ns));
         let token = {
             let d = c.data();
+            // Deliveries go to the registering context's root (the last registrant wins).
+            let ctx = d.context();
+            let root = d.streams.get(&ctx).map(|s| s.root).unwrap_or(ctx);
             d.shared
                 .borrow_mut()
-                .register_queue(&d.vm_id, name, d.vm_index, d.context())
+                .register_queue(&d.vm_id, name, d.vm_index, root)
         };
         tri!(write_u32(&mut c, out, token));
         Ok(OK)
@@ -487,8 +531,11 @@ pub(crate) fn define(
                                         ns: i32,
                                         out: i32|
      -> R {
-        let vm_id = tri!(read_str(&mut c, vp, vs));
+        let mut vm_id = tri!(read_str(&mut c, vp, vs));
         let name = tri!(read_str(&mut c, np, ns));
+        if vm_id.is_empty() {
+            vm_id = c.data().vm_id.clone();
+        }
         let token = c.data().shared.borrow().resolve_queue(&vm_id, &name);
         let token = tri!(token.ok_or(Status::NotFound));
         tri!(write_u32(&mut c, out, token));
@@ -504,15 +551,15 @@ pub(crate) fn define(
     });
     env!("proxy_dequeue_shared_queue", |mut c: C<'_>,
                                         token: i32,
-                                        ptr_ptr: i32,
-                                        size_ptr: i32|
+                                        pp: i32,
+                                        sp: i32|
      -> R {
         let v = c.data().shared.borrow_mut().dequeue(token as u32);
         let v = tri!(v);
-        gave(give(&mut c, &v, ptr_ptr, size_ptr))
+        gave(give(&mut c, &v, pp, sp))
     });
 
-    // ---- metrics ----
+    // ---- metrics: ids per VM, (n << 2) | kind; the stat itself is host-wide by name ----
     env!("proxy_define_metric", |mut c: C<'_>,
                                  t: i32,
                                  np: i32,
@@ -521,7 +568,12 @@ pub(crate) fn define(
      -> R {
         let kind = tri!(MetricType::from_i32(t).ok_or(Status::BadArgument));
         let name = tri!(read_str(&mut c, np, ns));
-        let id = c.data().shared.borrow_mut().define_metric(kind, name);
+        let id = {
+            let d = c.data_mut();
+            d.shared.borrow_mut().stat(kind, &name);
+            d.metric_ids.push((name, kind));
+            ((d.metric_ids.len() as u32) << 2) | kind as u32
+        };
         tri!(write_u32(&mut c, out, id));
         Ok(OK)
     });
@@ -529,29 +581,32 @@ pub(crate) fn define(
                                     id: i32,
                                     offset: i64|
      -> R {
-        let mut s = c.data().shared.borrow_mut();
-        let m: &mut Metric = tri!(s.metric_mut(id as u32));
-        Ok(m.increment(offset) as i32)
+        let (kind, name) = tri!(metric_id(c.data(), id as u32));
+        Ok(c.data()
+            .shared
+            .borrow_mut()
+            .stat(kind, &name)
+            .increment(offset) as i32)
     });
     env!("proxy_record_metric", |c: C<'_>,
                                  id: i32,
                                  value: i64|
      -> R {
-        let mut s = c.data().shared.borrow_mut();
-        let m: &mut Metric = tri!(s.metric_mut(id as u32));
-        Ok(m.record(value as u64) as i32)
+        let (kind, name) = tri!(metric_id(c.data(), id as u32));
+        Ok(c.data()
+            .shared
+            .borrow_mut()
+            .stat(kind, &name)
+            .record(value as u64) as i32)
     });
     env!("proxy_get_metric", |mut c: C<'_>, id: i32, out: i32| -> R {
-        let v = {
-            let mut s = c.data().shared.borrow_mut();
-            let m: &mut Metric = tri!(s.metric_mut(id as u32));
-            tri!(m.get())
-        };
+        let (kind, name) = tri!(metric_id(c.data(), id as u32));
+        let v = tri!(c.data().shared.borrow_mut().stat(kind, &name).get());
         tri!(write(&mut c, out, &v.to_le_bytes()));
         Ok(OK)
     });
 
-    // ---- HTTP and gRPC calls ----
+    // ---- HTTP and gRPC calls (owned by the root context, as in Envoy) ----
     env!("proxy_http_call", |mut c: C<'_>,
                              up: i32,
                              us: i32,
@@ -564,35 +619,35 @@ pub(crate) fn define(
                              timeout: i32,
                              out: i32|
      -> R {
+        tri!(write_u32(&mut c, out, 0));
         let upstream = tri!(read_str(&mut c, up, us));
-        let headers =
-            tri!(HeaderMap::deserialize(&tri!(read(&mut c, hp, hs))).ok_or(Status::ParseFailure));
+        let headers = HeaderMap::deserialize(&tri!(read(&mut c, hp, hs))).unwrap_or_default();
         let body = tri!(read(&mut c, bp, bs));
-        let trailers =
-            tri!(HeaderMap::deserialize(&tri!(read(&mut c, tp, ts))).ok_or(Status::ParseFailure));
-        let token = {
-            let d = c.data();
-            let mut s = d.shared.borrow_mut();
-            if !s.knows_cluster(&upstream) {
-                return st(Status::BadArgument);
-            }
-            // Envoy refuses calls without the pseudo-headers it needs to route.
-            if [":method", ":path", ":authority"]
+        let trailers = HeaderMap::deserialize(&tri!(read(&mut c, tp, ts))).unwrap_or_default();
+        if timeout < 0
+            || !c.data().shared.borrow().knows_cluster(&upstream)
+            || [":method", ":path", ":authority"]
                 .iter()
                 .any(|h| !headers.contains(h))
-            {
-                return st(Status::BadArgument);
-            }
-            s.add_http_call(HttpCall {
-                token: 0,
+        {
+            // Envoy: negative timeout, unknown cluster, or missing routing pseudo-headers.
+            return st(Status::BadArgument);
+        }
+        let token = {
+            let d = c.data_mut();
+            let root = d.acting_root();
+            let token = d.next_callout_id(0);
+            d.shared.borrow_mut().http_calls.push(HttpCall {
+                token,
                 upstream,
                 headers,
                 body,
                 trailers,
                 timeout_ms: timeout as u32,
                 vm_index: d.vm_index,
-                context: d.context(),
-            })
+                context: root,
+            });
+            token
         };
         tri!(write_u32(&mut c, out, token));
         Ok(OK)
@@ -617,7 +672,8 @@ pub(crate) fn define(
             Some((rp, rs)),
             timeout
         ));
-        let token = c.data().shared.borrow_mut().add_grpc_call(call);
+        let token = call.token;
+        c.data().shared.borrow_mut().grpc_calls.push(call);
         tri!(write_u32(&mut c, out, token));
         Ok(OK)
     });
@@ -638,7 +694,8 @@ pub(crate) fn define(
             None,
             0
         ));
-        let token = c.data().shared.borrow_mut().add_grpc_call(call);
+        let token = call.token;
+        c.data().shared.borrow_mut().grpc_calls.push(call);
         tri!(write_u32(&mut c, out, token));
         Ok(OK)
     });
@@ -649,38 +706,42 @@ pub(crate) fn define(
                              end: i32|
      -> R {
         let msg = tri!(read(&mut c, mp, ms));
-        let mut s = c.data().shared.borrow_mut();
-        let call = tri!(s.grpc_call_mut(token as u32).ok_or(Status::BadArgument));
-        if !call.stream {
+        if token as u32 & 3 != 2 {
             return st(Status::BadArgument);
         }
+        let vm = c.data().vm_index;
+        let mut s = c.data().shared.borrow_mut();
+        let call = tri!(s.grpc_call_mut(vm, token as u32).ok_or(Status::NotFound));
         call.sent.push(msg);
         call.local_closed |= end != 0;
         Ok(OK)
     });
     env!("proxy_grpc_cancel", |c: C<'_>, token: i32| -> R {
+        if !matches!(token as u32 & 3, 1 | 2) {
+            return st(Status::BadArgument);
+        }
+        let vm = c.data().vm_index;
         let mut s = c.data().shared.borrow_mut();
-        tri!(s.grpc_call_mut(token as u32).ok_or(Status::NotFound)).cancelled = true;
+        tri!(s.grpc_call_mut(vm, token as u32).ok_or(Status::NotFound)).cancelled = true;
         Ok(OK)
     });
     env!("proxy_grpc_close", |c: C<'_>, token: i32| -> R {
+        if !matches!(token as u32 & 3, 1 | 2) {
+            return st(Status::BadArgument);
+        }
+        let vm = c.data().vm_index;
         let mut s = c.data().shared.borrow_mut();
-        tri!(s.grpc_call_mut(token as u32).ok_or(Status::NotFound)).local_closed = true;
+        tri!(s.grpc_call_mut(vm, token as u32).ok_or(Status::NotFound)).local_closed = true;
         Ok(OK)
     });
     env!("proxy_get_status", |mut c: C<'_>,
                               code_ptr: i32,
-                              ptr_ptr: i32,
-                              size_ptr: i32|
+                              pp: i32,
+                              sp: i32|
      -> R {
-        let got = c
-            .data()
-            .call_response
-            .as_ref()
-            .and_then(|r| r.grpc_status.clone());
-        let (code, msg) = tri!(got.ok_or(Status::NotFound));
+        let (code, msg) = c.data().last_status.clone();
         tri!(write_u32(&mut c, code_ptr, code));
-        gave(give(&mut c, msg.as_bytes(), ptr_ptr, size_ptr))
+        gave(give(&mut c, msg.as_bytes(), pp, sp))
     });
 
     // ---- foreign functions ----
@@ -689,18 +750,27 @@ pub(crate) fn define(
                                          ns: i32,
                                          ap: i32,
                                          asz: i32,
-                                         ptr_ptr: i32,
-                                         size_ptr: i32|
+                                         pp: i32,
+                                         sp: i32|
      -> R {
         let name = tri!(read_str(&mut c, np, ns));
         let args = tri!(read(&mut c, ap, asz));
         let f = c.data().shared.borrow().foreign.get(&name).cloned();
         let f = tri!(f.ok_or(Status::NotFound));
         let out = tri!(f(&args));
-        gave(give(&mut c, &out, ptr_ptr, size_ptr))
+        if pp == 0 {
+            return Ok(OK);
+        }
+        gave(give(&mut c, &out, pp, sp))
     });
 
-    // ---- WASI preview 1, as Envoy provides it ----
+    // ---- Emscripten/pthread shims cpp-host provides ----
+    env!("pthread_equal", |_c: C<'_>, a: i32, b: i32| -> i32 {
+        (a == b) as i32
+    });
+    env!("emscripten_notify_memory_growth", |_c: C<'_>, _i: i32| {});
+
+    // ---- WASI preview 1, as cpp-host/Envoy provide it ----
     wasi!("fd_write", |mut c: C<'_>,
                        fd: i32,
                        iovs: i32,
@@ -718,16 +788,19 @@ pub(crate) fn define(
             out.extend(tri_errno!(read(&mut c, p, l)));
         }
         let n = out.len() as u32;
+        // stdout logs at info, stderr at error, one trailing newline dropped, empty skipped.
         let text = String::from_utf8_lossy(&out);
-        let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
-        c.data().log(
-            if fd == 1 {
-                LogLevel::Info
-            } else {
-                LogLevel::Error
-            },
-            text,
-        );
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        if !text.is_empty() {
+            c.data().log(
+                if fd == 1 {
+                    LogLevel::Info
+                } else {
+                    LogLevel::Error
+                },
+                text.to_string(),
+            );
+        }
         tri_errno!(write_u32(&mut c, written, n));
         Ok(0)
     });
@@ -736,24 +809,28 @@ pub(crate) fn define(
                       _iovs: i32,
                       _n: i32,
                       _read: i32|
-     -> R { Ok(ERRNO_BADF) });
-    wasi!("fd_close", |_c: C<'_>, _fd: i32| -> R { Ok(ERRNO_BADF) });
+     -> R { Ok(ERRNO_NOSYS) });
+    wasi!("fd_close", |_c: C<'_>, _fd: i32| -> R { Ok(0) });
     wasi!("fd_seek", |_c: C<'_>,
                       _fd: i32,
                       _off: i64,
                       _whence: i32,
                       _out: i32|
-     -> R { Ok(ERRNO_BADF) });
+     -> R { Ok(0) });
     wasi!("fd_fdstat_get", |mut c: C<'_>, fd: i32, out: i32| -> R {
-        if !(0..=2).contains(&fd) {
+        if fd != 1 && fd != 2 {
             return Ok(ERRNO_BADF);
         }
-        // filetype character device, no flags, rights: read/write as the fd allows.
+        // [u64 0, u64 rights = FD_WRITE (64), u64 0], as cpp-host writes it.
         let mut stat = [0u8; 24];
-        stat[0] = 2;
+        stat[8] = 64;
         tri_errno!(write(&mut c, out, &stat));
         Ok(0)
     });
+    wasi!("fd_fdstat_set_flags", |_c: C<'_>,
+                                  _fd: i32,
+                                  _flags: i32|
+     -> R { Ok(ERRNO_NOSYS) });
     wasi!("fd_prestat_get", |_c: C<'_>, _fd: i32, _out: i32| -> R {
         Ok(ERRNO_BADF)
     });
@@ -761,7 +838,28 @@ pub(crate) fn define(
                                   _fd: i32,
                                   _p: i32,
                                   _l: i32|
-     -> R { Ok(ERRNO_BADF) });
+     -> R { Ok(ERRNO_NOSYS) });
+    wasi!("fd_filestat_get", |_c: C<'_>, _fd: i32, _out: i32| -> R {
+        Ok(ERRNO_BADF)
+    });
+    wasi!("path_open", |_c: C<'_>,
+                        _fd: i32,
+                        _df: i32,
+                        _p: i32,
+                        _l: i32,
+                        _of: i32,
+                        _rb: i64,
+                        _ri: i64,
+                        _ff: i32,
+                        _out: i32|
+     -> R { Ok(ERRNO_NOENT) });
+    wasi!("path_filestat_get", |_c: C<'_>,
+                                _fd: i32,
+                                _f: i32,
+                                _p: i32,
+                                _l: i32,
+                                _out: i32|
+     -> R { Ok(ERRNO_NOTSUP) });
     wasi!("environ_sizes_get", |mut c: C<'_>,
                                 count: i32,
                                 size: i32|
@@ -807,45 +905,65 @@ pub(crate) fn define(
                              _precision: i64,
                              out: i32|
      -> R {
-        let s = c.data().shared.borrow();
-        let t = match id {
-            0 => s.now,
-            1 => s.monotonic(),
-            _ => return Ok(ERRNO_INVAL),
+        let t = {
+            let s = c.data().shared.borrow();
+            match id {
+                0 => s.now,
+                1 => s.monotonic(),
+                _ => return Ok(ERRNO_NOTSUP),
+            }
         };
-        drop(s);
         tri_errno!(write(&mut c, out, &t.to_le_bytes()));
         Ok(0)
     });
-    wasi!("clock_res_get", |mut c: C<'_>, _id: i32, out: i32| -> R {
+    wasi!("clock_res_get", |mut c: C<'_>, id: i32, out: i32| -> R {
+        if !(0..=1).contains(&id) {
+            return Ok(ERRNO_NOTSUP);
+        }
         tri_errno!(write(&mut c, out, &1u64.to_le_bytes()));
         Ok(0)
     });
     wasi!("random_get", |mut c: C<'_>, buf: i32, len: i32| -> R {
-        let bytes = c
-            .data()
-            .shared
-            .borrow_mut()
-            .random_bytes(len as u32 as usize);
+        let len = len as u32 as usize;
+        if len > 65536 {
+            return Ok(ERRNO_INVAL);
+        }
+        let bytes = c.data().shared.borrow_mut().random_bytes(len);
         tri_errno!(write(&mut c, buf, &bytes));
         Ok(0)
     });
     wasi!("sched_yield", |_c: C<'_>| -> R { Ok(0) });
-    wasi!("poll_oneoff", |_c: C<'_>,
+    wasi!("poll_oneoff", |mut c: C<'_>,
                           _in: i32,
                           _out: i32,
                           _n: i32,
-                          _ret: i32|
-     -> R { Ok(ERRNO_NOTSUP) });
-    wasi!("proc_exit", |mut c: C<'_>,
-                        code: i32|
-     -> wasmtime::Result<()> {
+                          nevents: i32|
+     -> R {
+        tri_errno!(write_u32(&mut c, nevents, 0));
+        Ok(0)
+    });
+    // Envoy only logs proc_exit and returns; the module's own trap right after it is what
+    // fails the VM. The harness records the code so that error names it.
+    wasi!("proc_exit", |mut c: C<'_>, code: i32| {
         c.data_mut().abort = Some(Abort::Exit(code));
-        Err(wasmtime::Error::new(Abort::Exit(code)))
     });
     Ok(names)
 }
 
+fn metric_id(d: &VmState, id: u32) -> Result<(MetricType, String), Status> {
+    let kind = MetricType::from_i32((id & 3) as i32).ok_or(Status::BadArgument)?;
+    let (name, k) = d
+        .metric_ids
+        .get(((id >> 2) as usize).wrapping_sub(1))
+        .ok_or(Status::NotFound)?;
+    if *k != kind {
+        return Err(Status::NotFound);
+    }
+    Ok((kind, name.clone()))
+}
+
+const ERRNO_NOENT: i32 = 44;
+const ERRNO_NOSYS: i32 = 52;
 const ERRNO_BADF: i32 = 8;
 const ERRNO_INVAL: i32 = 28;
 const ERRNO_NOTSUP: i32 = 58;
@@ -861,26 +979,40 @@ macro_rules! tri_errno {
 }
 use tri_errno;
 
+/// A buffer's bytes as Envoy exposes them to the acting context.
 fn buffer(d: &VmState, t: i32) -> Result<Vec<u8>, Status> {
     let t = BufferType::from_i32(t).ok_or(Status::BadArgument)?;
     let ctx = d.context();
     let s = d.streams.get(&ctx);
     Ok(match t {
         BufferType::VmConfiguration => d.vm_configuration.clone(),
-        BufferType::PluginConfiguration => d
+        BufferType::PluginConfiguration if d.plugin_config_visible => d
             .root_of(ctx)
             .map(|r| r.configuration.clone())
             .ok_or(Status::NotFound)?,
-        BufferType::HttpRequestBody => s.ok_or(Status::NotFound)?.request_body.clone(),
-        BufferType::HttpResponseBody => s.ok_or(Status::NotFound)?.response_body.clone(),
+        BufferType::PluginConfiguration => return Err(Status::NotFound),
+        // Outside its callbacks Envoy's body buffer is empty, not missing.
+        BufferType::HttpRequestBody => s
+            .filter(|s| s.request_body_held)
+            .map(|s| s.request_body.clone())
+            .unwrap_or_default(),
+        BufferType::HttpResponseBody => s
+            .filter(|s| s.response_body_held)
+            .map(|s| s.response_body.clone())
+            .unwrap_or_default(),
         BufferType::DownstreamData => s.ok_or(Status::NotFound)?.downstream_data.clone(),
         BufferType::UpstreamData => s.ok_or(Status::NotFound)?.upstream_data.clone(),
-        BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer => d
+        BufferType::HttpCallResponseBody => d
             .call_response
             .as_ref()
             .ok_or(Status::NotFound)?
             .body
             .clone(),
+        BufferType::GrpcReceiveBuffer => d
+            .call_response
+            .as_ref()
+            .map(|r| r.body.clone())
+            .unwrap_or_default(),
         BufferType::CallData => d.call_data.clone(),
     })
 }
@@ -894,29 +1026,31 @@ fn grpc_call(
     let service = read(c, p[0], p[1])?;
     let service_name = read_str(c, p[2], p[3])?;
     let method = read_str(c, p[4], p[5])?;
-    let metadata = HeaderMap::deserialize(&read(c, p[6], p[7])?).ok_or(Status::ParseFailure)?;
+    let metadata = HeaderMap::deserialize(&read(c, p[6], p[7])?).unwrap_or_default();
     let message = match request {
-        Some((rp, rs)) => read(c, rp, rs)?,
-        None => Vec::new(),
+        Some((rp, rs)) => Some(read(c, rp, rs)?),
+        None => None,
     };
-    let d = c.data();
+    let d = c.data_mut();
+    let service = String::from_utf8_lossy(&service).into_owned();
+    if !d.shared.borrow().knows_cluster(&service) {
+        // Envoy: a service that is neither a GrpcService nor a known cluster.
+        return Err(Status::ParseFailure);
+    }
+    let unary = message.is_some();
     Ok(GrpcCall {
-        token: 0,
-        service: String::from_utf8_lossy(&service).into_owned(),
+        token: d.next_callout_id(if unary { 1 } else { 2 }),
+        service,
         service_name,
         method,
         initial_metadata: metadata,
-        sent: if request.is_some() {
-            vec![message]
-        } else {
-            Vec::new()
-        },
-        stream: request.is_none(),
+        stream: !unary,
+        sent: message.into_iter().collect(),
         timeout_ms: timeout as u32,
         vm_index: d.vm_index,
-        context: d.context(),
+        context: d.acting_root(),
         cancelled: false,
-        local_closed: request.is_some(),
+        local_closed: unary,
     })
 }
 

@@ -25,6 +25,10 @@ pub enum FailurePolicy {
 /// Status of the local reply Envoy sends when a fail-closed plugin cannot run.
 pub const FAIL_CLOSED_STATUS: u32 = 503;
 
+/// How long FAIL_RELOAD waits after a failure before building a new VM (Envoy's default
+/// `reload_config.backoff.base_interval`); measured on the host clock.
+pub const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Default per-callback deadline.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 /// Default memory cap per VM (Envoy's V8 default heap is larger; 256 MiB is plenty for filters).
@@ -147,26 +151,45 @@ impl PluginBuilder {
     }
 }
 
+/// Create and start a root context as cpp-host does: `proxy_on_context_create(root, 0)`, then
+/// `proxy_on_vm_start(root, vm_config_len)`, then `proxy_on_configure(root, plugin_config_len)`.
+/// The plugin configuration is visible during the first and the last.
 fn configure(vm: &Vm, root: &RootCtx) -> Result<u32> {
     let mut v = vm.borrow_mut();
     let id = v.new_context_id();
     v.store.data_mut().roots.insert(id, root.clone());
-    let create = v.exports.on_context_create.clone();
-    v.call("proxy_on_context_create", id, create, (id as i32, 0))?;
-    let f = v.exports.on_configure.clone();
-    let ok = v.call(
-        "proxy_on_configure",
-        id,
-        f,
-        (id as i32, root.configuration.len() as i32),
-    )?;
-    if ok == Some(0) {
+    let result = (|| {
+        v.store.data_mut().plugin_config_visible = true;
+        let create = v.exports.on_context_create.clone();
+        v.call("proxy_on_context_create", id, create, (id as i32, 0))?;
+        v.store.data_mut().plugin_config_visible = false;
+        let vm_cfg = v.store.data().vm_configuration.len() as i32;
+        let start = v.exports.on_vm_start.clone();
+        if v.call("proxy_on_vm_start", id, start, (id as i32, vm_cfg))? == Some(0) {
+            return Err(Error::VmStartFailed {
+                vm_id: v.store.data().vm_id.clone(),
+            });
+        }
+        v.store.data_mut().plugin_config_visible = true;
+        let f = v.exports.on_configure.clone();
+        let ok = v.call(
+            "proxy_on_configure",
+            id,
+            f,
+            (id as i32, root.configuration.len() as i32),
+        )?;
+        if ok == Some(0) {
+            return Err(Error::ConfigureFailed {
+                root_id: root.root_id.clone(),
+            });
+        }
+        Ok(id)
+    })();
+    v.store.data_mut().plugin_config_visible = false;
+    if result.is_err() {
         v.store.data_mut().roots.remove(&id);
-        return Err(Error::ConfigureFailed {
-            root_id: root.root_id.clone(),
-        });
     }
-    Ok(id)
+    result
 }
 
 struct PluginInner {
@@ -198,13 +221,19 @@ impl Plugin {
         self.inner.borrow().vm.borrow().failed.clone()
     }
 
-    /// Open an HTTP stream: creates its context (`proxy_on_context_create`) unless the VM has
-    /// failed, in which case the failure policy decides (fail-open streams skip the module,
-    /// fail-closed ones answer 503, reload starts a fresh VM first).
+    /// Open an HTTP stream. Its context is created (`proxy_on_context_create`) when request
+    /// headers arrive, as Envoy does. Once the VM has failed, the failure policy decides:
+    /// fail-open streams skip the module, fail-closed ones get a local 503, and reload starts a
+    /// fresh VM first once [`RELOAD_BACKOFF`] has passed on the host clock (503 before that).
     pub fn http_stream(&self) -> Result<HttpStream> {
         let policy = self.inner.borrow().builder.policy;
-        if self.failure().is_some() && policy == FailurePolicy::Reload {
-            self.reload()?;
+        if let Some(failed_at) = self.failed_at()
+            && policy == FailurePolicy::Reload
+        {
+            let now = self.host().now_nanos();
+            if now.saturating_sub(failed_at) >= RELOAD_BACKOFF.as_nanos() as u64 {
+                self.reload()?;
+            }
         }
         let (vm, root) = {
             let p = self.inner.borrow();
@@ -214,35 +243,50 @@ impl Plugin {
             plugin: self.clone(),
             vm: vm.clone(),
             id: 0,
-            policy,
+            root,
             bypass: false,
             error: None,
             request_forwarded: Vec::new(),
             response_forwarded: Vec::new(),
-            fail_closed_reply: None,
+            failure_reply: None,
             finished: None,
+            local_reply_sent: false,
         };
-        if let Some(e) = self.failure() {
-            stream.fail(e);
-            return Ok(stream);
+        if self.failure().is_some() {
+            match policy {
+                FailurePolicy::FailOpen => stream.bypass = true,
+                FailurePolicy::FailClosed | FailurePolicy::Reload => stream.fail_closed(),
+            }
         }
-        let mut v = vm.borrow_mut();
-        let id = v.new_context_id();
-        v.store.data_mut().streams.insert(
+        let id = vm.borrow_mut().new_context_id();
+        stream.id = id;
+        vm.borrow_mut().store.data_mut().streams.insert(
             id,
             StreamCtx {
                 root,
                 ..StreamCtx::default()
             },
         );
-        stream.id = id;
-        let f = v.exports.on_context_create.clone();
-        if let Err(e) = v.call("proxy_on_context_create", id, f, (id as i32, root as i32)) {
-            drop(v);
-            stream.fail(e.clone());
-            return Err(e);
-        }
         Ok(stream)
+    }
+
+    fn failed_at(&self) -> Option<u64> {
+        let p = self.inner.borrow();
+        let v = p.vm.borrow();
+        v.failed.as_ref().map(|_| v.failed_at)
+    }
+
+    /// Answer a pending HTTP call this plugin's VM made (tokens are per VM).
+    pub fn respond_http_call(
+        &self,
+        token: u32,
+        headers: &[(&str, &str)],
+        body: impl AsRef<[u8]>,
+        trailers: &[(&str, &str)],
+    ) -> Result<()> {
+        let vm_index = self.inner.borrow().vm.borrow().store.data().vm_index;
+        self.host()
+            .respond_http_call_in(vm_index, token, headers, body.as_ref(), trailers)
     }
 
     /// Replace a failed VM with a fresh one, started and configured as before.
@@ -288,33 +332,40 @@ impl Plugin {
         };
         let mut v = vm.borrow_mut();
         let f = v.exports.on_done.clone();
-        let done = v.call("proxy_on_done", root, f, root as i32)?;
-        let f = v.exports.on_delete.clone();
-        v.call("proxy_on_delete", root, f, root as i32)?;
-        v.store.data_mut().roots.remove(&root);
-        Ok(done != Some(0))
+        let done = v.call("proxy_on_done", root, f, root as i32)? != Some(0);
+        if done {
+            let f = v.exports.on_delete.clone();
+            v.call("proxy_on_delete", root, f, root as i32)?;
+            v.store.data_mut().roots.remove(&root);
+        } else {
+            // The root stays until it calls proxy_done (then it is deleted).
+            v.store.data_mut().pending_done.insert(root);
+        }
+        Ok(done)
     }
 }
 
 /// One HTTP stream through a plugin. Feed it what a client and upstream send, read what the
-/// filter did. Every event returns the module's [`Action`]; a failing callback returns the error
-/// after the failure policy has been applied to the stream (see [`HttpStream::local_response`]).
+/// filter did. Every event returns the module's [`Action`] (forced to `Pause` when the module sent
+/// a local response, as Envoy does). A failing callback returns its error after the stream got
+/// Envoy's failure reply (a local 503, see [`HttpStream::local_response`]).
 pub struct HttpStream {
     plugin: Plugin,
     vm: Vm,
     id: u32,
-    policy: FailurePolicy,
-    /// The module is not consulted (fail-open after a failure).
+    root: u32,
+    /// The module is not consulted (fail-open, or after a failure reply).
     bypass: bool,
     error: Option<Error>,
     request_forwarded: Vec<u8>,
     response_forwarded: Vec<u8>,
-    fail_closed_reply: Option<LocalResponse>,
+    failure_reply: Option<LocalResponse>,
     /// The stream's state once completed (the VM forgets it).
     finished: Option<StreamCtx>,
+    local_reply_sent: bool,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Request,
     Response,
@@ -326,41 +377,89 @@ impl HttpStream {
         self.id
     }
 
-    fn fail(&mut self, e: Error) {
-        match self.policy {
-            FailurePolicy::FailOpen => self.bypass = true,
-            FailurePolicy::FailClosed | FailurePolicy::Reload => {
-                self.bypass = true;
-                self.fail_closed_reply = Some(LocalResponse {
-                    status: FAIL_CLOSED_STATUS,
-                    details: "wasm_fail_stream".into(),
-                    body: Vec::new(),
-                    headers: HeaderMap::new(),
-                    grpc_status: -1,
-                });
-            }
-        }
-        self.error = Some(e);
+    /// Envoy's reply when the VM cannot run: 503, empty body, details `wasm_fail_stream`, gRPC
+    /// status 14 (UNAVAILABLE). The module is not called again for this stream.
+    fn fail_closed(&mut self) {
+        self.bypass = true;
+        self.failure_reply = Some(LocalResponse {
+            status: FAIL_CLOSED_STATUS,
+            details: "wasm_fail_stream".into(),
+            body: Vec::new(),
+            headers: HeaderMap::new(),
+            grpc_status: 14,
+        });
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        // Whatever the policy, the stream in flight when the VM fails gets the 503.
+        self.fail_closed();
+        self.error = Some(e.clone());
+        e
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut StreamCtx) -> T) -> Option<T> {
         let mut v = self.vm.borrow_mut();
         match v.store.data_mut().streams.get_mut(&self.id) {
-            Some(s) => Some(f(s)),
-            None => self.finished.clone().as_mut().map(f),
+            Some(s) if self.id != 0 => Some(f(s)),
+            _ => self.finished.clone().as_mut().map(f),
         }
     }
 
-    fn finish(&mut self, r: Result<Option<i32>>) -> Result<Action> {
-        let r = match r {
-            Ok(a) => a.map(Action::from_i32).unwrap_or(Action::Continue),
-            Err(e) => {
-                self.fail(e.clone());
-                return Err(e);
+    /// Create the context on first use (Envoy does so on request headers).
+    fn ensure_created(&mut self) -> Result<()> {
+        if self.bypass || self.with(|s| s.created).unwrap_or(true) {
+            return Ok(());
+        }
+        let (id, root) = (self.id, self.root);
+        let r = {
+            let mut v = self.vm.borrow_mut();
+            if let Some(s) = v.store.data_mut().streams.get_mut(&id) {
+                s.created = true;
             }
+            let f = v.exports.on_context_create.clone();
+            v.call("proxy_on_context_create", id, f, (id as i32, root as i32))
         };
+        r.map(|_| ()).map_err(|e| self.fail(e))
+    }
+
+    /// After a callback: turn its result into an action, send a local reply it asked for, run
+    /// deferred host work.
+    fn after(&mut self, side: Side, r: Result<Option<i32>>) -> Result<Action> {
+        let raw = match r {
+            Ok(a) => a.unwrap_or(0),
+            Err(e) => return Err(self.fail(e)),
+        };
+        let mut action = Action::from_i32(raw);
+        let local = self.with(|s| s.local_response.clone()).flatten();
+        if local.is_some() && !self.local_reply_sent {
+            // Envoy forces a stop and sends the reply after the callback returns; the reply
+            // passes this filter's response callbacks like any response.
+            action = Action::Pause;
+            self.local_reply_sent = true;
+            if side == Side::Request
+                && let Some(reply) = local
+            {
+                let mut headers: Vec<(String, String)> =
+                    vec![(":status".into(), reply.status.to_string())];
+                if !reply.body.is_empty() {
+                    headers.push(("content-length".into(), reply.body.len().to_string()));
+                    headers.push(("content-type".into(), "text/plain".into()));
+                }
+                headers.extend(reply.headers.to_pairs());
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                self.plugin.host().run_deferred()?;
+                self.headers(Side::Response, &pairs, reply.body.is_empty())?;
+                if !reply.body.is_empty() {
+                    self.body(Side::Response, &reply.body, true)?;
+                }
+                return Ok(action);
+            }
+        }
         self.plugin.host().run_deferred()?;
-        Ok(r)
+        Ok(action)
     }
 
     fn headers(
@@ -371,37 +470,56 @@ impl HttpStream {
     ) -> Result<Action> {
         let map = HeaderMap::from_pairs(pairs);
         let n = map.len() as i32;
-        if self.bypass {
-            self.with(|s| match side {
-                Side::Request => s.request_headers = Some(map),
-                Side::Response => s.response_headers = Some(map),
-            });
-            return Ok(Action::Continue);
+        self.ensure_created()?;
+        let bypass = self.bypass;
+        let set = self.with(|s| match side {
+            Side::Request => {
+                s.request_headers = Some(map);
+                s.request_headers_held = !bypass;
+            }
+            Side::Response => {
+                s.response_headers = Some(map);
+                s.response_headers_held = !bypass;
+            }
+        });
+        if set.is_none() {
+            return Err(Error::Usage("the stream was completed".into()));
+        }
+        if bypass {
+            return Ok(self.failure_action());
         }
         let out = {
             let mut v = self.vm.borrow_mut();
-            let Some(s) = v.store.data_mut().streams.get_mut(&self.id) else {
-                return Err(Error::Usage("the stream was completed".into()));
-            };
             let (name, f) = match side {
-                Side::Request => {
-                    s.request_headers = Some(map);
-                    (
-                        "proxy_on_request_headers",
-                        v.exports.on_request_headers.clone(),
-                    )
-                }
-                Side::Response => {
-                    s.response_headers = Some(map);
-                    (
-                        "proxy_on_response_headers",
-                        v.exports.on_response_headers.clone(),
-                    )
-                }
+                Side::Request => (
+                    "proxy_on_request_headers",
+                    v.exports.on_request_headers.clone(),
+                ),
+                Side::Response => (
+                    "proxy_on_response_headers",
+                    v.exports.on_response_headers.clone(),
+                ),
             };
             v.call_headers(name, self.id, f, n, end_of_stream)
         };
-        self.finish(out)
+        let action = self.after(side, out)?;
+        if action == Action::Continue {
+            // Envoy releases the map once the filter continues.
+            self.with(|s| match side {
+                Side::Request => s.request_headers_held = false,
+                Side::Response => s.response_headers_held = false,
+            });
+        }
+        Ok(action)
+    }
+
+    /// What a bypassed event returns: Continue when failing open, a stop after a failure reply.
+    fn failure_action(&self) -> Action {
+        if self.failure_reply.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     /// Request headers from the client (`proxy_on_request_headers`).
@@ -423,60 +541,60 @@ impl HttpStream {
     }
 
     fn body(&mut self, side: Side, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
-        let mut v = self.vm.borrow_mut();
-        let Some(s) = v.store.data_mut().streams.get_mut(&self.id) else {
+        self.ensure_created()?;
+        let bypass = self.bypass;
+        let size = self.with(|s| {
+            let (buf, held) = match side {
+                Side::Request => (&mut s.request_body, &mut s.request_body_held),
+                Side::Response => (&mut s.response_body, &mut s.response_body_held),
+            };
+            buf.extend_from_slice(chunk);
+            *held = !bypass;
+            buf.len() as i32
+        });
+        let Some(size) = size else {
             return Err(Error::Usage("the stream was completed".into()));
         };
-        let buf = match side {
-            Side::Request => &mut s.request_body,
-            Side::Response => &mut s.response_body,
+        let action = if bypass {
+            self.failure_action()
+        } else {
+            let out = {
+                let mut v = self.vm.borrow_mut();
+                let (name, f) = match side {
+                    Side::Request => ("proxy_on_request_body", v.exports.on_request_body.clone()),
+                    Side::Response => {
+                        ("proxy_on_response_body", v.exports.on_response_body.clone())
+                    }
+                };
+                v.call(
+                    name,
+                    self.id,
+                    f,
+                    (self.id as i32, size, end_of_stream as i32),
+                )
+            };
+            self.after(side, out)?
         };
-        buf.extend_from_slice(chunk);
-        let size = buf.len() as i32;
-        if self.bypass {
-            let data = std::mem::take(buf);
-            drop(v);
-            self.forwarded(side).extend(data);
-            return Ok(Action::Continue);
-        }
-        let (name, f) = match side {
-            Side::Request => ("proxy_on_request_body", v.exports.on_request_body.clone()),
-            Side::Response => ("proxy_on_response_body", v.exports.on_response_body.clone()),
-        };
-        let out = v.call(
-            name,
-            self.id,
-            f,
-            (self.id as i32, size, end_of_stream as i32),
-        );
-        drop(v);
-        let action = self.finish(out)?;
-        if action == Action::Continue || end_of_stream {
-            // What passed the filter leaves its buffer (Envoy moves it on downstream/upstream).
-            let data = self
-                .with(|s| match side {
-                    Side::Request => std::mem::take(&mut s.request_body),
-                    Side::Response => std::mem::take(&mut s.response_body),
-                })
-                .unwrap_or_default();
-            if action == Action::Continue {
-                self.forwarded(side).extend(data);
-            } else {
-                // Paused at end of stream: keep it visible until resumed.
-                self.with(|s| match side {
-                    Side::Request => s.request_body = data,
-                    Side::Response => s.response_body = data,
-                });
-            }
+        // Continue moves the buffered body on; a pause keeps it buffered for the next callback.
+        let data = self
+            .with(|s| {
+                let (buf, held) = match side {
+                    Side::Request => (&mut s.request_body, &mut s.request_body_held),
+                    Side::Response => (&mut s.response_body, &mut s.response_body_held),
+                };
+                *held = false;
+                if action == Action::Continue {
+                    std::mem::take(buf)
+                } else {
+                    Vec::new()
+                }
+            })
+            .unwrap_or_default();
+        match side {
+            Side::Request => self.request_forwarded.extend(data),
+            Side::Response => self.response_forwarded.extend(data),
         }
         Ok(action)
-    }
-
-    fn forwarded(&mut self, side: Side) -> &mut Vec<u8> {
-        match side {
-            Side::Request => &mut self.request_forwarded,
-            Side::Response => &mut self.response_forwarded,
-        }
     }
 
     /// A chunk of request body (`proxy_on_request_body` with the buffered size).
@@ -492,30 +610,44 @@ impl HttpStream {
     fn trailers(&mut self, side: Side, pairs: &[(&str, &str)]) -> Result<Action> {
         let map = HeaderMap::from_pairs(pairs);
         let n = map.len() as i32;
-        let mut v = self.vm.borrow_mut();
-        let Some(s) = v.store.data_mut().streams.get_mut(&self.id) else {
+        self.ensure_created()?;
+        let bypass = self.bypass;
+        let set = self.with(|s| match side {
+            Side::Request => {
+                s.request_trailers = Some(map);
+                s.request_trailers_held = !bypass;
+            }
+            Side::Response => {
+                s.response_trailers = Some(map);
+                s.response_trailers_held = !bypass;
+            }
+        });
+        if set.is_none() {
             return Err(Error::Usage("the stream was completed".into()));
-        };
-        match side {
-            Side::Request => s.request_trailers = Some(map),
-            Side::Response => s.response_trailers = Some(map),
         }
-        if self.bypass {
-            return Ok(Action::Continue);
+        if bypass {
+            return Ok(self.failure_action());
         }
-        let (name, f) = match side {
-            Side::Request => (
-                "proxy_on_request_trailers",
-                v.exports.on_request_trailers.clone(),
-            ),
-            Side::Response => (
-                "proxy_on_response_trailers",
-                v.exports.on_response_trailers.clone(),
-            ),
+        let out = {
+            let mut v = self.vm.borrow_mut();
+            let (name, f) = match side {
+                Side::Request => (
+                    "proxy_on_request_trailers",
+                    v.exports.on_request_trailers.clone(),
+                ),
+                Side::Response => (
+                    "proxy_on_response_trailers",
+                    v.exports.on_response_trailers.clone(),
+                ),
+            };
+            v.call(name, self.id, f, (self.id as i32, n))
         };
-        let out = v.call(name, self.id, f, (self.id as i32, n));
-        drop(v);
-        self.finish(out)
+        let action = self.after(side, out)?;
+        self.with(|s| match side {
+            Side::Request => s.request_trailers_held = false,
+            Side::Response => s.response_trailers_held = false,
+        });
+        Ok(action)
     }
 
     /// Request trailers.
@@ -528,20 +660,30 @@ impl HttpStream {
         self.trailers(Side::Response, trailers)
     }
 
-    /// End the stream as Envoy does: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
+    /// End the stream as Envoy does: `proxy_on_log` (access-log time, maps readable), then
+    /// `proxy_on_done` and `proxy_on_delete`. A stream whose context was never created, or whose
+    /// VM failed, gets none of them.
     pub fn complete(&mut self) -> Result<()> {
         if self.id == 0 {
             return Ok(());
         }
-        if !self.bypass {
-            let mut v = self.vm.borrow_mut();
+        let created = self.with(|s| s.created).unwrap_or(false);
+        let mut result = Ok(());
+        if created && !self.bypass {
             let ctx = self.id as i32;
-            let f = v.exports.on_done.clone();
+            let mut v = self.vm.borrow_mut();
+            if let Some(s) = v.store.data_mut().streams.get_mut(&self.id) {
+                s.in_log = true;
+            }
+            let f = v.exports.on_log.clone();
             let r = v
-                .call("proxy_on_done", self.id, f, ctx)
+                .call("proxy_on_log", self.id, f, ctx)
                 .and_then(|_| {
-                    let f = v.exports.on_log.clone();
-                    v.call("proxy_on_log", self.id, f, ctx)
+                    if let Some(s) = v.store.data_mut().streams.get_mut(&self.id) {
+                        s.in_log = false;
+                    }
+                    let f = v.exports.on_done.clone();
+                    v.call("proxy_on_done", self.id, f, ctx)
                 })
                 .and_then(|_| {
                     let f = v.exports.on_delete.clone();
@@ -549,8 +691,7 @@ impl HttpStream {
                 });
             drop(v);
             if let Err(e) = r {
-                self.fail(e.clone());
-                return Err(e);
+                result = Err(self.fail(e));
             }
         }
         self.finished = self
@@ -561,6 +702,7 @@ impl HttpStream {
             .streams
             .remove(&self.id);
         self.id = 0;
+        result?;
         self.plugin.host().run_deferred()
     }
 
@@ -612,11 +754,11 @@ impl HttpStream {
         b
     }
 
-    /// The local response the filter sent, or the 503 the failure policy sent.
+    /// The local response the filter sent, or the 503 Envoy sends when the VM cannot run.
     pub fn local_response(&self) -> Option<LocalResponse> {
-        self.with(|s| s.local_response.clone())
-            .flatten()
-            .or_else(|| self.fail_closed_reply.clone())
+        self.failure_reply
+            .clone()
+            .or_else(|| self.with(|s| s.local_response.clone()).flatten())
     }
 
     /// Directions the filter resumed with `proxy_continue_stream` (0 request, 1 response).
@@ -624,7 +766,7 @@ impl HttpStream {
         self.with(|s| s.resumed.clone()).unwrap_or_default()
     }
 
-    /// Directions the filter closed or reset.
+    /// Directions the filter closed (reset) with `proxy_close_stream`.
     pub fn closed(&self) -> Vec<i32> {
         self.with(|s| s.closed.clone()).unwrap_or_default()
     }

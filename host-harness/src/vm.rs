@@ -16,7 +16,7 @@ use wasmtime::{Memory, ResourceLimiter, Store, Trap, TypedFunc, WasmParams, Wasm
 /// [`Error`] by the caller of the callback.
 #[derive(Debug)]
 pub(crate) enum Abort {
-    /// `proc_exit(code)`.
+    /// `proc_exit(code)` (recorded; the module's own `unreachable` after it is what traps).
     Exit(i32),
     /// An import the host does not provide.
     Unsupported(String),
@@ -110,6 +110,21 @@ pub(crate) struct StreamCtx {
     /// Network: downstream and upstream data buffers.
     pub downstream_data: Vec<u8>,
     pub upstream_data: Vec<u8>,
+    /// Envoy holds a map only while its callback runs or the filter paused there: outside, the
+    /// module gets `BadArgument` (and header-backed properties `NotFound`).
+    pub request_headers_held: bool,
+    pub response_headers_held: bool,
+    pub request_trailers_held: bool,
+    pub response_trailers_held: bool,
+    /// Body buffers are visible during body callbacks.
+    pub request_body_held: bool,
+    pub response_body_held: bool,
+    /// `proxy_on_log` is running: maps and header properties are readable.
+    pub in_log: bool,
+    /// `proxy_on_context_create` ran (else `proxy_on_delete` is skipped, as in cpp-host).
+    pub created: bool,
+    /// How many `resumed` entries have been applied.
+    pub resumed_applied: usize,
 }
 
 /// What an HTTP or gRPC call's response exposes while `proxy_on_*_response` runs.
@@ -118,8 +133,6 @@ pub(crate) struct CallResponse {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub trailers: HeaderMap,
-    /// gRPC: status code and message.
-    pub grpc_status: Option<(u32, String)>,
 }
 
 /// The data of a store.
@@ -143,12 +156,36 @@ pub(crate) struct VmState {
     pub call_response: Option<CallResponse>,
     pub limiter: Limiter,
     pub abort: Option<Abort>,
+    /// The plugin configuration buffer is visible (root `on_context_create` and `on_configure`).
+    pub plugin_config_visible: bool,
+    /// Metric ids of this VM: `(name, kind)`; id = ((index + 1) << 2) | kind.
+    pub metric_ids: Vec<(String, crate::abi::MetricType)>,
+    /// Per-VM callout id counter (ids are `n << 2 | kind`: 0 HTTP, 1 gRPC call, 2 gRPC stream).
+    pub next_callout: u32,
+    /// Root contexts whose `proxy_on_done` returned false, waiting for `proxy_done`.
+    pub pending_done: std::collections::HashSet<u32>,
+    /// Root contexts that called `proxy_done` (deleted after the callback returns).
+    pub done_called: Vec<u32>,
+    /// What `proxy_get_status` reports: set when an HTTP call fails or a gRPC call closes.
+    pub last_status: (u32, String),
 }
 
 impl VmState {
     /// The context host calls act on: the effective one if set, else the running one.
     pub fn context(&self) -> u32 {
         self.effective.unwrap_or(self.current)
+    }
+
+    /// The root context of the acting context (callouts belong to it, as in Envoy).
+    pub fn acting_root(&self) -> u32 {
+        let ctx = self.context();
+        self.streams.get(&ctx).map(|s| s.root).unwrap_or(ctx)
+    }
+
+    /// The next callout id of `kind` (0 HTTP, 1 gRPC call, 2 gRPC stream): 4, 8, ... | kind.
+    pub fn next_callout_id(&mut self, kind: u32) -> u32 {
+        self.next_callout += 1;
+        (self.next_callout << 2) | kind
     }
 
     /// The root context owning the acting context (itself when it is a root).
@@ -219,6 +256,8 @@ pub(crate) struct VmInner {
     pub store: Store<VmState>,
     pub exports: Exports,
     pub failed: Option<Error>,
+    /// Host clock when the VM failed (FAIL_RELOAD's backoff counts from it).
+    pub failed_at: u64,
     pub deadline: Duration,
     pub next_context_id: u32,
 }
@@ -273,6 +312,12 @@ impl VmInner {
                 breached: false,
             },
             abort: None,
+            plugin_config_visible: false,
+            metric_ids: Vec::new(),
+            next_callout: 0,
+            pending_done: Default::default(),
+            done_called: Vec::new(),
+            last_status: (0, String::new()),
         };
         let mut store = Store::new(module.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -284,9 +329,10 @@ impl VmInner {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or(Error::NoMemory)?;
-        let alloc = match typed::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate")? {
+        // cpp-host prefers `malloc` and falls back to `proxy_on_memory_allocate`.
+        let alloc = match typed::<i32, i32>(&mut store, &instance, "malloc")? {
             Some(f) => Some(f),
-            None => typed::<i32, i32>(&mut store, &instance, "malloc")?,
+            None => typed::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate")?,
         };
         if alloc.is_none() {
             return Err(Error::NoAllocator);
@@ -351,39 +397,26 @@ impl VmInner {
         let init = typed::<(), ()>(&mut store, &instance, "_initialize")?;
         let start = typed::<(), ()>(&mut store, &instance, "_start")?;
         let main = typed::<(i32, i32), i32>(&mut store, &instance, "main")?;
+        let main_void = typed::<(), i32>(&mut store, &instance, "__main_void")?;
         let mut vm = VmInner {
             store,
             exports,
             failed: None,
+            failed_at: 0,
             deadline: opts.deadline,
             next_context_id: 1,
         };
-        // Reactor modules export _initialize; command modules _start (WASI); some languages
-        // a main(argc, argv) that must run once.
+        // As cpp-host's startVm: a reactor's _initialize then main(0, 0) or __main_void; a
+        // command's _start. All on the VM context (id 0), which never gets proxy_on_* calls.
         if let Some(f) = init {
             vm.call("_initialize", 0, Some(f), ())?;
+            if let Some(f) = main {
+                vm.call("main", 0, Some(f), (0, 0))?;
+            } else if let Some(f) = main_void {
+                vm.call("__main_void", 0, Some(f), ())?;
+            }
         } else if let Some(f) = start {
             vm.call("_start", 0, Some(f), ())?;
-        }
-        if let Some(f) = main {
-            vm.call("main", 0, Some(f), (0, 0))?;
-        }
-        // The VM context (id 0 in this host) gets created and started once.
-        let cfg_size = vm.store.data().vm_configuration.len() as i32;
-        vm.call(
-            "proxy_on_context_create",
-            0,
-            vm.exports.on_context_create.clone(),
-            (0, 0),
-        )?;
-        let ok = vm.call(
-            "proxy_on_vm_start",
-            0,
-            vm.exports.on_vm_start.clone(),
-            (0, cfg_size),
-        )?;
-        if ok == Some(0) {
-            return Err(Error::VmStartFailed { vm_id: opts.vm_id });
         }
         let vm = Rc::new(RefCell::new(vm));
         shared.borrow_mut().vms.push(Rc::downgrade(&vm));
@@ -418,11 +451,37 @@ impl VmInner {
         self.store.set_epoch_deadline(deadline_ticks(self.deadline));
         let out = f.call(&mut self.store, args);
         self.store.data_mut().effective = None;
+        // Envoy applies continue_stream after the callback: the resumed maps are released.
+        for st in self.store.data_mut().streams.values_mut() {
+            if st.resumed.len() > st.resumed_applied {
+                for &t in &st.resumed[st.resumed_applied..] {
+                    st.request_headers_held = false;
+                    st.request_trailers_held = false;
+                    st.request_body_held = false;
+                    if t == 1 {
+                        st.response_headers_held = false;
+                        st.response_trailers_held = false;
+                        st.response_body_held = false;
+                    }
+                }
+                st.resumed_applied = st.resumed.len();
+            }
+        }
+        // Roots that called proxy_done are deleted once the callback has returned.
+        let done = std::mem::take(&mut self.store.data_mut().done_called);
+        if out.is_ok() {
+            for root in done {
+                let f = self.exports.on_delete.clone();
+                self.call("proxy_on_delete", root, f, root as i32)?;
+                self.store.data_mut().roots.remove(&root);
+            }
+        }
         match out {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
                 let err = self.classify(name, e);
                 self.failed = Some(err.clone());
+                self.failed_at = self.store.data().shared.borrow().now;
                 Err(err)
             }
         }

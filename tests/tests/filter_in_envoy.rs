@@ -118,6 +118,7 @@ fn request_rules_reach_the_upstream() {
         "/",
         &[
             ("x-set", "client"),
+            ("x-set", "client-again"),
             ("x-append", "first"),
             ("x-keep", "client"),
             ("x-drop", "secret"),
