@@ -18,6 +18,7 @@
 
 pub mod envoy;
 pub mod http1;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,4 +67,29 @@ pub fn filter_wasm() -> PathBuf {
             path
         })
         .clone()
+}
+
+/// Build the `wasmctl` binary (`profile`: "dev" or "release") once per test process and return
+/// its path; tests run it as a subprocess, as users do.
+pub fn wasmctl_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "-p", "wasmctl", "--bin", "wasmctl"])
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building wasmctl failed: {status}");
+            let path = target_dir().join("debug/wasmctl");
+            assert!(path.exists(), "{} missing after build", path.display());
+            path
+        })
+        .clone()
+}
+
+/// The oras-py driver script (`tests/oras_helper.py`).
+pub fn oras_helper() -> PathBuf {
+    workspace_root().join("tests/oras_helper.py")
 }

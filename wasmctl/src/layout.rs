@@ -215,7 +215,11 @@ pub fn build(
             });
             let image_config = Bytes::from(serde_json::to_vec(&image_config).unwrap_or_default());
             let cfg = descriptor(media::OCI_IMAGE_CONFIG, &image_config, None);
-            let layer = descriptor(media::OCI_LAYER_TAR_GZIP, &targz, None);
+            let layer = descriptor(
+                media::OCI_LAYER_TAR_GZIP,
+                &targz,
+                Some(media::COMPAT_ARCHIVE_NAME),
+            );
             manifest_annotations.insert(
                 media::ANNOTATION_VARIANT.to_string(),
                 media::VARIANT_COMPAT.to_string(),

@@ -47,6 +47,8 @@ pub const ACCEPTED_MANIFESTS: &[&str] = &[
 
 /// File name of the module inside a compat layer.
 pub const COMPAT_FILE_NAME: &str = "plugin.wasm";
+/// Title given to the compat layer (the name oras saves it under).
+pub const COMPAT_ARCHIVE_NAME: &str = "plugin.tar.gz";
 /// Title given to the runtime config when it is also a layer (solo layout).
 pub const RUNTIME_CONFIG_FILE_NAME: &str = "runtime-config.json";
 
