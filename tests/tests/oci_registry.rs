@@ -2,6 +2,9 @@
 //! `docker-registry`), with oras-py (PyPI `oras`) as the independent client: what one pushes the
 //! other pulls, byte for byte, with the same manifest digest.
 
+// Test helpers: a failed expectation here should fail the test, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use e2e::registry::Registry;
 use serde_json::Value;
 use std::fs;

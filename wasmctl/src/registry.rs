@@ -245,9 +245,7 @@ impl Remote {
                 if re.is_connect() || re.is_timeout() || re.is_request() {
                     let reason = error_chain(re);
                     let hint = if self.scheme == "https" {
-                        format!(
-                            " (is it running? if it serves plain HTTP, pass --plain-http; for a self-signed certificate, --insecure)"
-                        )
+                        " (is it running? if it serves plain HTTP, pass --plain-http; for a self-signed certificate, --insecure)".to_string()
                     } else {
                         " (is it running on that address?)".to_string()
                     };
