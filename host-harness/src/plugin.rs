@@ -776,3 +776,163 @@ impl HttpStream {
         self.error.as_ref()
     }
 }
+
+/// One TCP connection through a network-filter plugin (`proxy_on_new_connection`,
+/// `proxy_on_downstream_data`, `proxy_on_upstream_data`, the close callbacks). Data the filter
+/// lets through is collected per direction.
+pub struct NetworkStream {
+    plugin: Plugin,
+    vm: Vm,
+    id: u32,
+    downstream_forwarded: Vec<u8>,
+    upstream_forwarded: Vec<u8>,
+    closed: bool,
+}
+
+impl Plugin {
+    /// Open a TCP connection: creates its context and calls `proxy_on_new_connection`.
+    pub fn network_stream(&self) -> Result<(NetworkStream, Action)> {
+        let (vm, root) = {
+            let p = self.inner.borrow();
+            (p.vm.clone(), p.root_ctx)
+        };
+        let id = vm.borrow_mut().new_context_id();
+        vm.borrow_mut().store.data_mut().streams.insert(
+            id,
+            StreamCtx {
+                root,
+                created: true,
+                ..StreamCtx::default()
+            },
+        );
+        let out = {
+            let mut v = vm.borrow_mut();
+            let f = v.exports.on_context_create.clone();
+            v.call("proxy_on_context_create", id, f, (id as i32, root as i32))?;
+            let f = v.exports.on_new_connection.clone();
+            v.call("proxy_on_new_connection", id, f, id as i32)?
+        };
+        self.host().run_deferred()?;
+        let stream = NetworkStream {
+            plugin: self.clone(),
+            vm,
+            id,
+            downstream_forwarded: Vec::new(),
+            upstream_forwarded: Vec::new(),
+            closed: false,
+        };
+        Ok((stream, Action::from_i32(out.unwrap_or(0))))
+    }
+}
+
+impl NetworkStream {
+    fn data(&mut self, downstream: bool, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
+        let out = {
+            let mut v = self.vm.borrow_mut();
+            let Some(s) = v.store.data_mut().streams.get_mut(&self.id) else {
+                return Err(Error::Usage("the connection was closed".into()));
+            };
+            let buf = if downstream {
+                &mut s.downstream_data
+            } else {
+                &mut s.upstream_data
+            };
+            buf.extend_from_slice(chunk);
+            let size = buf.len() as i32;
+            let (name, f) = if downstream {
+                (
+                    "proxy_on_downstream_data",
+                    v.exports.on_downstream_data.clone(),
+                )
+            } else {
+                ("proxy_on_upstream_data", v.exports.on_upstream_data.clone())
+            };
+            v.call(
+                name,
+                self.id,
+                f,
+                (self.id as i32, size, end_of_stream as i32),
+            )?
+        };
+        let action = Action::from_i32(out.unwrap_or(0));
+        if action == Action::Continue {
+            let mut v = self.vm.borrow_mut();
+            if let Some(s) = v.store.data_mut().streams.get_mut(&self.id) {
+                let data = std::mem::take(if downstream {
+                    &mut s.downstream_data
+                } else {
+                    &mut s.upstream_data
+                });
+                if downstream {
+                    self.downstream_forwarded.extend(data);
+                } else {
+                    self.upstream_forwarded.extend(data);
+                }
+            }
+        }
+        self.plugin.host().run_deferred()?;
+        Ok(action)
+    }
+
+    /// Bytes from the client (`proxy_on_downstream_data`).
+    pub fn send_downstream_data(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
+        self.data(true, chunk, end_of_stream)
+    }
+
+    /// Bytes from the upstream (`proxy_on_upstream_data`).
+    pub fn send_upstream_data(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
+        self.data(false, chunk, end_of_stream)
+    }
+
+    /// What the filter let through towards the upstream (client bytes).
+    pub fn downstream_forwarded(&self) -> &[u8] {
+        &self.downstream_forwarded
+    }
+
+    /// What the filter let through towards the client (upstream bytes).
+    pub fn upstream_forwarded(&self) -> &[u8] {
+        &self.upstream_forwarded
+    }
+
+    /// Close the connection from `peer` as Envoy reports it: the downstream close callback, then
+    /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` (Envoy's TCP teardown order).
+    pub fn close(&mut self, peer: crate::abi::PeerType) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let ctx = self.id as i32;
+        {
+            let mut v = self.vm.borrow_mut();
+            let f = v.exports.on_downstream_connection_close.clone();
+            v.call(
+                "proxy_on_downstream_connection_close",
+                self.id,
+                f,
+                (ctx, peer as i32),
+            )?;
+            let f = v.exports.on_done.clone();
+            v.call("proxy_on_done", self.id, f, ctx)?;
+            let f = v.exports.on_log.clone();
+            v.call("proxy_on_log", self.id, f, ctx)?;
+            let f = v.exports.on_delete.clone();
+            v.call("proxy_on_delete", self.id, f, ctx)?;
+            v.store.data_mut().streams.remove(&self.id);
+        }
+        self.plugin.host().run_deferred()
+    }
+
+    /// The upstream closed (`proxy_on_upstream_connection_close`).
+    pub fn upstream_closed(&mut self, peer: crate::abi::PeerType) -> Result<()> {
+        let ctx = self.id as i32;
+        let mut v = self.vm.borrow_mut();
+        let f = v.exports.on_upstream_connection_close.clone();
+        v.call(
+            "proxy_on_upstream_connection_close",
+            self.id,
+            f,
+            (ctx, peer as i32),
+        )?;
+        Ok(())
+    }
+}

@@ -140,7 +140,6 @@ pub(crate) struct VmState {
     pub shared: Rc<RefCell<Shared>>,
     pub vm_id: String,
     pub vm_configuration: Vec<u8>,
-    pub abi: AbiVersion,
     pub vm_index: usize,
     pub memory: Option<Memory>,
     pub alloc: Option<TypedFunc<i32, i32>>,
@@ -209,6 +208,9 @@ impl VmState {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
+pub(crate) type HttpCallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// Cached callback exports. Absent exports are `None`: the callback is skipped as in cpp-host.
 #[derive(Clone, Default)]
 pub(crate) struct Exports {
@@ -225,12 +227,10 @@ pub(crate) struct Exports {
     pub on_request_headers: Option<Callback3>,
     pub on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    pub on_request_metadata: Option<TypedFunc<(i32, i32), i32>>,
     pub on_response_headers: Option<Callback3>,
     pub on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    pub on_response_metadata: Option<TypedFunc<(i32, i32), i32>>,
-    pub on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub on_http_call_response: Option<HttpCallResponseFn>,
     pub on_grpc_receive_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub on_grpc_receive_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
@@ -297,7 +297,6 @@ impl VmInner {
             shared: shared.clone(),
             vm_id: opts.vm_id.clone(),
             vm_configuration: opts.vm_configuration,
-            abi: module.abi_version(),
             vm_index,
             memory: None,
             alloc: None,
@@ -362,11 +361,9 @@ impl VmInner {
             on_request_headers: headers(s, "proxy_on_request_headers")?,
             on_request_body: typed(s, &instance, "proxy_on_request_body")?,
             on_request_trailers: typed(s, &instance, "proxy_on_request_trailers")?,
-            on_request_metadata: typed(s, &instance, "proxy_on_request_metadata")?,
             on_response_headers: headers(s, "proxy_on_response_headers")?,
             on_response_body: typed(s, &instance, "proxy_on_response_body")?,
             on_response_trailers: typed(s, &instance, "proxy_on_response_trailers")?,
-            on_response_metadata: typed(s, &instance, "proxy_on_response_metadata")?,
             on_http_call_response: typed(s, &instance, "proxy_on_http_call_response")?,
             on_grpc_receive_initial_metadata: typed(
                 s,

@@ -18,6 +18,7 @@
 
 pub mod envoy;
 pub mod http1;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,33 +38,72 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Build `header_filter.wasm` (release, `wasm32-wasip1`) once per test process and return its path.
-/// Cargo's own lock serialises concurrent builds from several test binaries; an up-to-date build
-/// costs a fraction of a second.
+/// Build a workspace package to `wasm32-wasip1` (release) and return `artifact`'s path. Cargo's
+/// own lock serialises concurrent builds from several test binaries; an up-to-date build costs a
+/// fraction of a second.
+fn build_wasm(package: &str, artifact: &str) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            package,
+        ])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building {artifact} failed: {status}");
+    let path = target_dir().join("wasm32-wasip1/release").join(artifact);
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
+/// `header_filter.wasm`, built once per test process.
 pub fn filter_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_wasm("header-filter", "header_filter.wasm"))
+        .clone()
+}
+
+/// `callout_filter.wasm` (examples/callout-filter), built once per test process.
+pub fn callout_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_wasm("callout-filter", "callout_filter.wasm"))
+        .clone()
+}
+
+/// A compiled module in the process-wide harness runtime.
+pub fn harness_module(path: &Path) -> proxy_wasm_harness::Module {
+    proxy_wasm_harness::Module::from_file(&proxy_wasm_harness::Runtime::shared(), path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Build the `wasmctl` binary (`profile`: "dev" or "release") once per test process and return
+/// its path; tests run it as a subprocess, as users do.
+pub fn wasmctl_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(workspace_root())
-                .args([
-                    "build",
-                    "--release",
-                    "--target",
-                    "wasm32-wasip1",
-                    "-p",
-                    "header-filter",
-                ])
+                .args(["build", "-p", "wasmctl", "--bin", "wasmctl"])
                 .status()
                 .expect("run cargo");
-            assert!(
-                status.success(),
-                "building header_filter.wasm failed: {status}"
-            );
-            let path = target_dir().join("wasm32-wasip1/release/header_filter.wasm");
+            assert!(status.success(), "building wasmctl failed: {status}");
+            let path = target_dir().join("debug/wasmctl");
             assert!(path.exists(), "{} missing after build", path.display());
             path
         })
         .clone()
+}
+
+/// The oras-py driver script (`tests/oras_helper.py`).
+pub fn oras_helper() -> PathBuf {
+    workspace_root().join("tests/oras_helper.py")
 }

@@ -1,10 +1,10 @@
 //! The header filter's cases through the compiled wasm in the harness.
 
 use proxy_wasm_harness::abi::{Action, LogLevel};
-use proxy_wasm_harness::{Error, Host, Module, Runtime};
+use proxy_wasm_harness::{Error, Host, Module};
 
 fn module() -> Module {
-    Module::from_file(&Runtime::shared(), e2e::filter_wasm()).unwrap()
+    e2e::harness_module(&e2e::filter_wasm())
 }
 
 #[test]

@@ -1,0 +1,289 @@
+//! The `wasmctl` command line: push, pull, login, inspect.
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use wasmctl::layout::Format;
+use wasmctl::registry::{self, Options, PushRequest};
+
+/// Ship proxy-wasm filters through OCI registries, in the layouts Istio and Envoy Gateway load.
+#[derive(Parser)]
+#[command(name = "wasmctl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Push a wasm module as an image; prints the manifest digest and the digest-pinned reference
+    Push(PushArgs),
+    /// Pull the module of an image (any layout) into a file, verified, written atomically
+    Pull(PullArgs),
+    /// Store credentials for a registry where Docker and oras look (~/.docker/config.json)
+    Login(LoginArgs),
+    /// Describe a remote image (layout, digests, runtime config, where it loads) or a local module
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct Transport {
+    /// Speak plain HTTP to the registry (default: HTTPS)
+    #[arg(long)]
+    plain_http: bool,
+    /// Accept the registry's TLS certificate even if it is self-signed or invalid
+    #[arg(long)]
+    insecure: bool,
+    /// Credentials file in the Docker config format, e.g. a Kubernetes dockerconfigjson pull secret
+    /// (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// Config blob as manifest config and layer 0, module as layer 1: what Istio and Envoy Gateway load
+    Solo,
+    /// One tar.gz layer holding plugin.wasm (annotation module.wasm.image/variant=compat)
+    Compat,
+    /// CNCF wasm artifact (application/wasm); Istio does not load it
+    Cncf,
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// Target: REGISTRY/REPOSITORY:TAG (several tags: REPOSITORY:TAG1,TAG2)
+    reference: String,
+    /// The wasm module
+    module: PathBuf,
+    /// Image layout
+    #[arg(long, value_enum, default_value = "solo")]
+    format: FormatArg,
+    /// Root id for the runtime config (repeatable)
+    #[arg(long = "root-id", value_name = "ID")]
+    root_ids: Vec<String>,
+    /// Use this runtime config JSON instead of generating one
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Manifest annotation KEY=VALUE (repeatable)
+    #[arg(long = "annotation", short = 'a', value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// A further tag (repeatable)
+    #[arg(long = "tag", short = 't', value_name = "TAG")]
+    tags: Vec<String>,
+    /// Push even if the file is not a valid proxy-wasm module
+    #[arg(long)]
+    force: bool,
+    /// No progress bar
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// Image: REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST
+    reference: String,
+    /// Where to write the module
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Largest module accepted, in bytes (default 256 MiB, as Istio)
+    #[arg(long, value_name = "BYTES")]
+    max_size: Option<u64>,
+    /// No progress bar
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+#[derive(Args)]
+struct LoginArgs {
+    /// Registry host[:port]
+    registry: String,
+    /// User name
+    #[arg(short, long)]
+    username: String,
+    /// Read the password from standard input (the only way: it never appears in `ps`)
+    #[arg(long, required = true)]
+    password_stdin: bool,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// An existing local .wasm file, or a remote image reference
+    target: String,
+    /// Largest layer fetched to look inside a compat tar.gz, in bytes
+    #[arg(long, value_name = "BYTES")]
+    max_size: Option<u64>,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+fn options(t: &Transport, quiet: bool, max_size: Option<u64>) -> Options {
+    Options {
+        plain_http: t.plain_http,
+        insecure: t.insecure,
+        registry_config: t.registry_config.clone(),
+        progress: !quiet,
+        max_size,
+    }
+}
+
+fn parse_annotations(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("--annotation {item:?}: expected KEY=VALUE");
+        };
+        if k.trim().is_empty() {
+            bail!("--annotation {item:?}: empty key");
+        }
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn inspect_local(path: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.display().to_string();
+    let s = wasmctl::module::check(&bytes, &name)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "file:      {name}");
+    let _ = writeln!(out, "size:      {} bytes", s.size);
+    let _ = writeln!(out, "sha256:    {}", wasmctl::layout::sha256_digest(&bytes));
+    if s.abi_versions.is_empty() {
+        let _ = writeln!(
+            out,
+            "proxy-wasm ABI: none (no proxy_abi_version_* export): not a proxy-wasm module"
+        );
+    } else {
+        let _ = writeln!(out, "proxy-wasm ABI: {}", s.abi_versions.join(", "));
+    }
+    let _ = writeln!(out, "imports ({}):", s.imports.len());
+    for i in &s.imports {
+        let _ = writeln!(out, "  {i}");
+    }
+    let _ = writeln!(out, "exports ({}):", s.exports.len());
+    for e in &s.exports {
+        let _ = writeln!(out, "  {e}");
+    }
+    print_out(&out)
+}
+
+/// Print to stdout; a closed pipe (`| head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Push(a) => {
+            let req = PushRequest {
+                reference: a.reference,
+                extra_tags: a.tags,
+                module: a.module,
+                format: match a.format {
+                    FormatArg::Solo => Format::Solo,
+                    FormatArg::Compat => Format::Compat,
+                    FormatArg::Cncf => Format::Cncf,
+                },
+                root_ids: a.root_ids,
+                config: a.config,
+                annotations: parse_annotations(&a.annotations)?,
+                force: a.force,
+            };
+            let opts = options(&a.transport, a.quiet, None);
+            let pushed = runtime()?.block_on(registry::push(&req, &opts))?;
+            for w in &pushed.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "pushed {} bytes as {} format: {} blob(s) uploaded, {} already present",
+                pushed.module_size, req.format, pushed.uploaded, pushed.skipped
+            );
+            for t in &pushed.tagged {
+                println!("tagged: {t}");
+            }
+            println!("digest: {}", pushed.digest);
+            println!("pinned: {}", pushed.pinned);
+        }
+        Command::Pull(a) => {
+            let opts = options(&a.transport, a.quiet, a.max_size);
+            let pulled = runtime()?.block_on(registry::pull(&a.reference, &a.output, &opts))?;
+            println!(
+                "pulled {} ({}, {} bytes) to {}",
+                a.reference,
+                pulled.layout,
+                pulled.size,
+                pulled.path.display()
+            );
+            println!("digest: {}", pulled.digest);
+        }
+        Command::Login(a) => {
+            let mut password = String::new();
+            if std::io::stdin().is_terminal() {
+                eprintln!("password for {} (end with Ctrl-D):", a.username);
+            }
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                bail!("--password-stdin: standard input was empty");
+            }
+            let opts = options(&a.transport, true, None);
+            let file =
+                runtime()?.block_on(registry::login(&a.registry, &a.username, password, &opts))?;
+            println!(
+                "login succeeded for {} at {}; credentials stored in {}",
+                a.username,
+                a.registry,
+                file.display()
+            );
+        }
+        Command::Inspect(a) => {
+            let path = Path::new(&a.target);
+            if path.is_file() {
+                return inspect_local(path);
+            }
+            let opts = options(&a.transport, true, a.max_size);
+            let found = runtime()?.block_on(registry::inspect(&a.target, &opts))?;
+            print_out(&found.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
