@@ -31,6 +31,7 @@ mod host;
 mod imports;
 mod plugin;
 mod runtime;
+pub mod scenario;
 mod vm;
 
 pub use error::{Error, Result};

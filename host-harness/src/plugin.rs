@@ -430,36 +430,56 @@ impl HttpStream {
             Err(e) => return Err(self.fail(e)),
         };
         let mut action = Action::from_i32(raw);
-        let local = self.with(|s| s.local_response.clone()).flatten();
-        if local.is_some() && !self.local_reply_sent {
-            // Envoy forces a stop and sends the reply after the callback returns; the reply
-            // passes this filter's response callbacks like any response.
+        // Envoy forces a stop when the filter sent a local reply in this callback.
+        if self.pending_local_reply() {
             action = Action::Pause;
-            self.local_reply_sent = true;
-            if side == Side::Request
-                && let Some(reply) = local
-            {
-                let mut headers: Vec<(String, String)> =
-                    vec![(":status".into(), reply.status.to_string())];
-                if !reply.body.is_empty() {
-                    headers.push(("content-length".into(), reply.body.len().to_string()));
-                    headers.push(("content-type".into(), "text/plain".into()));
-                }
-                headers.extend(reply.headers.to_pairs());
-                let pairs: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                self.plugin.host().run_deferred()?;
-                self.headers(Side::Response, &pairs, reply.body.is_empty())?;
-                if !reply.body.is_empty() {
-                    self.body(Side::Response, &reply.body, true)?;
-                }
+            if side == Side::Request {
+                self.send_local_reply()?;
                 return Ok(action);
             }
+            self.local_reply_sent = true;
         }
         self.plugin.host().run_deferred()?;
         Ok(action)
+    }
+
+    fn pending_local_reply(&self) -> bool {
+        !self.local_reply_sent && self.with(|s| s.local_response.is_some()).unwrap_or(false)
+    }
+
+    /// Send the filter's local reply as Envoy does once the callback returned: it passes this
+    /// filter's response callbacks like any response.
+    fn send_local_reply(&mut self) -> Result<()> {
+        self.local_reply_sent = true;
+        let Some(reply) = self.with(|s| s.local_response.clone()).flatten() else {
+            return Ok(());
+        };
+        let mut headers: Vec<(String, String)> = vec![(":status".into(), reply.status.to_string())];
+        if !reply.body.is_empty() {
+            headers.push(("content-length".into(), reply.body.len().to_string()));
+            headers.push(("content-type".into(), "text/plain".into()));
+        }
+        headers.extend(reply.headers.to_pairs());
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.plugin.host().run_deferred()?;
+        self.headers(Side::Response, &pairs, reply.body.is_empty())?;
+        if !reply.body.is_empty() {
+            self.body(Side::Response, &reply.body, true)?;
+        }
+        Ok(())
+    }
+
+    /// Apply what the filter did for this stream outside its own callbacks, e.g. a local reply
+    /// sent from `proxy_on_http_call_response`: the reply runs through the response callbacks.
+    /// Call it after answering a call the stream is waiting for.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.pending_local_reply() {
+            self.send_local_reply()?;
+        }
+        Ok(())
     }
 
     fn headers(

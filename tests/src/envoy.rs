@@ -60,6 +60,32 @@ pub fn wasm_filter(name: &str, root_id: &str, wasm: &Path, configuration: &str) 
 /// A bootstrap with one listener on 127.0.0.1 (port chosen by the kernel), `http_filters` before
 /// the router, a route `/direct` answered by Envoy itself, and everything else sent to `upstream`.
 pub fn bootstrap(upstream: SocketAddr, http_filters: Vec<Value>) -> Value {
+    bootstrap_with_clusters(upstream, http_filters, &[])
+}
+
+fn cluster(name: &str, addr: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "connect_timeout": "2s",
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": addr.ip().to_string(),
+                "port_value": addr.port(),
+            }}}}]}],
+        },
+    })
+}
+
+/// [`bootstrap`] plus more clusters (name, address) that filters may call.
+pub fn bootstrap_with_clusters(
+    upstream: SocketAddr,
+    http_filters: Vec<Value>,
+    extra: &[(&str, SocketAddr)],
+) -> Value {
+    let mut clusters = vec![cluster("upstream", upstream)];
+    clusters.extend(extra.iter().map(|(n, a)| cluster(n, *a)));
     let mut filters = http_filters;
     filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -90,18 +116,7 @@ pub fn bootstrap(upstream: SocketAddr, http_filters: Vec<Value>) -> Value {
                     },
                 }]}],
             }],
-            "clusters": [{
-                "name": "upstream",
-                "connect_timeout": "2s",
-                "type": "STATIC",
-                "load_assignment": {
-                    "cluster_name": "upstream",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                        "address": upstream.ip().to_string(),
-                        "port_value": upstream.port(),
-                    }}}}]}],
-                },
-            }],
+            "clusters": clusters,
         },
     })
 }

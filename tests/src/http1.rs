@@ -163,7 +163,18 @@ impl Upstream {
     /// Start an upstream whose responses carry `response_headers` and `body`, or echo the
     /// request headers when `body` is `None`.
     pub fn serving(response_headers: &[(&str, &str)], body: Option<&str>) -> Upstream {
+        Upstream::answering(200, response_headers, body)
+    }
+
+    /// Start an upstream that answers `status` with `response_headers` and `body` (or the echo
+    /// of the request headers when `body` is `None`).
+    pub fn answering(
+        status: u16,
+        response_headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Upstream {
         let body: Arc<Option<String>> = Arc::new(body.map(str::to_string));
+        let status_line = Arc::new(format!("HTTP/1.1 {status} {}", reason(status)));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().expect("upstream address");
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -182,7 +193,8 @@ impl Upstream {
                 }
                 let Ok(conn) = conn else { continue };
                 let (rec, headers, body) = (rec.clone(), headers.clone(), body.clone());
-                thread::spawn(move || serve(conn, &rec, &headers, body.as_deref()));
+                let line = status_line.clone();
+                thread::spawn(move || serve(conn, &rec, &line, &headers, body.as_deref()));
             }
         });
         Upstream {
@@ -211,9 +223,24 @@ impl Upstream {
     }
 }
 
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
 fn serve(
     conn: TcpStream,
     rec: &Mutex<Vec<Message>>,
+    status_line: &str,
     headers: &[(String, String)],
     fixed: Option<&str>,
 ) {
@@ -230,7 +257,7 @@ fn serve(
                 .collect(),
         };
         rec.lock().expect("upstream lock").push(req);
-        if write_message(&mut w, "HTTP/1.1 200 OK", headers, body.as_bytes()).is_err() {
+        if write_message(&mut w, status_line, headers, body.as_bytes()).is_err() {
             return;
         }
     }
@@ -274,13 +301,24 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> io::Result<Message> {
+        self.send(method, path, headers, b"")
+    }
+
+    /// Send one request with a body on this connection and read the response.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Message> {
         let mut h: Vec<(String, String)> = vec![("host".into(), self.addr.to_string())];
         h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         write_message(
             &mut self.writer,
             &format!("{method} {path} HTTP/1.1"),
             &h,
-            b"",
+            body,
         )?;
         read_message(&mut self.reader, method == "HEAD")?
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))

@@ -10,7 +10,7 @@
 //!   403 `denied` with header `x-denied-by: callout` (counted in `callout.allowed` / `denied`,
 //!   and the answer's size recorded in the histogram `callout.answer_bytes`);
 //! - every response gets `x-ticks: <n>` from shared data `ticks` (written by the root on each
-//!   1 s tick with CAS) and `x-requests: <n>` from the counter `callout.requests`;
+//!   60 s tick with CAS) and `x-requests: <n>` from the counter `callout.requests`;
 //! - each request's path is enqueued on queue `paths`; the root dequeues it on
 //!   `on_queue_ready` and sets the gauge `callout.last_path_len`.
 
@@ -20,6 +20,9 @@ mod glue {
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
     use std::time::Duration;
+
+    /// Long enough that no tick fires while a test request is in flight.
+    const TICK: Duration = Duration::from_secs(60);
 
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Trace);
@@ -70,7 +73,7 @@ mod glue {
                 ticks: define(MetricType::Counter, "callout.ticks"),
             };
             self.queue = hostcalls::register_shared_queue("paths").unwrap_or(0);
-            self.set_tick_period(Duration::from_secs(1));
+            self.set_tick_period(TICK);
             log::info!(
                 "callout: calling cluster {} for every request",
                 self.cluster
