@@ -2,6 +2,9 @@
 //! typed errors naming the callback, the host survives, and the failure policy decides what
 //! streams get (as Envoy does).
 
+// Test helpers outside #[test] functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 use proxy_wasm_harness::abi::{AbiVersion, Action};
 use proxy_wasm_harness::{Error, FailurePolicy, Host, Module, RELOAD_BACKOFF, Runtime};
 use std::time::Duration;
