@@ -2,6 +2,9 @@
 //! (`@solo-io/proxy-runtime`, ABI 0.2.0, WASI `wasi_unstable`), built by `npm` on first use. The
 //! harness must load and drive it as it does Rust SDK modules, and agree with a real Envoy.
 
+// Test helpers outside #[test] functions: a failed expectation should fail the test, loudly.
+#![allow(clippy::unwrap_used)]
+
 use e2e::envoy::{Envoy, bootstrap, wasm_filter};
 use e2e::http1::{Upstream, get};
 use proxy_wasm_harness::abi::{AbiVersion, Action, LogLevel};
