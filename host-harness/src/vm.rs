@@ -140,6 +140,8 @@ pub(crate) struct VmState {
     pub shared: Rc<RefCell<Shared>>,
     pub vm_id: String,
     pub vm_configuration: Vec<u8>,
+    // Kept next to the VM for host functions that differ by ABI; none reads it yet.
+    #[allow(dead_code)]
     pub abi: AbiVersion,
     pub vm_index: usize,
     pub memory: Option<Memory>,
@@ -209,7 +211,12 @@ impl VmState {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
+pub(crate) type HttpCallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// Cached callback exports. Absent exports are `None`: the callback is skipped as in cpp-host.
+/// Metadata and network-filter callbacks are resolved (so a wrong signature fails at load, as in
+/// cpp-host) but the harness does not drive them yet, hence `allow(dead_code)` on those fields.
 #[derive(Clone, Default)]
 pub(crate) struct Exports {
     pub on_context_create: Option<TypedFunc<(i32, i32), ()>>,
@@ -225,20 +232,27 @@ pub(crate) struct Exports {
     pub on_request_headers: Option<Callback3>,
     pub on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    #[allow(dead_code)]
     pub on_request_metadata: Option<TypedFunc<(i32, i32), i32>>,
     pub on_response_headers: Option<Callback3>,
     pub on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    #[allow(dead_code)]
     pub on_response_metadata: Option<TypedFunc<(i32, i32), i32>>,
-    pub on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub on_http_call_response: Option<HttpCallResponseFn>,
     pub on_grpc_receive_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub on_grpc_receive_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
+    #[allow(dead_code)]
     pub on_new_connection: Option<TypedFunc<i32, i32>>,
+    #[allow(dead_code)]
     pub on_downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    #[allow(dead_code)]
     pub on_upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    #[allow(dead_code)]
     pub on_downstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
+    #[allow(dead_code)]
     pub on_upstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
 }
 
