@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/header_filter.wasm
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install what is missing: wasm32-wasip1, Envoy 1.40, docker-registry, htpasswd, oras-py, curl
+setup: ## Install what is missing: wasm32-wasip1, Envoy 1.40, docker-registry, htpasswd, oras-py, curl, node/npm
 	@scripts/setup
 
 build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.wasm
@@ -32,3 +32,4 @@ bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules
 
 clean: ## Remove build output
 	$(CARGO) clean
+	rm -rf examples/assemblyscript/build

@@ -212,6 +212,8 @@ impl VmState {
 pub(crate) type HttpCallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// Cached callback exports. Absent exports are `None`: the callback is skipped as in cpp-host.
+/// Metadata and network-filter callbacks are resolved (so a wrong signature fails at load, as in
+/// cpp-host) but the harness does not drive them yet, hence `allow(dead_code)` on those fields.
 #[derive(Clone, Default)]
 pub(crate) struct Exports {
     pub on_context_create: Option<TypedFunc<(i32, i32), ()>>,
@@ -235,10 +237,15 @@ pub(crate) struct Exports {
     pub on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub on_grpc_receive_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
+    #[allow(dead_code)]
     pub on_new_connection: Option<TypedFunc<i32, i32>>,
+    #[allow(dead_code)]
     pub on_downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    #[allow(dead_code)]
     pub on_upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    #[allow(dead_code)]
     pub on_downstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
+    #[allow(dead_code)]
     pub on_upstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
 }
 

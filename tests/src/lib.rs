@@ -1,4 +1,5 @@
-//! End-to-end test support: builds the filter to wasm, and runs it in a real Envoy in front of a
+//! End-to-end test support: builds the filter to wasm (and, to prove the harness is SDK-neutral, an
+//! AssemblyScript filter from `examples/assemblyscript`), and runs it in a real Envoy in front of a
 //! recording upstream.
 //!
 //! ```no_run
@@ -23,6 +24,7 @@ pub mod registry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 /// The workspace root.
 pub fn workspace_root() -> &'static Path {
@@ -106,4 +108,74 @@ pub fn wasmctl_bin() -> PathBuf {
 /// The oras-py driver script (`tests/oras_helper.py`).
 pub fn oras_helper() -> PathBuf {
     workspace_root().join("tests/oras_helper.py")
+}
+
+/// The AssemblyScript example filter (`@solo-io/proxy-runtime`), a module from another SDK.
+pub fn assemblyscript_dir() -> PathBuf {
+    workspace_root().join("examples/assemblyscript")
+}
+
+/// Build `examples/assemblyscript/build/as_filter.wasm` once per test process and return its path.
+///
+/// Runs `npm ci --prefer-offline` only when `node_modules` is missing or older than
+/// `package-lock.json`/`package.json` (so a prepared checkout builds offline), then `npm run
+/// asbuild` unless the wasm is newer than every input. Needs `node` and `npm` (`scripts/setup`).
+pub fn assemblyscript_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = assemblyscript_dir();
+            // npm (v7+) writes this hidden lockfile when it installs: its age is the install's.
+            let installed = mtime(&dir.join("node_modules/.package-lock.json"));
+            let manifests = newest(&[dir.join("package.json"), dir.join("package-lock.json")]);
+            if installed.is_none() || installed < manifests {
+                npm(&dir, &["ci", "--prefer-offline", "--no-audit", "--no-fund"]);
+            }
+            let wasm = dir.join("build/as_filter.wasm");
+            let mut inputs = vec![
+                dir.join("package.json"),
+                dir.join("package-lock.json"),
+                dir.join("node_modules/.package-lock.json"),
+            ];
+            inputs.extend(
+                std::fs::read_dir(dir.join("assembly"))
+                    .expect("read examples/assemblyscript/assembly")
+                    .map(|e| e.expect("directory entry").path()),
+            );
+            if mtime(&wasm).is_none() || mtime(&wasm) < newest(&inputs) {
+                npm(&dir, &["run", "asbuild"]);
+            }
+            assert!(
+                wasm.exists(),
+                "{} missing after `npm run asbuild`",
+                wasm.display()
+            );
+            wasm
+        })
+        .clone()
+}
+
+/// Run `npm ARGS` in `dir`; on failure, panic with the command, its status and its output.
+fn npm(dir: &Path, args: &[&str]) {
+    let command = format!("npm {} (in {})", args.join(" "), dir.display());
+    let out = Command::new("npm")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{command}`: {e} (run scripts/setup)"));
+    assert!(
+        out.status.success(),
+        "`{command}` failed with {}\n---- stdout ----\n{}\n---- stderr ----\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn newest(paths: &[PathBuf]) -> Option<SystemTime> {
+    paths.iter().filter_map(|p| mtime(p)).max()
 }

@@ -1,5 +1,8 @@
 //! The header filter's cases through the compiled wasm in the harness.
 
+// Test helpers outside #[test] functions: a failed expectation should fail the test, loudly.
+#![allow(clippy::unwrap_used)]
+
 use proxy_wasm_harness::abi::{Action, LogLevel};
 use proxy_wasm_harness::{Error, Host, Module};
 

@@ -3,6 +3,9 @@
 //! the scenario's expectations and agree with each other on status, body, response headers and
 //! the headers the upstream received (the proxy's own headers, `scenario::PROXY_HEADERS`, aside).
 
+// Helpers outside #[test] functions fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 use e2e::envoy::{Envoy, bootstrap_with_clusters, wasm_filter};
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::Host;
