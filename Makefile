@@ -19,7 +19,7 @@ build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.was
 lint: setup ## cargo fmt --check and clippy -D warnings (host and wasm targets)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -- -D warnings
 
 test: setup lint ## Lint, then every test: filter rules natively, the filter in a real Envoy
 	$(CARGO) test --workspace
