@@ -163,6 +163,8 @@ pub(crate) struct Shared {
     pub foreign: HashMap<String, Foreign>,
     clusters: Option<Vec<String>>,
     pub http_calls: Vec<HttpCall>,
+    /// Every HTTP call made, answered or not.
+    pub http_calls_made: Vec<HttpCall>,
     pub grpc_calls: Vec<GrpcCall>,
     pub env: Vec<(String, String)>,
     rng: u64,
@@ -433,6 +435,7 @@ impl Host {
             foreign: HashMap::new(),
             clusters: None,
             http_calls: Vec::new(),
+            http_calls_made: Vec::new(),
             grpc_calls: Vec::new(),
             env: Vec::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
@@ -564,6 +567,11 @@ impl Host {
     /// HTTP calls modules made that have not been answered yet.
     pub fn pending_http_calls(&self) -> Vec<HttpCall> {
         self.shared.borrow().http_calls.clone()
+    }
+
+    /// Every HTTP call modules made, answered or not, in order.
+    pub fn http_calls_made(&self) -> Vec<HttpCall> {
+        self.shared.borrow().http_calls_made.clone()
     }
 
     /// gRPC calls and streams that are still open.

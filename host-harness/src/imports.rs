@@ -637,7 +637,8 @@ pub(crate) fn define(
             let d = c.data_mut();
             let root = d.acting_root();
             let token = d.next_callout_id(0);
-            d.shared.borrow_mut().http_calls.push(HttpCall {
+            let mut shared = d.shared.borrow_mut();
+            let call = HttpCall {
                 token,
                 upstream,
                 headers,
@@ -646,7 +647,9 @@ pub(crate) fn define(
                 timeout_ms: timeout as u32,
                 vm_index: d.vm_index,
                 context: root,
-            });
+            };
+            shared.http_calls_made.push(call.clone());
+            shared.http_calls.push(call);
             token
         };
         tri!(write_u32(&mut c, out, token));

@@ -1,7 +1,7 @@
 //! The wasmtime engine (with the epoch ticker that interrupts runaway callbacks) and compiled
 //! modules, reusable across hosts.
 
-use crate::abi::{AbiVersion, ENV_MODULE, WASI_MODULE};
+use crate::abi::{AbiVersion, ENV_MODULE, WASI_MODULE, WASI_UNSTABLE_MODULE};
 use crate::error::{Error, Result};
 use crate::imports;
 use crate::vm::VmState;
@@ -187,8 +187,17 @@ impl Module {
         self.size
     }
 
-    /// Whether an import module is one the host knows (`env` or WASI preview 1).
+    /// The exported memory's limits in 64 KiB pages: (minimum, maximum).
+    pub fn memory_pages(&self) -> Option<(u64, Option<u64>)> {
+        self.module.exports().find_map(|e| match e.ty() {
+            ExternType::Memory(m) => Some((m.minimum(), m.maximum())),
+            _ => None,
+        })
+    }
+
+    /// Whether an import module is one the host serves (`env` and WASI preview 1 under both
+    /// names).
     pub fn is_host_module(name: &str) -> bool {
-        name == ENV_MODULE || name == WASI_MODULE
+        name == ENV_MODULE || name == WASI_MODULE || name == WASI_UNSTABLE_MODULE
     }
 }

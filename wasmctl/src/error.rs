@@ -6,6 +6,22 @@ use std::path::PathBuf;
 /// Everything that can go wrong in `wasmctl`'s library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The harness could not load, configure or run a module (`wasmctl run`, local `inspect`).
+    #[error("{file}: {message}")]
+    Harness {
+        /// The module file.
+        file: PathBuf,
+        /// What the harness reported.
+        message: String,
+    },
+    /// A scenario file is malformed.
+    #[error("scenario {file}: {message}")]
+    Scenario {
+        /// The scenario file.
+        file: PathBuf,
+        /// What is wrong (line, column, field).
+        message: String,
+    },
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {

@@ -36,5 +36,6 @@ pub mod layout;
 pub mod media;
 pub mod module;
 pub mod registry;
+pub mod run;
 
 pub use error::{Error, Result};

@@ -1,4 +1,7 @@
-//! The `wasmctl` command line: push, pull, login, inspect.
+//! The `wasmctl` command line: run, inspect, push, pull, login.
+//!
+//! Exit codes: 0 success; 1 an error (bad input, a module that fails to load, configure or
+//! run, a registry failure); 2 bad usage; 3 `run --scenario` whose expectations do not hold.
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -20,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one request through a filter in the proxy-wasm harness and show what it did
+    Run(RunArgs),
     /// Push a wasm module as an image; prints the manifest digest and the digest-pinned reference
     Push(PushArgs),
     /// Pull the module of an image (any layout) into a file, verified, written atomically
@@ -117,6 +122,45 @@ struct LoginArgs {
 }
 
 #[derive(Args)]
+struct RunArgs {
+    /// The filter module (.wasm)
+    module: PathBuf,
+    /// Root id of the plugin (Envoy's config.root_id)
+    #[arg(long, value_name = "ID")]
+    root_id: Option<String>,
+    /// Plugin configuration: the text itself, or @FILE to read it from a file
+    #[arg(long, value_name = "JSON|@FILE")]
+    config: Option<String>,
+    /// A scenario file (YAML): request, upstream and cluster answers, expectations
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// Request method
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Request path
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// A request header, NAME:VALUE (repeat for more)
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
+    headers: Vec<String>,
+    /// Request body
+    #[arg(long, value_name = "TEXT")]
+    body: Option<String>,
+    /// Upstream's status
+    #[arg(long, value_name = "CODE")]
+    status: Option<u16>,
+    /// An upstream response header, NAME:VALUE (repeat for more)
+    #[arg(long = "response-header", value_name = "NAME:VALUE")]
+    response_headers: Vec<String>,
+    /// Upstream's response body
+    #[arg(long, value_name = "TEXT")]
+    response_body: Option<String>,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct InspectArgs {
     /// An existing local .wasm file, or a remote image reference
     target: String,
@@ -174,9 +218,35 @@ fn inspect_local(path: &Path) -> anyhow::Result<()> {
     } else {
         let _ = writeln!(out, "proxy-wasm ABI: {}", s.abi_versions.join(", "));
     }
+    // What Envoy's host (and the harness) provide: anything else makes Envoy refuse the module.
+    let unsupported = match proxy_wasm_harness::Module::from_bytes(
+        &proxy_wasm_harness::Runtime::shared(),
+        &bytes,
+    ) {
+        Ok(m) => {
+            if let Some((min, max)) = m.memory_pages() {
+                let max = max.map_or("no maximum".to_string(), |p| format!("max {p} pages"));
+                let _ = writeln!(
+                    out,
+                    "memory:    {min} pages ({} KiB) initial, {max}",
+                    min * 64
+                );
+            }
+            m.unsupported_imports()
+        }
+        Err(e) => {
+            let _ = writeln!(out, "harness:   cannot load it: {e}");
+            Vec::new()
+        }
+    };
     let _ = writeln!(out, "imports ({}):", s.imports.len());
     for i in &s.imports {
-        let _ = writeln!(out, "  {i}");
+        let mark = if unsupported.contains(i) {
+            "   <- not provided by Envoy: Envoy refuses to load this module"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  {i}{mark}");
     }
     let _ = writeln!(out, "exports ({}):", s.exports.len());
     for e in &s.exports {
@@ -199,8 +269,85 @@ fn print_out(text: &str) -> anyhow::Result<()> {
     }
 }
 
+fn header_pairs(flag: &str, raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|h| match h.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            }
+            _ => bail!("{flag} {h:?}: expected NAME:VALUE"),
+        })
+        .collect()
+}
+
+/// The scenario `wasmctl run` executes: the file if given, with flags on top.
+fn scenario(a: &RunArgs) -> anyhow::Result<proxy_wasm_harness::scenario::Scenario> {
+    use proxy_wasm_harness::scenario::Scenario;
+    let mut s = match &a.scenario {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read scenario {}", file.display()))?;
+            Scenario::from_yaml(&text).map_err(|message| wasmctl::Error::Scenario {
+                file: file.clone(),
+                message,
+            })?
+        }
+        None => Scenario::from_yaml("name: command line").map_err(anyhow::Error::msg)?,
+    };
+    if let Some(id) = &a.root_id {
+        s.root_id = id.clone();
+    }
+    if let Some(c) = &a.config {
+        s.configuration = match c.strip_prefix('@') {
+            Some(file) => std::fs::read_to_string(file)
+                .with_context(|| format!("--config @{file}: cannot read the file"))?,
+            None => c.clone(),
+        };
+    }
+    if a.scenario.is_none() || a.method != "GET" {
+        s.request.method = a.method.clone();
+    }
+    if a.scenario.is_none() || a.path != "/" {
+        s.request.path = a.path.clone();
+    }
+    s.request
+        .headers
+        .extend(header_pairs("--header", &a.headers)?);
+    if let Some(b) = &a.body {
+        s.request.body = b.clone();
+    }
+    if let Some(st) = a.status {
+        s.upstream.status = st;
+    }
+    s.upstream
+        .headers
+        .extend(header_pairs("--response-header", &a.response_headers)?);
+    if let Some(b) = &a.response_body {
+        s.upstream.body = b.clone();
+    }
+    Ok(s)
+}
+
+/// Set when `run` found unmet expectations: exit code 3.
+static EXPECTATIONS_FAILED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(a) => {
+            let s = scenario(&a)?;
+            let report = wasmctl::run::run(&a.module, &s)?;
+            if a.json {
+                let text =
+                    serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
+                print_out(&format!("{text}\n"))?;
+            } else {
+                print_out(&report.to_string())?;
+            }
+            if !report.failed_expectations.is_empty() {
+                EXPECTATIONS_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         Command::Push(a) => {
             let req = PushRequest {
                 reference: a.reference,
@@ -280,6 +427,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
+        Ok(()) if EXPECTATIONS_FAILED.load(std::sync::atomic::Ordering::Relaxed) => {
+            ExitCode::from(3)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
