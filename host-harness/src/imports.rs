@@ -106,7 +106,7 @@ fn gave(r: wasmtime::Result<Result<(), Status>>) -> R {
     }
 }
 
-fn stream<'a>(d: &'a mut VmState) -> Result<&'a mut StreamCtx, Status> {
+fn stream(d: &mut VmState) -> Result<&mut StreamCtx, Status> {
     let ctx = d.context();
     d.streams.get_mut(&ctx).ok_or(Status::BadArgument)
 }

@@ -204,6 +204,8 @@ pub(crate) struct VmState {
     pub shared: Rc<RefCell<Shared>>,
     pub vm_id: String,
     pub vm_configuration: Vec<u8>,
+    // Recorded for host functions whose behaviour differs by ABI version; none reads it yet.
+    #[allow(dead_code)]
     pub abi: AbiVersion,
     pub vm_index: usize,
     pub memory: Option<Memory>,
@@ -280,8 +282,13 @@ impl VmState {
 /// every callback of every request, while an `Rc` clone is one increment.
 pub(crate) type Func<P, R> = Rc<TypedFunc<P, R>>;
 
+/// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
+pub(crate) type HttpCallResponseFn = Func<(i32, i32, i32, i32, i32), ()>;
+
 /// Cached callback exports. Absent exports are `None`: the callback is skipped as in cpp-host.
 #[derive(Clone, Default)]
+// Every callback of the ABI is resolved; the metadata ones are not dispatched yet.
+#[allow(dead_code)]
 pub(crate) struct Exports {
     pub on_context_create: Option<Func<(i32, i32), ()>>,
     pub on_vm_start: Option<Func<(i32, i32), i32>>,
@@ -301,7 +308,7 @@ pub(crate) struct Exports {
     pub on_response_body: Option<Func<(i32, i32, i32), i32>>,
     pub on_response_trailers: Option<Func<(i32, i32), i32>>,
     pub on_response_metadata: Option<Func<(i32, i32), i32>>,
-    pub on_http_call_response: Option<Func<(i32, i32, i32, i32, i32), ()>>,
+    pub on_http_call_response: Option<HttpCallResponseFn>,
     pub on_grpc_receive_initial_metadata: Option<Func<(i32, i32, i32), ()>>,
     pub on_grpc_receive: Option<Func<(i32, i32, i32), ()>>,
     pub on_grpc_receive_trailing_metadata: Option<Func<(i32, i32, i32), ()>>,

@@ -1,5 +1,8 @@
 //! The header filter's cases through the compiled wasm in the harness.
 
+// Test code: a failed setup should stop the test loudly (helpers outside `#[test]` too).
+#![allow(clippy::unwrap_used)]
+
 use proxy_wasm_harness::abi::{Action, LogLevel};
 use proxy_wasm_harness::{Error, Host, Module, Runtime};
 
