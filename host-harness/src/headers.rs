@@ -16,9 +16,50 @@
 
 /// An ordered multimap of headers. Names are stored lower-case; values are bytes as Envoy allows
 /// (not necessarily UTF-8).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Storage is one byte buffer (each entry's name then value, in entry order) and a list of
+/// offsets into it, so a map costs two allocations however many headers it holds, and none when
+/// [`HeaderMap::clear`]ed and refilled: the harness reuses maps across streams.
+#[derive(Clone, Default)]
 pub struct HeaderMap {
-    entries: Vec<(String, Vec<u8>)>,
+    entries: Vec<Entry>,
+    bytes: Vec<u8>,
+}
+
+/// Where one entry's name and value are in `bytes`: name at `at..at + name`, value right after.
+/// Entries are in buffer order (`at` grows with the index).
+#[derive(Clone, Copy)]
+struct Entry {
+    at: usize,
+    name: usize,
+    value: usize,
+}
+
+impl Entry {
+    fn name<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.at..self.at + self.name]
+    }
+
+    fn value<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        let from = self.at + self.name;
+        &bytes[from..from + self.value]
+    }
+}
+
+impl PartialEq for HeaderMap {
+    fn eq(&self, other: &HeaderMap) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderMap {}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderMap")
+            .field("entries", &self.iter().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl HeaderMap {
@@ -30,10 +71,32 @@ impl HeaderMap {
     /// A map from `(name, value)` pairs (names are lower-cased).
     pub fn from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> HeaderMap {
         let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.add(k.as_ref(), v.as_ref());
-        }
+        m.extend_from_pairs(pairs);
         m
+    }
+
+    /// Append `(name, value)` pairs (names are lower-cased), sizing the storage once.
+    pub fn extend_from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) {
+        let size: usize = pairs
+            .iter()
+            .map(|(k, v)| k.as_ref().len() + v.as_ref().len())
+            .sum();
+        self.entries.reserve(pairs.len());
+        self.bytes.reserve(size);
+        for (k, v) in pairs {
+            self.add(k.as_ref(), v.as_ref());
+        }
+    }
+
+    /// Remove every entry, keeping the storage for reuse.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes.clear();
+    }
+
+    /// Bytes of storage held (for callers that pool maps and drop oversized ones).
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity() + self.entries.capacity() * std::mem::size_of::<Entry>()
     }
 
     /// Number of entries (a repeated name counts each time).
@@ -56,16 +119,16 @@ impl HeaderMap {
     pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
         self.entries
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .find(|e| e.name(&self.bytes).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|e| e.value(&self.bytes))
     }
 
     /// Every value of `name`, in order, as text (lossy).
     pub fn get_all(&self, name: &str) -> Vec<String> {
         self.entries
             .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .filter(|e| e.name(&self.bytes).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|e| String::from_utf8_lossy(e.value(&self.bytes)).into_owned())
             .collect()
     }
 
@@ -76,8 +139,17 @@ impl HeaderMap {
 
     /// Append a value (Envoy's `addCopy`).
     pub fn add(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        self.entries
-            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        let value = value.as_ref();
+        let at = self.bytes.len();
+        // Names come in as `&str` and lower-casing ASCII keeps them UTF-8 (see `iter`).
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes[at..].make_ascii_lowercase();
+        self.bytes.extend_from_slice(value);
+        self.entries.push(Entry {
+            at,
+            name: name.len(),
+            value: value.len(),
+        });
     }
 
     /// Replace every value of `name` with one value, at the end of the map (Envoy 1.40's
@@ -89,12 +161,31 @@ impl HeaderMap {
 
     /// Remove every value of `name`.
     pub fn remove(&mut self, name: &str) {
-        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        let name = name.as_bytes();
+        let bytes = &mut self.bytes;
+        let mut end = 0;
+        // Entries are in buffer order, so each kept one moves down (or stays) without
+        // overwriting one not yet visited.
+        self.entries.retain_mut(|e| {
+            if e.name(bytes).eq_ignore_ascii_case(name) {
+                return false;
+            }
+            let len = e.name + e.value;
+            bytes.copy_within(e.at..e.at + len, end);
+            e.at = end;
+            end += len;
+            true
+        });
+        bytes.truncate(end);
     }
 
     /// The entries, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.entries.iter().map(|e| {
+            // Always UTF-8 (see `add`); the fallback is never taken.
+            let name = std::str::from_utf8(e.name(&self.bytes)).unwrap_or_default();
+            (name, e.value(&self.bytes))
+        })
     }
 
     /// The entries as text pairs (values lossy), for assertions.
@@ -106,7 +197,7 @@ impl HeaderMap {
 
     /// Size in bytes as Envoy's `byteSize` counts it: names plus values.
     pub fn byte_size(&self) -> usize {
-        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.entries.iter().map(|e| e.name + e.value).sum()
     }
 
     /// The pairs serialization.

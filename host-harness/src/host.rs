@@ -273,10 +273,11 @@ impl Shared {
         q.items.pop_front().ok_or(Status::Empty)
     }
 
-    /// The host-wide stat behind a name and kind (Envoy's `wasmcustom.<name>`), created on
-    /// first definition.
-    pub(crate) fn stat(&mut self, kind: MetricType, name: &str) -> &mut Metric {
-        let i = match self
+    /// The index of the host-wide stat behind a name and kind (Envoy's `wasmcustom.<name>`),
+    /// created on first definition. Stats are never removed, so a VM resolves its metric ids
+    /// once, at definition, and increments need no name lookup.
+    pub(crate) fn stat_index(&mut self, kind: MetricType, name: &str) -> usize {
+        match self
             .metrics
             .iter()
             .position(|m| m.name == name && m.kind == kind)
@@ -291,7 +292,11 @@ impl Shared {
                 });
                 self.metrics.len() - 1
             }
-        };
+        }
+    }
+
+    /// The stat at an index from [`Shared::stat_index`].
+    pub(crate) fn stat_at(&mut self, i: usize) -> &mut Metric {
         &mut self.metrics[i]
     }
 

@@ -32,6 +32,21 @@ fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
         .ok_or(Status::InvalidMemoryAccess)
 }
 
+/// `len` bytes at `ptr` within `data` (the module's memory).
+fn slice(data: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
+    let (p, l) = (ptr as u32 as usize, len as u32 as usize);
+    data.get(p..p.checked_add(l).ok_or(Status::InvalidMemoryAccess)?)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
+/// The module's memory and the store's data at once, so host calls use arguments in place
+/// instead of copying them out first.
+fn memory_and_data<'a>(c: &'a mut C<'_>) -> Result<(&'a [u8], &'a mut VmState), Status> {
+    let mem = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
+    let (data, d) = mem.data_and_store_mut(c);
+    Ok((data, d))
+}
+
 fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> Result<String, Status> {
     read(c, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
@@ -313,10 +328,14 @@ pub(crate) fn define(
                                         pp: i32,
                                         sp: i32|
      -> R {
-        let key = tri!(read_str(&mut c, kp, ks));
-        let v = tri!(header_map(c.data_mut(), t, false))
-            .get_bytes(&key)
-            .map(<[u8]>::to_vec);
+        let v = {
+            let (data, d) = tri!(memory_and_data(&mut c));
+            // Lossy as the module's bytes may not be UTF-8; no copy when they are.
+            let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
+            tri!(header_map(d, t, false))
+                .get_bytes(&key)
+                .map(<[u8]>::to_vec)
+        };
         let v = tri!(v.ok_or(Status::NotFound));
         gave(give(&mut c, &v, pp, sp))
     });
@@ -327,9 +346,10 @@ pub(crate) fn define(
                                         vp: i32,
                                         vs: i32|
      -> R {
-        let key = tri!(read_str(&mut c, kp, ks));
-        let value = tri!(read(&mut c, vp, vs));
-        tri!(header_map(c.data_mut(), t, true)).add(&key, value);
+        let (data, d) = tri!(memory_and_data(&mut c));
+        let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
+        let value = tri!(slice(data, vp, vs));
+        tri!(header_map(d, t, true)).add(&key, value);
         Ok(OK)
     });
     env!("proxy_replace_header_map_value", |mut c: C<'_>,
@@ -339,9 +359,10 @@ pub(crate) fn define(
                                             vp: i32,
                                             vs: i32|
      -> R {
-        let key = tri!(read_str(&mut c, kp, ks));
-        let value = tri!(read(&mut c, vp, vs));
-        tri!(header_map(c.data_mut(), t, true)).set(&key, value);
+        let (data, d) = tri!(memory_and_data(&mut c));
+        let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
+        let value = tri!(slice(data, vp, vs));
+        tri!(header_map(d, t, true)).set(&key, value);
         Ok(OK)
     });
     env!("proxy_remove_header_map_value", |mut c: C<'_>,
@@ -349,8 +370,9 @@ pub(crate) fn define(
                                            kp: i32,
                                            ks: i32|
      -> R {
-        let key = tri!(read_str(&mut c, kp, ks));
-        tri!(header_map(c.data_mut(), t, true)).remove(&key);
+        let (data, d) = tri!(memory_and_data(&mut c));
+        let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
+        tri!(header_map(d, t, true)).remove(&key);
         Ok(OK)
     });
     env!("proxy_get_header_map_size", |mut c: C<'_>,
@@ -570,8 +592,8 @@ pub(crate) fn define(
         let name = tri!(read_str(&mut c, np, ns));
         let id = {
             let d = c.data_mut();
-            d.shared.borrow_mut().stat(kind, &name);
-            d.metric_ids.push((name, kind));
+            let stat = d.shared.borrow_mut().stat_index(kind, &name);
+            d.metric_ids.push((kind, stat));
             ((d.metric_ids.len() as u32) << 2) | kind as u32
         };
         tri!(write_u32(&mut c, out, id));
@@ -581,27 +603,23 @@ pub(crate) fn define(
                                     id: i32,
                                     offset: i64|
      -> R {
-        let (kind, name) = tri!(metric_id(c.data(), id as u32));
-        Ok(c.data()
-            .shared
-            .borrow_mut()
-            .stat(kind, &name)
-            .increment(offset) as i32)
+        let stat = tri!(metric_id(c.data(), id as u32));
+        Ok(c.data().shared.borrow_mut().stat_at(stat).increment(offset) as i32)
     });
     env!("proxy_record_metric", |c: C<'_>,
                                  id: i32,
                                  value: i64|
      -> R {
-        let (kind, name) = tri!(metric_id(c.data(), id as u32));
+        let stat = tri!(metric_id(c.data(), id as u32));
         Ok(c.data()
             .shared
             .borrow_mut()
-            .stat(kind, &name)
+            .stat_at(stat)
             .record(value as u64) as i32)
     });
     env!("proxy_get_metric", |mut c: C<'_>, id: i32, out: i32| -> R {
-        let (kind, name) = tri!(metric_id(c.data(), id as u32));
-        let v = tri!(c.data().shared.borrow_mut().stat(kind, &name).get());
+        let stat = tri!(metric_id(c.data(), id as u32));
+        let v = tri!(c.data().shared.borrow_mut().stat_at(stat).get());
         tri!(write(&mut c, out, &v.to_le_bytes()));
         Ok(OK)
     });
@@ -953,16 +971,17 @@ pub(crate) fn define(
     Ok(names)
 }
 
-fn metric_id(d: &VmState, id: u32) -> Result<(MetricType, String), Status> {
+/// The host-wide stat (its index, see `Shared::stat_at`) behind a module's metric id.
+fn metric_id(d: &VmState, id: u32) -> Result<usize, Status> {
     let kind = MetricType::from_i32((id & 3) as i32).ok_or(Status::BadArgument)?;
-    let (name, k) = d
+    let (k, stat) = d
         .metric_ids
         .get(((id >> 2) as usize).wrapping_sub(1))
         .ok_or(Status::NotFound)?;
     if *k != kind {
         return Err(Status::NotFound);
     }
-    Ok((kind, name.clone()))
+    Ok(*stat)
 }
 
 const ERRNO_NOENT: i32 = 44;

@@ -365,6 +365,19 @@ pub struct HttpStream {
     local_reply_sent: bool,
 }
 
+impl Drop for HttpStream {
+    fn drop(&mut self) {
+        // Nobody can read a completed stream's maps any more: their storage serves the next
+        // streams' headers. (A VM borrowed right now, which a stream dropped from inside a host
+        // callback would see, just lets them be freed.)
+        if let Some(mut s) = self.finished.take()
+            && let Ok(mut v) = self.vm.try_borrow_mut()
+        {
+            v.store.data_mut().map_pool.give_stream(&mut s);
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Request,
@@ -403,6 +416,13 @@ impl HttpStream {
             Some(s) if self.id != 0 => Some(f(s)),
             _ => self.finished.clone().as_mut().map(f),
         }
+    }
+
+    /// A map of `pairs` in storage a finished stream gave back (see `Drop`).
+    fn pooled_map(&self, pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = self.vm.borrow_mut().store.data_mut().map_pool.take();
+        map.extend_from_pairs(pairs);
+        map
     }
 
     /// Create the context on first use (Envoy does so on request headers).
@@ -488,7 +508,7 @@ impl HttpStream {
         pairs: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<Action> {
-        let map = HeaderMap::from_pairs(pairs);
+        let map = self.pooled_map(pairs);
         let n = map.len() as i32;
         self.ensure_created()?;
         let bypass = self.bypass;
@@ -628,7 +648,7 @@ impl HttpStream {
     }
 
     fn trailers(&mut self, side: Side, pairs: &[(&str, &str)]) -> Result<Action> {
-        let map = HeaderMap::from_pairs(pairs);
+        let map = self.pooled_map(pairs);
         let n = map.len() as i32;
         self.ensure_created()?;
         let bypass = self.bypass;
