@@ -141,9 +141,14 @@ impl HeaderMap {
     pub fn add(&mut self, name: &str, value: impl AsRef<[u8]>) {
         let value = value.as_ref();
         let at = self.bytes.len();
-        // Names come in as `&str` and lower-casing ASCII keeps them UTF-8 (see `iter`).
-        self.bytes.extend_from_slice(name.as_bytes());
-        self.bytes[at..].make_ascii_lowercase();
+        // Names come in as `&str` and lower-casing ASCII keeps them UTF-8 (see `iter`). Most
+        // names are lower-case already: then they are copied as they are.
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.bytes
+                .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+        } else {
+            self.bytes.extend_from_slice(name.as_bytes());
+        }
         self.bytes.extend_from_slice(value);
         self.entries.push(Entry {
             at,

@@ -108,7 +108,10 @@ fn gave(r: wasmtime::Result<Result<(), Status>>) -> R {
 
 fn stream(d: &mut VmState) -> Result<&mut StreamCtx, Status> {
     let ctx = d.context();
-    d.streams.get_mut(&ctx).ok_or(Status::BadArgument)
+    d.streams
+        .get_mut(&ctx)
+        .map(|s| &mut **s)
+        .ok_or(Status::BadArgument)
 }
 
 /// A header map as Envoy exposes it to the acting context. `write`: the mutable view (add,
@@ -415,11 +418,15 @@ pub(crate) fn define(
     });
     if abi == AbiVersion::V0_1_0 {
         env!("proxy_continue_request", |mut c: C<'_>| -> R {
-            tri!(stream(c.data_mut())).resumed.push(0);
+            let d = c.data_mut();
+            tri!(stream(d)).resumed.push(0);
+            d.resumed_dirty = true;
             Ok(OK)
         });
         env!("proxy_continue_response", |mut c: C<'_>| -> R {
-            tri!(stream(c.data_mut())).resumed.push(1);
+            let d = c.data_mut();
+            tri!(stream(d)).resumed.push(1);
+            d.resumed_dirty = true;
             Ok(OK)
         });
         env!("proxy_clear_route_cache", |_c: C<'_>| -> R { Ok(OK) });
@@ -427,7 +434,9 @@ pub(crate) fn define(
         env!("proxy_continue_stream", |mut c: C<'_>, t: i32| -> R {
             match t {
                 0..=2 => {
-                    tri!(stream(c.data_mut())).resumed.push(t);
+                    let d = c.data_mut();
+                    tri!(stream(d)).resumed.push(t);
+                    d.resumed_dirty = true;
                     Ok(OK)
                 }
                 // Envoy cannot resume an upstream connection.

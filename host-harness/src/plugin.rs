@@ -227,20 +227,22 @@ impl Plugin {
     /// fresh VM first once [`RELOAD_BACKOFF`] has passed on the host clock (503 before that).
     pub fn http_stream(&self) -> Result<HttpStream> {
         let policy = self.inner.borrow().builder.policy;
-        if let Some(failed_at) = self.failed_at()
-            && policy == FailurePolicy::Reload
+        if policy == FailurePolicy::Reload
+            && let Some(failed_at) = self.failed_at()
         {
             let now = self.host().now_nanos();
             if now.saturating_sub(failed_at) >= RELOAD_BACKOFF.as_nanos() as u64 {
                 self.reload()?;
             }
         }
-        let (vm, root) = {
+        let (vm, root, host, failed) = {
             let p = self.inner.borrow();
-            (p.vm.clone(), p.root_ctx)
+            let failed = p.vm.borrow().failed.is_some();
+            (p.vm.clone(), p.root_ctx, p.host.clone(), failed)
         };
         let mut stream = HttpStream {
-            plugin: self.clone(),
+            _plugin: self.clone(),
+            host,
             vm: vm.clone(),
             id: 0,
             root,
@@ -252,21 +254,19 @@ impl Plugin {
             finished: None,
             local_reply_sent: false,
         };
-        if self.failure().is_some() {
+        if failed {
             match policy {
                 FailurePolicy::FailOpen => stream.bypass = true,
                 FailurePolicy::FailClosed | FailurePolicy::Reload => stream.fail_closed(),
             }
         }
-        let id = vm.borrow_mut().new_context_id();
+        let mut v = vm.borrow_mut();
+        let id = v.new_context_id();
         stream.id = id;
-        vm.borrow_mut().store.data_mut().streams.insert(
-            id,
-            StreamCtx {
-                root,
-                ..StreamCtx::default()
-            },
-        );
+        let d = v.store.data_mut();
+        let ctx = d.new_stream(root, false);
+        d.streams.insert(id, ctx);
+        drop(v);
         Ok(stream)
     }
 
@@ -350,7 +350,10 @@ impl Plugin {
 /// a local response, as Envoy does). A failing callback returns its error after the stream got
 /// Envoy's failure reply (a local 503, see [`HttpStream::local_response`]).
 pub struct HttpStream {
-    plugin: Plugin,
+    /// Keeps the plugin alive as long as its streams.
+    _plugin: Plugin,
+    /// The plugin's host (kept here: deferred work is checked after every callback).
+    host: Host,
     vm: Vm,
     id: u32,
     root: u32,
@@ -361,7 +364,7 @@ pub struct HttpStream {
     response_forwarded: Vec<u8>,
     failure_reply: Option<LocalResponse>,
     /// The stream's state once completed (the VM forgets it).
-    finished: Option<StreamCtx>,
+    finished: Option<Box<StreamCtx>>,
     local_reply_sent: bool,
 }
 
@@ -370,10 +373,10 @@ impl Drop for HttpStream {
         // Nobody can read a completed stream's maps any more: their storage serves the next
         // streams' headers. (A VM borrowed right now, which a stream dropped from inside a host
         // callback would see, just lets them be freed.)
-        if let Some(mut s) = self.finished.take()
+        if let Some(s) = self.finished.take()
             && let Ok(mut v) = self.vm.try_borrow_mut()
         {
-            v.store.data_mut().map_pool.give_stream(&mut s);
+            v.store.data_mut().recycle_stream(s);
         }
     }
 }
@@ -410,12 +413,31 @@ impl HttpStream {
         e
     }
 
+    /// Change the stream's state. Once completed, the state is a snapshot: a change lands on a
+    /// copy and is lost (the VM forgot the stream).
     fn with<T>(&self, f: impl FnOnce(&mut StreamCtx) -> T) -> Option<T> {
-        let mut v = self.vm.borrow_mut();
-        match v.store.data_mut().streams.get_mut(&self.id) {
-            Some(s) if self.id != 0 => Some(f(s)),
-            _ => self.finished.clone().as_mut().map(f),
+        if self.id != 0
+            && let Some(s) = self
+                .vm
+                .borrow_mut()
+                .store
+                .data_mut()
+                .streams
+                .get_mut(&self.id)
+        {
+            return Some(f(s));
         }
+        self.finished.as_deref().cloned().as_mut().map(f)
+    }
+
+    /// Read the stream's state: live in the VM, or the snapshot taken when it completed.
+    fn read<T>(&self, f: impl FnOnce(&StreamCtx) -> T) -> Option<T> {
+        if self.id != 0
+            && let Some(s) = self.vm.borrow().store.data().streams.get(&self.id)
+        {
+            return Some(f(s));
+        }
+        self.finished.as_deref().map(f)
     }
 
     /// A map of `pairs` in storage a finished stream gave back (see `Drop`).
@@ -427,14 +449,23 @@ impl HttpStream {
 
     /// Create the context on first use (Envoy does so on request headers).
     fn ensure_created(&mut self) -> Result<()> {
-        if self.bypass || self.with(|s| s.created).unwrap_or(true) {
+        if self.bypass {
             return Ok(());
         }
         let (id, root) = (self.id, self.root);
         let r = {
             let mut v = self.vm.borrow_mut();
-            if let Some(s) = v.store.data_mut().streams.get_mut(&id) {
-                s.created = true;
+            let live = match id {
+                0 => None,
+                _ => v.store.data_mut().streams.get_mut(&id),
+            };
+            // A stream the VM forgot counts as created unless its snapshot says otherwise.
+            let created = match live {
+                Some(s) => std::mem::replace(&mut s.created, true),
+                None => self.finished.as_ref().is_none_or(|s| s.created),
+            };
+            if created {
+                return Ok(());
             }
             let f = v.exports.on_context_create.clone();
             v.call("proxy_on_context_create", id, f, (id as i32, root as i32))
@@ -459,19 +490,19 @@ impl HttpStream {
             }
             self.local_reply_sent = true;
         }
-        self.plugin.host().run_deferred()?;
+        self.host.run_deferred()?;
         Ok(action)
     }
 
     fn pending_local_reply(&self) -> bool {
-        !self.local_reply_sent && self.with(|s| s.local_response.is_some()).unwrap_or(false)
+        !self.local_reply_sent && self.read(|s| s.local_response.is_some()).unwrap_or(false)
     }
 
     /// Send the filter's local reply as Envoy does once the callback returned: it passes this
     /// filter's response callbacks like any response.
     fn send_local_reply(&mut self) -> Result<()> {
         self.local_reply_sent = true;
-        let Some(reply) = self.with(|s| s.local_response.clone()).flatten() else {
+        let Some(reply) = self.read(|s| s.local_response.clone()).flatten() else {
             return Ok(());
         };
         let mut headers: Vec<(String, String)> = vec![(":status".into(), reply.status.to_string())];
@@ -484,7 +515,7 @@ impl HttpStream {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.plugin.host().run_deferred()?;
+        self.host.run_deferred()?;
         self.headers(Side::Response, &pairs, reply.body.is_empty())?;
         if !reply.body.is_empty() {
             self.body(Side::Response, &reply.body, true)?;
@@ -508,21 +539,40 @@ impl HttpStream {
         pairs: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<Action> {
-        let map = self.pooled_map(pairs);
-        let n = map.len() as i32;
         self.ensure_created()?;
         let bypass = self.bypass;
-        let set = self.with(|s| match side {
-            Side::Request => {
-                s.request_headers = Some(map);
-                s.request_headers_held = !bypass;
+        let n = pairs.len() as i32;
+        let live = {
+            let mut v = self.vm.borrow_mut();
+            let d = v.store.data_mut();
+            let stream = match self.id {
+                0 => None,
+                id => d.streams.get_mut(&id),
+            };
+            match stream {
+                Some(s) => {
+                    let (slot, held) = match side {
+                        Side::Request => (&mut s.request_headers, &mut s.request_headers_held),
+                        Side::Response => (&mut s.response_headers, &mut s.response_headers_held),
+                    };
+                    // The map being replaced, if any, else one a finished stream gave back.
+                    let mut map = match slot.take() {
+                        Some(mut m) => {
+                            m.clear();
+                            m
+                        }
+                        None => d.map_pool.take(),
+                    };
+                    map.extend_from_pairs(pairs);
+                    *slot = Some(map);
+                    *held = !bypass;
+                    true
+                }
+                None => false,
             }
-            Side::Response => {
-                s.response_headers = Some(map);
-                s.response_headers_held = !bypass;
-            }
-        });
-        if set.is_none() {
+        };
+        // A completed stream keeps only its snapshot (the new map would land on a copy).
+        if !live && self.finished.is_none() {
             return Err(Error::Usage("the stream was completed".into()));
         }
         if bypass {
@@ -707,7 +757,7 @@ impl HttpStream {
         if self.id == 0 {
             return Ok(());
         }
-        let created = self.with(|s| s.created).unwrap_or(false);
+        let created = self.read(|s| s.created).unwrap_or(false);
         let mut result = Ok(());
         if created && !self.bypass {
             let ctx = self.id as i32;
@@ -743,7 +793,7 @@ impl HttpStream {
             .remove(&self.id);
         self.id = 0;
         result?;
-        self.plugin.host().run_deferred()
+        self.host.run_deferred()
     }
 
     /// Set a property on this stream (overrides what headers imply and the host's).
@@ -754,28 +804,28 @@ impl HttpStream {
 
     /// Request headers as the filter left them (what the upstream gets).
     pub fn request_headers(&self) -> HeaderMap {
-        self.with(|s| s.request_headers.clone())
+        self.read(|s| s.request_headers.clone())
             .flatten()
             .unwrap_or_default()
     }
 
     /// Response headers as the filter left them (what the client gets).
     pub fn response_headers(&self) -> HeaderMap {
-        self.with(|s| s.response_headers.clone())
+        self.read(|s| s.response_headers.clone())
             .flatten()
             .unwrap_or_default()
     }
 
     /// Request trailers as the filter left them.
     pub fn request_trailers(&self) -> HeaderMap {
-        self.with(|s| s.request_trailers.clone())
+        self.read(|s| s.request_trailers.clone())
             .flatten()
             .unwrap_or_default()
     }
 
     /// Response trailers as the filter left them.
     pub fn response_trailers(&self) -> HeaderMap {
-        self.with(|s| s.response_trailers.clone())
+        self.read(|s| s.response_trailers.clone())
             .flatten()
             .unwrap_or_default()
     }
@@ -783,14 +833,18 @@ impl HttpStream {
     /// Request body the filter let through, then what it still buffers.
     pub fn request_body(&self) -> Vec<u8> {
         let mut b = self.request_forwarded.clone();
-        b.extend(self.with(|s| s.request_body.clone()).unwrap_or_default());
+        if let Some(more) = self.read(|s| s.request_body.clone()) {
+            b.extend(more);
+        }
         b
     }
 
     /// Response body the filter let through, then what it still buffers.
     pub fn response_body(&self) -> Vec<u8> {
         let mut b = self.response_forwarded.clone();
-        b.extend(self.with(|s| s.response_body.clone()).unwrap_or_default());
+        if let Some(more) = self.read(|s| s.response_body.clone()) {
+            b.extend(more);
+        }
         b
     }
 
@@ -798,17 +852,17 @@ impl HttpStream {
     pub fn local_response(&self) -> Option<LocalResponse> {
         self.failure_reply
             .clone()
-            .or_else(|| self.with(|s| s.local_response.clone()).flatten())
+            .or_else(|| self.read(|s| s.local_response.clone()).flatten())
     }
 
     /// Directions the filter resumed with `proxy_continue_stream` (0 request, 1 response).
     pub fn resumed(&self) -> Vec<i32> {
-        self.with(|s| s.resumed.clone()).unwrap_or_default()
+        self.read(|s| s.resumed.clone()).unwrap_or_default()
     }
 
     /// Directions the filter closed (reset) with `proxy_close_stream`.
     pub fn closed(&self) -> Vec<i32> {
-        self.with(|s| s.closed.clone()).unwrap_or_default()
+        self.read(|s| s.closed.clone()).unwrap_or_default()
     }
 
     /// The error a callback of this stream failed with, if any.
@@ -836,15 +890,14 @@ impl Plugin {
             let p = self.inner.borrow();
             (p.vm.clone(), p.root_ctx)
         };
-        let id = vm.borrow_mut().new_context_id();
-        vm.borrow_mut().store.data_mut().streams.insert(
-            id,
-            StreamCtx {
-                root,
-                created: true,
-                ..StreamCtx::default()
-            },
-        );
+        let id = {
+            let mut v = vm.borrow_mut();
+            let id = v.new_context_id();
+            let d = v.store.data_mut();
+            let ctx = d.new_stream(root, true);
+            d.streams.insert(id, ctx);
+            id
+        };
         let out = {
             let mut v = vm.borrow_mut();
             let f = v.exports.on_context_create.clone();

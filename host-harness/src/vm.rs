@@ -212,9 +212,18 @@ pub(crate) struct VmState {
     /// Set by `proxy_set_effective_context` for the rest of the callback.
     pub effective: Option<u32>,
     pub roots: BTreeMap<u32, RootCtx>,
-    pub streams: IdMap<StreamCtx>,
+    /// Boxed: a stream's state is a few hundred bytes, moved in and out of the map once per
+    /// stream, so only a pointer moves.
+    pub streams: IdMap<Box<StreamCtx>>,
+    /// Set when a callback called `proxy_continue_stream` (or `proxy_continue_request|response`):
+    /// the streams' `resumed` lists then need applying once the callback returns.
+    pub resumed_dirty: bool,
     /// Header maps of finished streams, for reuse.
     pub map_pool: MapPool,
+    /// Stream states of finished streams, for reuse (no allocation per stream). Boxed on
+    /// purpose: a box moves into `streams` as a pointer.
+    #[allow(clippy::vec_box)]
+    pub stream_pool: Vec<Box<StreamCtx>>,
     /// Arguments of the foreign function call being delivered (`CallData`).
     pub call_data: Vec<u8>,
     /// The HTTP/gRPC call response being delivered.
@@ -245,6 +254,30 @@ impl VmState {
     pub fn acting_root(&self) -> u32 {
         let ctx = self.context();
         self.streams.get(&ctx).map(|s| s.root).unwrap_or(ctx)
+    }
+
+    /// A fresh stream state of root `root`, in storage a finished stream gave back when there is.
+    pub fn new_stream(&mut self, root: u32, created: bool) -> Box<StreamCtx> {
+        let ctx = StreamCtx {
+            root,
+            created,
+            ..StreamCtx::default()
+        };
+        match self.stream_pool.pop() {
+            Some(mut b) => {
+                *b = ctx;
+                b
+            }
+            None => Box::new(ctx),
+        }
+    }
+
+    /// Keep the state of a stream that is gone: its header maps and its box serve later streams.
+    pub fn recycle_stream(&mut self, mut s: Box<StreamCtx>) {
+        self.map_pool.give_stream(&mut s);
+        if self.stream_pool.len() < MapPool::KEEP {
+            self.stream_pool.push(s);
+        }
     }
 
     /// The next callout id of `kind` (0 HTTP, 1 gRPC call, 2 gRPC stream): 4, 8, ... | kind.
@@ -330,6 +363,8 @@ pub(crate) struct VmInner {
     /// Host clock when the VM failed (FAIL_RELOAD's backoff counts from it).
     pub failed_at: u64,
     pub deadline: Duration,
+    /// `deadline` in epoch ticks, computed once (a 128-bit division).
+    pub deadline_ticks: u64,
     pub next_context_id: u32,
 }
 
@@ -375,7 +410,9 @@ impl VmInner {
             effective: None,
             roots: BTreeMap::new(),
             streams: IdMap::default(),
+            resumed_dirty: false,
             map_pool: MapPool::default(),
+            stream_pool: Vec::new(),
             call_data: Vec::new(),
             call_response: None,
             limiter: Limiter {
@@ -392,7 +429,8 @@ impl VmInner {
         };
         let mut store = Store::new(module.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline_ticks(opts.deadline));
+        let ticks = deadline_ticks(opts.deadline);
+        store.set_epoch_deadline(ticks);
         let instance = module
             .pre
             .instantiate(&mut store)
@@ -473,6 +511,7 @@ impl VmInner {
             failed: None,
             failed_at: 0,
             deadline: opts.deadline,
+            deadline_ticks: ticks,
             next_context_id: 1,
         };
         // As cpp-host's startVm: a reactor's _initialize then main(0, 0) or __main_void; a
@@ -517,32 +556,38 @@ impl VmInner {
             d.current = ctx;
             d.effective = None;
         }
-        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
+        self.store.set_epoch_deadline(self.deadline_ticks);
         let out = f.call(&mut self.store, args);
-        self.store.data_mut().effective = None;
+        let d = self.store.data_mut();
+        d.effective = None;
         // Envoy applies continue_stream after the callback: the resumed maps are released.
-        for st in self.store.data_mut().streams.values_mut() {
-            if st.resumed.len() > st.resumed_applied {
-                for &t in &st.resumed[st.resumed_applied..] {
-                    st.request_headers_held = false;
-                    st.request_trailers_held = false;
-                    st.request_body_held = false;
-                    if t == 1 {
-                        st.response_headers_held = false;
-                        st.response_trailers_held = false;
-                        st.response_body_held = false;
+        if d.resumed_dirty {
+            d.resumed_dirty = false;
+            for st in d.streams.values_mut() {
+                if st.resumed.len() > st.resumed_applied {
+                    for &t in &st.resumed[st.resumed_applied..] {
+                        st.request_headers_held = false;
+                        st.request_trailers_held = false;
+                        st.request_body_held = false;
+                        if t == 1 {
+                            st.response_headers_held = false;
+                            st.response_trailers_held = false;
+                            st.response_body_held = false;
+                        }
                     }
+                    st.resumed_applied = st.resumed.len();
                 }
-                st.resumed_applied = st.resumed.len();
             }
         }
         // Roots that called proxy_done are deleted once the callback has returned.
-        let done = std::mem::take(&mut self.store.data_mut().done_called);
-        if out.is_ok() {
-            for root in done {
-                let f = self.exports.on_delete.clone();
-                self.call("proxy_on_delete", root, f, root as i32)?;
-                self.store.data_mut().roots.remove(&root);
+        if !d.done_called.is_empty() {
+            let done = std::mem::take(&mut d.done_called);
+            if out.is_ok() {
+                for root in done {
+                    let f = self.exports.on_delete.clone();
+                    self.call("proxy_on_delete", root, f, root as i32)?;
+                    self.store.data_mut().roots.remove(&root);
+                }
             }
         }
         match out {
