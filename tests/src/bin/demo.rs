@@ -59,13 +59,15 @@ fn main() -> ExitCode {
         .any(|l| l.eq_ignore_ascii_case("resp-header-demo: added by our filter"));
 
     step("filter log lines (Envoy's wasm log)");
-    for line in envoy
-        .log()
-        .lines()
-        .filter(|l| l.contains("header-filter:"))
-        .take(4)
-    {
-        println!("    {}", line.split("wasm log ").nth(1).unwrap_or(line));
+    // Each worker VM logs its configuration: show every distinct message once.
+    let log = envoy.log();
+    let mut shown: Vec<&str> = Vec::new();
+    for line in log.lines().filter(|l| l.contains("header-filter:")) {
+        let msg = line.split("header-filter:").nth(1).unwrap_or(line).trim();
+        if !shown.contains(&msg) {
+            shown.push(msg);
+            println!("    header-filter: {msg}");
+        }
     }
     let applied = envoy.stat("wasmcustom.header_filter.header_filter.rule_0.applied");
     println!("    stat wasmcustom.header_filter.header_filter.rule_0.applied = {applied:?}");
