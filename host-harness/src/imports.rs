@@ -151,6 +151,27 @@ fn header_map(d: &mut VmState, t: i32, write: bool) -> Result<&mut HeaderMap, St
     Ok(m.get_or_insert_with(HeaderMap::new))
 }
 
+/// Add or replace a header read straight from the module's memory (no copies).
+fn edit_header(
+    c: &mut C<'_>,
+    t: i32,
+    (kp, ks): (i32, i32),
+    (vp, vs): (i32, i32),
+    edit: fn(&mut HeaderMap, &str, &[u8]),
+) -> i32 {
+    let mut run = || -> Result<(), Status> {
+        let (data, d) = memory_and_data(c)?;
+        let key = String::from_utf8_lossy(slice(data, kp, ks)?);
+        let value = slice(data, vp, vs)?;
+        edit(header_map(d, t, true)?, &key, value);
+        Ok(())
+    };
+    match run() {
+        Ok(()) => OK,
+        Err(s) => s as i32,
+    }
+}
+
 /// Define every host function for `abi`; returns the `(module, name)` pairs provided.
 pub(crate) fn define(
     l: &mut Linker<VmState>,
@@ -349,11 +370,9 @@ pub(crate) fn define(
                                         vp: i32,
                                         vs: i32|
      -> R {
-        let (data, d) = tri!(memory_and_data(&mut c));
-        let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
-        let value = tri!(slice(data, vp, vs));
-        tri!(header_map(d, t, true)).add(&key, value);
-        Ok(OK)
+        Ok(edit_header(&mut c, t, (kp, ks), (vp, vs), |m, k, v| {
+            m.add(k, v)
+        }))
     });
     env!("proxy_replace_header_map_value", |mut c: C<'_>,
                                             t: i32,
@@ -362,11 +381,9 @@ pub(crate) fn define(
                                             vp: i32,
                                             vs: i32|
      -> R {
-        let (data, d) = tri!(memory_and_data(&mut c));
-        let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
-        let value = tri!(slice(data, vp, vs));
-        tri!(header_map(d, t, true)).set(&key, value);
-        Ok(OK)
+        Ok(edit_header(&mut c, t, (kp, ks), (vp, vs), |m, k, v| {
+            m.set(k, v)
+        }))
     });
     env!("proxy_remove_header_map_value", |mut c: C<'_>,
                                            t: i32,

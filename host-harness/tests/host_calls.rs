@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use proxy_wasm_harness::abi::{Action, LogLevel};
-use proxy_wasm_harness::{Host, Module, Runtime};
+use proxy_wasm_harness::{GrpcStreamEvent, Host, Module, Runtime};
 
 const WAT: &str = r#"(module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
@@ -22,6 +22,8 @@ const WAT: &str = r#"(module
   (import "env" "proxy_grpc_call" (func $grpc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_grpc_stream" (func $grpc_stream (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_send" (func $grpc_send (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 16) "c")
   (data (i32.const 20) "h")
@@ -64,6 +66,10 @@ const WAT: &str = r#"(module
     (call $check (i32.const 2) (call $get_metric (i32.load (i32.const 212)) (i32.const 248)))
     (call $check (i32.const 1) (call $get_metric (i32.const 4000) (i32.const 248)))
     (call $check (i32.const 2) (call $define (i32.const 3) (i32.const 16) (i32.const 1) (i32.const 208)))
+    ;; a gRPC stream from the root: open it, send one message and half-close
+    (call $check (i32.const 0) (call $grpc_stream (i32.const 64) (i32.const 8) (i32.const 80) (i32.const 5) (i32.const 88) (i32.const 1)
+                                                   (i32.const 0) (i32.const 0) (i32.const 252)))
+    (call $check (i32.const 0) (call $grpc_send (i32.load (i32.const 252)) (i32.const 96) (i32.const 3) (i32.const 1)))
     i32.const 1)
   (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
     ;; foreign function registered by the test, and one that is not
@@ -91,6 +97,8 @@ const WAT: &str = r#"(module
   (func (export "proxy_on_grpc_receive") (param $ctx i32) (param $token i32) (param $size i32)
     (call $check (i32.const 0) (call $get_buf (i32.const 5) (i32.const 0) (local.get $size) (i32.const 228) (i32.const 232)))
     (call $log_out (i32.const 228) (i32.const 232)))
+  (func (export "proxy_on_grpc_receive_initial_metadata") (param $ctx i32) (param $token i32) (param $n i32)
+    (call $check (i32.const 1) (local.get $n)))
   (func (export "proxy_on_grpc_close") (param $ctx i32) (param $token i32) (param $code i32)
     (call $check (i32.const 0) (call $status (i32.const 236) (i32.const 240) (i32.const 244)))
     (call $check (local.get $code) (i32.load (i32.const 236)))
@@ -122,6 +130,35 @@ fn configuration_buffer_and_metric_rules_hold_while_configuring() {
 }
 
 #[test]
+fn grpc_stream_events_reach_the_root() {
+    let host = Host::new();
+    let _plugin = start(&host); // the VM lives as long as its plugin
+
+    let calls = host.pending_grpc_calls();
+    let st = calls.iter().find(|c| c.stream).unwrap();
+    assert_eq!(
+        st.token % 4,
+        2,
+        "gRPC stream tokens are 6, 10, ... as in Envoy"
+    );
+    assert_eq!(st.sent, [b"req".to_vec()]);
+    assert!(st.local_closed, "sent with end of stream");
+    let t = st.token;
+    host.grpc_stream_event(t, GrpcStreamEvent::InitialMetadata(&[("x-md", "1")]))
+        .unwrap();
+    host.grpc_stream_event(t, GrpcStreamEvent::Message(b"update"))
+        .unwrap();
+    assert_eq!(info(&host).last().unwrap(), "update");
+    host.grpc_stream_event(t, GrpcStreamEvent::Close(0, "done"))
+        .unwrap();
+    assert_eq!(info(&host).last().unwrap(), "done");
+    assert!(
+        host.pending_grpc_calls().is_empty(),
+        "a closed stream is forgotten"
+    );
+}
+
+#[test]
 fn foreign_functions_properties_and_grpc_calls() {
     let host = Host::new();
     let p = start(&host);
@@ -129,7 +166,11 @@ fn foreign_functions_properties_and_grpc_calls() {
     let a = s.send_request_headers(&[(":path", "/")], false).unwrap();
     assert_eq!(a, Action::Continue);
     assert_eq!(info(&host)[1..], ["HI", "v1"]);
-    let calls = host.pending_grpc_calls();
+    let calls: Vec<_> = host
+        .pending_grpc_calls()
+        .into_iter()
+        .filter(|c| !c.stream)
+        .collect();
     assert_eq!(calls.len(), 1);
     let c = &calls[0];
     assert_eq!(
@@ -148,7 +189,12 @@ fn foreign_functions_properties_and_grpc_calls() {
     // A second call fails: on_grpc_close with the status, readable through proxy_get_status.
     let mut s2 = p.http_stream().unwrap();
     s2.send_request_headers(&[(":path", "/")], true).unwrap();
-    let t = host.pending_grpc_calls()[0].token;
+    let t = host
+        .pending_grpc_calls()
+        .iter()
+        .find(|c| !c.stream)
+        .unwrap()
+        .token;
     host.respond_grpc_call(t, Err((14, "backend down")))
         .unwrap();
     assert_eq!(info(&host).last().unwrap(), "backend down");
