@@ -5,6 +5,7 @@
 //! - [`config`]: the runtime config (`type`, `abiVersions`, `rootIds`).
 //! - [`layout`]: the solo, compat and cncf layouts; recognising a pulled one; Istio's and Envoy
 //!   Gateway's layer rules.
+//! - [`reference`]: image references, parsed and normalised as Docker does.
 //! - [`registry`]: push, pull, inspect, login against a registry (`oci-client`, rustls).
 //! - [`auth`]: Docker-format credentials (`~/.docker/config.json`, `dockerconfigjson`).
 //! - [`media`]: media types and annotation keys.
@@ -35,6 +36,7 @@ pub mod fsutil;
 pub mod layout;
 pub mod media;
 pub mod module;
+pub mod reference;
 pub mod registry;
 pub mod run;
 

@@ -77,9 +77,9 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
             reason: "empty".to_string(),
         });
     }
-    t.parse::<Reference>().map_err(|e| Error::InvalidReference {
+    crate::reference::parse(t).map_err(|reason| Error::InvalidReference {
         reference: text.to_string(),
-        reason: e.to_string(),
+        reason,
     })
 }
 
