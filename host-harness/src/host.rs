@@ -153,6 +153,8 @@ pub(crate) enum Deferred {
 pub(crate) struct Shared {
     pub now: u64,
     start: u64,
+    /// The last `connection.id` given to a stream.
+    pub next_connection: u64,
     pub log_level: LogLevel,
     pub logs: Vec<LogRecord>,
     pub properties: HashMap<String, Vec<u8>>,
@@ -342,6 +344,22 @@ fn int(v: i64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
 }
 
+/// `upstream.address` of a stream an upstream answered, unless set with [`Host::set_property`].
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:20000";
+
+/// Envoy's mapping of an HTTP status to a gRPC status (`Grpc::Utility::httpToGrpcStatus`),
+/// what `response.grpc_status` reads when the response carries no `grpc-status`.
+fn grpc_status_of_http(code: i64) -> i64 {
+    match code {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
 /// Resolve a property for the acting context: values set on the stream, then attributes derived
 /// from the stream's headers, then the plugin's, then the host's.
 pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
@@ -361,11 +379,33 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             .as_ref()
             .filter(|_| s.response_headers_held || s.in_log);
         let rh = |name: &str| req.and_then(|h| h.get_bytes(name)).map(<[u8]>::to_vec);
+        let resp_trailers = s
+            .response_trailers
+            .as_ref()
+            .filter(|_| s.response_trailers_held || s.in_log);
+        let req_trailers = s
+            .request_trailers
+            .as_ref()
+            .filter(|_| s.request_trailers_held || s.in_log);
+        // Maps Envoy no longer holds read as empty maps, not as missing attributes.
+        let map = |m: Option<&HeaderMap>| {
+            m.map_or_else(|| 0u32.to_le_bytes().to_vec(), HeaderMap::serialize)
+        };
+        let size = |m: Option<&HeaderMap>| m.map_or(0, HeaderMap::byte_size) as i64;
+        let status = s
+            .response_headers
+            .as_ref()
+            .and_then(|h| h.get_bytes(":status"))
+            .and_then(|c| std::str::from_utf8(c).ok()?.parse::<i64>().ok());
         let derived = match key.as_str() {
             "request\0path" => rh(":path"),
             "request\0url_path" => rh(":path").map(|p| {
                 let end = p.iter().position(|&b| b == b'?').unwrap_or(p.len());
                 p[..end].to_vec()
+            }),
+            "request\0query" => rh(":path").map(|p| match p.iter().position(|&b| b == b'?') {
+                Some(q) => p[q + 1..].to_vec(),
+                None => Vec::new(),
             }),
             "request\0host" => rh(":authority"),
             "request\0scheme" => rh(":scheme"),
@@ -373,16 +413,55 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             "request\0id" => rh("x-request-id"),
             "request\0referer" => rh("referer"),
             "request\0useragent" => rh("user-agent"),
-            "request\0protocol" => req.map(|_| b"HTTP/1.1".to_vec()),
-            "response\0code" => s
-                .response_headers
-                .as_ref()
-                .and_then(|h| h.get(":status"))
-                .and_then(|c| c.parse::<i64>().ok())
-                .map(int),
+            "request\0protocol" => Some(b"HTTP/1.1".to_vec()),
+            "request\0headers" => Some(map(req)),
+            "request\0time" => Some(int(s.start_ns as i64)),
+            // Known once the stream is complete: in on_log.
+            "request\0duration" => s
+                .in_log
+                .then(|| int(d.shared.borrow().now.saturating_sub(s.start_ns) as i64)),
+            "request\0size" => Some(int(s.request_bytes as i64)),
+            "request\0total_size" => {
+                Some(int(s.request_bytes as i64 + size(req) + size(req_trailers)))
+            }
+            "response\0code" => status.map(int),
+            "response\0code_details" => match (&s.local_response, &s.response_headers) {
+                (Some(l), _) => Some(l.details.clone().into_bytes()),
+                (None, Some(_)) => Some(b"via_upstream".to_vec()),
+                (None, None) => None,
+            },
+            "response\0flags" => Some(int(0)),
+            "response\0grpc_status" => status.map(|code| {
+                let header = resp_trailers
+                    .and_then(|t| t.get_bytes("grpc-status"))
+                    .or_else(|| resp.and_then(|h| h.get_bytes("grpc-status")))
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+                int(header.unwrap_or_else(|| grpc_status_of_http(code)))
+            }),
+            "response\0headers" => Some(map(resp)),
+            "response\0trailers" => Some(map(resp_trailers)),
+            "response\0size" => Some(int(s.response_bytes as i64)),
+            "response\0total_size" => Some(int(s.response_bytes as i64
+                + size(resp)
+                + size(resp_trailers))),
+            "connection\0id" => Some(int(s.connection_id as i64)),
+            "connection\0mtls" => Some(vec![0]),
+            "connection\0requested_server_name" => Some(Vec::new()),
+            // An upstream exists once it answered (not for a local reply).
+            "upstream\0address" if s.local_response.is_none() && s.response_headers.is_some() => {
+                Some(
+                    d.shared
+                        .borrow()
+                        .properties
+                        .get("upstream\0address")
+                        .cloned()
+                        .unwrap_or_else(|| DEFAULT_UPSTREAM.as_bytes().to_vec()),
+                )
+            }
+            "upstream\0address" => None,
             _ => None,
         };
-        if derived.is_some() {
+        if derived.is_some() || key == "upstream\0address" || key == "request\0duration" {
             return derived;
         }
         if let Some(h) = key.strip_prefix("request\0headers\0") {
@@ -401,6 +480,13 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
     }
     if key == "plugin_vm_id" {
         return Some(d.vm_id.clone().into_bytes());
+    }
+    for side in ["source", "destination", "upstream"] {
+        if key.strip_prefix(side) == Some("\0port") {
+            let address = property(d, format!("{side}\0address").as_bytes())?;
+            let port = std::str::from_utf8(&address).ok()?.rsplit_once(':')?.1;
+            return port.parse::<i64>().ok().map(int);
+        }
     }
     d.shared.borrow().properties.get(&key).cloned()
 }
@@ -430,6 +516,7 @@ impl Host {
         let shared = Shared {
             now,
             start: now,
+            next_connection: 0,
             log_level: LogLevel::Trace,
             logs: Vec::new(),
             properties: HashMap::new(),

@@ -640,7 +640,12 @@ impl HttpStream {
             };
             buf.extend_from_slice(chunk);
             *held = !bypass;
-            buf.len() as i32
+            let size = buf.len() as i32;
+            match side {
+                Side::Request => s.request_bytes += chunk.len() as u64,
+                Side::Response => s.response_bytes += chunk.len() as u64,
+            }
+            size
         });
         let Some(size) = size else {
             return Err(Error::Usage("the stream was completed".into()));

@@ -189,6 +189,13 @@ pub(crate) struct StreamCtx {
     pub created: bool,
     /// How many `resumed` entries have been applied.
     pub resumed_applied: usize,
+    /// Host clock when the stream opened (`request.time`).
+    pub start_ns: u64,
+    /// Body bytes given to the stream (`request.size`, `response.size`).
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// The stream's downstream connection (`connection.id`).
+    pub connection_id: u64,
 }
 
 /// What an HTTP or gRPC call's response exposes while `proxy_on_*_response` runs.
@@ -258,9 +265,16 @@ impl VmState {
 
     /// A fresh stream state of root `root`, in storage a finished stream gave back when there is.
     pub fn new_stream(&mut self, root: u32, created: bool) -> Box<StreamCtx> {
+        let (start_ns, connection_id) = {
+            let mut sh = self.shared.borrow_mut();
+            sh.next_connection += 1;
+            (sh.now, sh.next_connection)
+        };
         let ctx = StreamCtx {
             root,
             created,
+            start_ns,
+            connection_id,
             ..StreamCtx::default()
         };
         match self.stream_pool.pop() {
