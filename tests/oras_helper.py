@@ -5,13 +5,20 @@
   push-file REF FILE MEDIATYPE  one layer of FILE with MEDIATYPE (config: the runtime config type)
   pull REF OUTDIR             oras pull; prints the files written, one a line
   manifest REF                prints the sha256 digest of the raw manifest, then the manifest JSON
+  push-docker REF WASM        a Docker schema 2 image as `docker build` makes one FROM scratch
+                              with plugin.wasm: an image config and one tar+gzip rootfs layer
 
 Registries are spoken to over plain HTTP (tests run them on 127.0.0.1). Prints the pushed
 manifest digest for the push commands.
 """
+import gzip
 import hashlib
+import io
+import json
 import os
 import sys
+import tarfile
+import tempfile
 
 import oras.client
 import oras.defaults
@@ -38,12 +45,54 @@ def push(ref, path, media_type, config):
     print(res.headers.get("Docker-Content-Digest", ""))
 
 
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def push_docker(ref, wasm):
+    with open(wasm, "rb") as f:
+        module = f.read()
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
+        info = tarfile.TarInfo("plugin.wasm")
+        info.size = len(module)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(module))
+    layer = gzip.compress(tar_bytes.getvalue(), mtime=0)
+    diff_id = "sha256:" + hashlib.sha256(tar_bytes.getvalue()).hexdigest()
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }).encode()
+    c = client(ref)
+    container = c.get_container(ref)
+    descriptors = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, data, media_type in [("config", config, DOCKER_CONFIG), ("layer", layer, DOCKER_LAYER)]:
+            path = os.path.join(d, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            desc = {"mediaType": media_type, "size": len(data),
+                    "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+            c.upload_blob(path, container, desc).raise_for_status()
+            descriptors.append(desc)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                           "config": descriptors[0], "layers": [descriptors[1]]}).encode()
+    res = c.do_request(f"{c.prefix}://{container.manifest_url()}", "PUT",
+                       headers={"Content-Type": DOCKER_MANIFEST}, data=manifest)
+    res.raise_for_status()
+    print("sha256:" + hashlib.sha256(manifest).hexdigest())
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "push-seed":
         push(argv[2], argv[3], SOLO_LAYER, argv[4])
     elif cmd == "push-file":
         push(argv[2], argv[3], argv[4], argv[5])
+    elif cmd == "push-docker":
+        push_docker(argv[2], argv[3])
     elif cmd == "pull":
         for f in client(argv[2]).pull(target=argv[2], outdir=argv[3]):
             print(f)

@@ -366,6 +366,44 @@ fn tar_find(tar: &[u8], base: &str) -> Option<Vec<u8>> {
 }
 
 #[test]
+fn a_docker_schema_2_image_is_pulled_pinned_and_inspected() {
+    let reg = Registry::start();
+    let ctx = Ctx::new();
+    let wasm = ctx.path("filter.wasm");
+    fs::write(&wasm, filter()).unwrap();
+    let reference = reg.reference("docker/plugin:v1");
+    let digest = oras(&["push-docker", &reference, s(&wasm)]);
+    let digest = digest.trim();
+    let (served, manifest) = oras_manifest(&reference);
+    assert_eq!(served, digest);
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    // By tag and pinned by the manifest digest: the same module, byte for byte.
+    for r in [
+        reference.clone(),
+        format!("{}@{digest}", reg.reference("docker/plugin")),
+    ] {
+        let out = ctx.path("out.wasm");
+        let _ = fs::remove_file(&out);
+        let p = ctx.ok(&["pull", &r, "-o", s(&out), "--plain-http"]);
+        assert_eq!(fs::read(&out).unwrap(), filter(), "{r}");
+        assert!(p.stdout.contains(digest), "{}", p.stdout);
+    }
+    let i = ctx.ok(&["inspect", &reference, "--plain-http"]);
+    assert!(i.stdout.contains("compat"), "{}", i.stdout);
+    assert!(
+        i.stdout.contains("Istio (WasmPlugin / agent): loads"),
+        "{}",
+        i.stdout
+    );
+    // Istio's own rules take the module from the Docker image's last layer.
+    let blob = |d: &str| fs::read(reg.blob_path(d)).unwrap();
+    assert_eq!(istio_extract(&manifest, blob).unwrap(), filter());
+}
+
+#[test]
 fn solo_and_compat_images_pass_the_layer_rules_of_istios_fetcher() {
     let reg = Registry::start();
     let ctx = Ctx::new();
