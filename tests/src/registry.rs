@@ -31,15 +31,26 @@ fn free_port() -> u16 {
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Registry {
-        Registry::launch(None)
+        Registry::launch(None, false)
     }
 
     /// A registry requiring HTTP basic auth for `user`/`password` (bcrypt htpasswd).
     pub fn start_with_htpasswd(user: &str, password: &str) -> Registry {
-        Registry::launch(Some((user, password)))
+        Registry::launch(Some((user, password)), false)
     }
 
-    fn launch(auth: Option<(&str, &str)>) -> Registry {
+    /// An anonymous registry serving HTTPS for 127.0.0.1 with a certificate from a test CA
+    /// made with `openssl`; [`Registry::certificate`] is the CA's PEM file.
+    pub fn start_tls() -> Registry {
+        Registry::launch(None, true)
+    }
+
+    /// The CA certificate that signed a [`Registry::start_tls`] registry's certificate.
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn launch(auth: Option<(&str, &str)>, tls: bool) -> Registry {
         let mut dir = tempfile::tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("storage dir");
@@ -57,11 +68,82 @@ impl Registry {
                 file.display()
             );
         }
+        let mut tls_yaml = String::new();
+        if tls {
+            let d = dir.path();
+            let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+            fs::write(
+                d.join("leaf.ext"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .expect("write leaf.ext");
+            // A CA, and the registry's certificate signed by it (webpki refuses a CA
+            // certificate as the server's own).
+            let steps: [&[&str]; 3] = [
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=e2e test CA",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                ],
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "leaf.csr",
+                ],
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "leaf.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "leaf.ext",
+                    "-out",
+                    "cert.pem",
+                ],
+            ];
+            for args in steps {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(d)
+                    .output()
+                    .expect("run openssl");
+                assert!(out.status.success(), "openssl {args:?} failed: {out:?}");
+            }
+            tls_yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
         // A port taken between probing and binding makes the registry exit: try again.
         for _ in 0..5 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
             let config = format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
                 storage.display()
             );
             let cfg = dir.path().join("config.yml");
@@ -110,9 +192,10 @@ impl Registry {
             {
                 return Err(true);
             }
-            // 200 anonymous, 401 with auth: either way it serves the API.
+            // 200 anonymous, 401 with auth: either way it serves the API; a TLS listener
+            // answers plain HTTP with 400.
             if let Ok(r) = http1::get(self.addr, "/v2/", &[])
-                && (r.status() == 200 || r.status() == 401)
+                && matches!(r.status(), 200 | 401 | 400)
             {
                 return Ok(());
             }

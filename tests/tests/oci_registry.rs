@@ -37,12 +37,15 @@ impl Out {
 /// A scratch directory, also used as `DOCKER_CONFIG` so the host's credentials never leak in.
 struct Ctx {
     dir: tempfile::TempDir,
+    /// Extra environment for every wasmctl run.
+    env: Vec<(String, String)>,
 }
 
 impl Ctx {
     fn new() -> Ctx {
         Ctx {
             dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
         }
     }
 
@@ -55,6 +58,7 @@ impl Ctx {
         let mut child = Command::new(e2e::wasmctl_bin())
             .args(args)
             .env("DOCKER_CONFIG", self.path("docker"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -363,6 +367,42 @@ fn tar_find(tar: &[u8], base: &str) -> Option<Vec<u8>> {
         at = data + size.div_ceil(512) * 512;
     }
     None
+}
+
+#[test]
+fn https_trusts_the_system_roots_and_insecure_accepts_a_self_signed_registry() {
+    let reg = Registry::start_tls();
+    let mut ctx = Ctx::new();
+    let wasm = ctx.path("filter.wasm");
+    fs::write(&wasm, filter()).unwrap();
+    let out = ctx.path("out.wasm");
+    let reference = reg.reference("tls/filter:v1");
+    // HTTPS is the default; a certificate no system root vouches for is refused, with the way out.
+    for args in [
+        vec!["push", &reference, s(&wasm)],
+        vec!["pull", &reference, "-o", s(&out)],
+    ] {
+        let e = ctx.fails(&args);
+        assert!(e.contains("https://"), "{e}");
+        assert!(e.to_lowercase().contains("certificate"), "{e}");
+        assert!(e.contains("--insecure"), "{e}");
+        assert!(!out.exists());
+    }
+    // --insecure accepts it.
+    ctx.ok(&["push", &reference, s(&wasm), "--insecure"]);
+    ctx.ok(&["pull", &reference, "-o", s(&out), "--insecure"]);
+    assert_eq!(fs::read(&out).unwrap(), filter());
+    fs::remove_file(&out).unwrap();
+    // Once the system roots include the registry's certificate (SSL_CERT_FILE is how OpenSSL
+    // and rustls-native-certs let an operator point at a bundle), no flag is needed.
+    let cert = reg.certificate().display().to_string();
+    ctx.env.push(("SSL_CERT_FILE".into(), cert));
+    ctx.env.push((
+        "SSL_CERT_DIR".into(),
+        ctx.path("no-such-dir").display().to_string(),
+    ));
+    ctx.ok(&["pull", &reference, "-o", s(&out)]);
+    assert_eq!(fs::read(&out).unwrap(), filter());
 }
 
 #[test]
