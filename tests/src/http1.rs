@@ -125,7 +125,8 @@ pub fn read_message(
     Ok(Some(msg))
 }
 
-fn write_message(
+/// Write one message with a content-length.
+pub fn write_message(
     w: &mut impl Write,
     start: &str,
     headers: &[(String, String)],

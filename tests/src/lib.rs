@@ -20,6 +20,7 @@
 pub mod envoy;
 pub mod http1;
 pub mod registry;
+pub mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

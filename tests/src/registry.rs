@@ -17,6 +17,8 @@ pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 pub struct Registry {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// The token issuer of a [`Registry::start_with_token_auth`] registry.
+    pub issuer: Option<crate::token::TokenIssuer>,
     /// Its address.
     pub addr: SocketAddr,
 }
@@ -31,18 +33,18 @@ fn free_port() -> u16 {
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Registry {
-        Registry::launch(None, false)
+        Registry::launch(None, false, false)
     }
 
     /// A registry requiring HTTP basic auth for `user`/`password` (bcrypt htpasswd).
     pub fn start_with_htpasswd(user: &str, password: &str) -> Registry {
-        Registry::launch(Some((user, password)), false)
+        Registry::launch(Some((user, password)), false, false)
     }
 
     /// An anonymous registry serving HTTPS for 127.0.0.1 with a certificate from a test CA
     /// made with `openssl`; [`Registry::certificate`] is the CA's PEM file.
     pub fn start_tls() -> Registry {
-        Registry::launch(None, true)
+        Registry::launch(None, true, false)
     }
 
     /// The CA certificate that signed a [`Registry::start_tls`] registry's certificate.
@@ -50,12 +52,29 @@ impl Registry {
         self.dir.path().join("ca.pem")
     }
 
-    fn launch(auth: Option<(&str, &str)>, tls: bool) -> Registry {
+    /// A registry speaking Docker's Bearer token flow: its challenge sends clients to a
+    /// [`crate::token::TokenIssuer`] that gives `user`/`password` tokens for what they ask.
+    pub fn start_with_token_auth(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user, password)), false, true)
+    }
+
+    fn launch(auth: Option<(&str, &str)>, tls: bool, token: bool) -> Registry {
         let mut dir = tempfile::tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("storage dir");
         let mut auth_yaml = String::new();
-        if let Some((user, password)) = auth {
+        let mut issuer = None;
+        if let (true, Some((user, password))) = (token, auth) {
+            let t = crate::token::TokenIssuer::start(dir.path(), user, password);
+            auth_yaml = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm(),
+                crate::token::SERVICE,
+                crate::token::ISSUER,
+                t.certificate().display()
+            );
+            issuer = Some(t);
+        } else if let Some((user, password)) = auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -160,12 +179,14 @@ impl Registry {
             let mut reg = Registry {
                 child: Some(child),
                 dir,
+                issuer: issuer.take(),
                 addr,
             };
             match reg.wait_ready() {
                 Ok(()) => return reg,
                 Err(exited) if exited => {
                     reg.stop();
+                    issuer = reg.issuer.take();
                     dir = reg.take_dir();
                     continue;
                 }

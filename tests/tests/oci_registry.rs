@@ -492,6 +492,65 @@ fn solo_and_compat_images_pass_the_layer_rules_of_istios_fetcher() {
 }
 
 #[test]
+fn the_bearer_token_flow_logs_in_pushes_and_pulls() {
+    let reg = Registry::start_with_token_auth("alice", "s3cret-Pw");
+    let issuer = reg.issuer.as_ref().unwrap();
+    let ctx = Ctx::new();
+    let wasm = ctx.path("filter.wasm");
+    fs::write(&wasm, filter()).unwrap();
+    let out = ctx.path("out.wasm");
+    let reference = reg.reference("bearer/filter:v1");
+    let login = |password: &str| {
+        ctx.wasmctl_with_stdin(
+            &[
+                "login",
+                &reg.host(),
+                "-u",
+                "alice",
+                "--password-stdin",
+                "--plain-http",
+            ],
+            password,
+        )
+    };
+
+    // Anonymous: the issuer grants nothing, the registry refuses, the error says nothing was sent.
+    let e = ctx.fails(&["push", &reference, s(&wasm), "--plain-http"]);
+    assert!(
+        e.contains(&reg.host()) && e.contains("no credentials were sent"),
+        "{e}"
+    );
+    // A wrong password is refused by the issuer; the error names the user, never the secret.
+    let o = login("wrong-pw");
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(o.stderr.contains("alice"), "{}", o.stderr);
+    assert!(!o.stderr.contains("wrong-pw"), "{}", o.stderr);
+    // The right one: push and pull get tokens for the repository and move the module.
+    let o = login("s3cret-Pw");
+    assert!(o.ok, "{}", o.stderr);
+    ctx.ok(&["push", &reference, s(&wasm), "--plain-http"]);
+    ctx.ok(&["pull", &reference, "-o", s(&out), "--plain-http"]);
+    assert_eq!(fs::read(&out).unwrap(), filter());
+    let scopes = issuer.scopes();
+    for want in [
+        "repository:bearer/filter:pull,push",
+        "repository:bearer/filter:pull",
+    ] {
+        assert!(scopes.iter().any(|s| s == want), "{want} not in {scopes:?}");
+    }
+    // Every token after login was asked for with alice's credentials.
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "alice:s3cret-Pw"
+        )
+    );
+    let last = issuer.requests().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some(basic.as_str()));
+}
+
+#[test]
 fn login_stores_credentials_where_docker_looks_and_push_pull_use_them() {
     let reg = Registry::start_with_htpasswd("alice", "correct horse");
     let ctx = Ctx::new();
