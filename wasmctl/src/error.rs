@@ -22,6 +22,15 @@ pub enum Error {
         /// What is wrong (line, column, field).
         message: String,
     },
+    /// The node agent's image list (or one of its entries) is invalid; `reason` names the
+    /// entry, the line or the field.
+    #[error("image list {file}: {reason}")]
+    ImageList {
+        /// The image list file.
+        file: PathBuf,
+        /// What is wrong, and where.
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {

@@ -1,6 +1,7 @@
 //! `wasmctl`: ship proxy-wasm filters through OCI registries in the layouts Istio and Envoy
 //! Gateway load, and get them back from any layout others pushed.
 //!
+//! - [`agent`]: the node agent: keeps a directory of modules in step with an image list.
 //! - [`module`]: is a file a valid wasm module, which proxy-wasm ABI does it export.
 //! - [`config`]: the runtime config (`type`, `abiVersions`, `rootIds`).
 //! - [`layout`]: the solo, compat and cncf layouts; recognising a pulled one; Istio's and Envoy
@@ -29,6 +30,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The `wasmctl` command line: run, inspect, push, pull, login.
+//! The `wasmctl` command line: run, inspect, push, pull, login, agent.
 //!
 //! Exit codes: 0 success; 1 an error (bad input, a module that fails to load, configure or
 //! run, a registry failure); 2 bad usage; 3 `run --scenario` whose expectations do not hold.
@@ -33,6 +33,75 @@ enum Command {
     Login(LoginArgs),
     /// Describe a remote image (layout, digests, runtime config, where it loads) or a local module
     Inspect(InspectArgs),
+    /// Node agent: keep DIR in step with an image list (pull by digest, atomic writes, ECDS files)
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The image list (YAML `images:` or plain `IMAGE` / `NAME IMAGE` lines), e.g. a mounted
+    /// ConfigMap key; re-read every --poll, so a ConfigMap's `..data` swap is seen
+    #[arg(long, value_name = "FILE")]
+    images: PathBuf,
+    /// Where modules go: DIR/<sha256>.wasm, and DIR/<name>.wasm symlinks to them
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// How often tags are re-resolved (an unchanged digest costs one manifest request)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    resync: std::time::Duration,
+    /// How long an unlisted entry's link and an unused module stay before they are deleted
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    grace: std::time::Duration,
+    /// How often the image list file is re-read
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    poll: std::time::Duration,
+    /// First retry delay after a failure, doubled per consecutive failure
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    backoff_initial: std::time::Duration,
+    /// Largest retry delay
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    backoff_max: std::time::Duration,
+    /// Pull secrets: an entry's `pullSecret: NAME` reads DIR/NAME/.dockerconfigjson
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// Status HTTP listener: /healthz, /readyz, /metrics (Prometheus text), /status (JSON)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    listen: String,
+    /// Write the status JSON to this file (atomically) after each change
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<PathBuf>,
+    /// Largest module accepted, in bytes (default 256 MiB, as Istio)
+    #[arg(long, value_name = "BYTES")]
+    max_size: Option<u64>,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    wasmctl::agent::report::parse_duration(text)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[derive(Args)]
@@ -420,6 +489,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = options(&a.transport, true, a.max_size);
             let found = runtime()?.block_on(registry::inspect(&a.target, &opts))?;
             print_out(&found.to_string())?;
+        }
+        Command::Agent(a) => {
+            let mut cfg = wasmctl::agent::Config::new(a.images, a.dir);
+            cfg.resync = a.resync;
+            cfg.grace = a.grace;
+            cfg.poll = a.poll;
+            cfg.backoff_initial = a.backoff_initial;
+            cfg.backoff_max = a.backoff_max;
+            cfg.registry = options(&a.transport, true, a.max_size);
+            cfg.secrets_dir = a.secrets_dir;
+            cfg.status_file = a.status_file;
+            cfg.listen = match a.listen.as_str() {
+                "" | "none" | "off" => None,
+                text => Some(text.parse().with_context(|| {
+                    format!("--listen {text:?}: expected IP:PORT, e.g. 127.0.0.1:9090")
+                })?),
+            };
+            runtime()?.block_on(wasmctl::agent::run(cfg, shutdown_signal()))?;
         }
     }
     Ok(())

@@ -706,9 +706,65 @@ pub struct Pulled {
 /// Fetch the module of `reference` in any layout, verify everything, and write it to `out`
 /// atomically: on any error nothing is written and no temporary file is left.
 pub async fn pull(reference: &str, out: &Path, opts: &Options) -> Result<Pulled> {
+    let Fetched::Module(m) = fetch(reference, opts, None, false).await? else {
+        // Without a known digest every manifest is new; this arm is never taken.
+        return Err(Error::Usage(format!("{reference}: nothing to pull")));
+    };
+    fsutil::write_atomic(out, &m.module, 0o644)?;
+    Ok(Pulled {
+        digest: m.digest,
+        layout: m.layout,
+        size: m.module.len() as u64,
+        path: out.to_path_buf(),
+    })
+}
+
+/// What [`fetch`] got.
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    /// The tag resolves to the manifest digest the caller already has: only the manifest was
+    /// requested, nothing else was downloaded.
+    Unchanged {
+        /// The manifest digest.
+        digest: String,
+    },
+    /// A module, verified (digests, size cap, wasm magic) but not written anywhere.
+    Module(FetchedModule),
+}
+
+/// A module fetched from a registry, in memory.
+#[derive(Debug, Clone)]
+pub struct FetchedModule {
+    /// The manifest digest.
+    pub digest: String,
+    /// The layout found.
+    pub layout: Layout,
+    /// The module's bytes.
+    pub module: Vec<u8>,
+    /// Which layer (and file inside it) held the module, e.g. `layer 1 (application/...)`.
+    pub what: String,
+    /// Root ids from the image's runtime config, when asked for and the image has one (solo).
+    pub root_ids: Vec<String>,
+    /// Bytes downloaded for blobs (the manifest not counted).
+    pub downloaded: u64,
+}
+
+/// Resolve `reference` to its manifest digest and, unless it equals `known`, download and verify
+/// the module (and, with `runtime_config`, read the root ids of a solo image's config blob).
+/// This is `pull` without the file: the node agent uses it to re-resolve tags at the cost of one
+/// manifest request.
+pub async fn fetch(
+    reference: &str,
+    opts: &Options,
+    known: Option<&str>,
+    runtime_config: bool,
+) -> Result<Fetched> {
     let max = opts.max_size.unwrap_or(layout::DEFAULT_MAX_SIZE);
     let remote = Remote::connect(reference, opts, RegistryOperation::Pull).await?;
     let (manifest, _, digest) = remote.manifest().await?;
+    if known == Some(digest.as_str()) {
+        return Ok(Fetched::Unchanged { digest });
+    }
     let found = layout::locate(&manifest).map_err(|reason| Error::NotWasmImage {
         reference: remote.text.clone(),
         reason,
@@ -723,6 +779,7 @@ pub async fn pull(reference: &str, out: &Path, opts: &Options) -> Result<Pulled>
     let blob = remote.blob(desc, &what, max, &progress).await;
     progress.finish();
     let blob = blob?;
+    let mut downloaded = blob.len() as u64;
     let (module, what) = if found.tar_gz {
         let what = format!("{}, file {}", what, media::COMPAT_FILE_NAME);
         match layout::extract_compat(&blob, max) {
@@ -747,13 +804,25 @@ pub async fn pull(reference: &str, out: &Path, opts: &Options) -> Result<Pulled>
         (blob, what)
     };
     layout::require_magic(&module, &remote.text, &what)?;
-    fsutil::write_atomic(out, &module, 0o644)?;
-    Ok(Pulled {
+    let mut root_ids = Vec::new();
+    if runtime_config && manifest.config.media_type == media::SOLO_CONFIG {
+        let quiet = Progress::new(false, String::new(), 0);
+        let blob = remote
+            .blob(&manifest.config, "config blob", 1024 * 1024, &quiet)
+            .await?;
+        downloaded += blob.len() as u64;
+        if let Ok(c) = RuntimeConfig::parse(&blob) {
+            root_ids = c.config.root_ids;
+        }
+    }
+    Ok(Fetched::Module(FetchedModule {
         digest,
         layout: found.layout,
-        size: module.len() as u64,
-        path: out.to_path_buf(),
-    })
+        module,
+        what,
+        root_ids,
+        downloaded,
+    }))
 }
 
 /// What `inspect` found in a remote image.
