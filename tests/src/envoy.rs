@@ -57,6 +57,27 @@ pub fn wasm_filter(name: &str, root_id: &str, wasm: &Path, configuration: &str) 
     })
 }
 
+/// An HTTP filter named `name` whose configuration comes by extension config discovery from the
+/// file `path` (Envoy watches its directory and reloads when a new file is renamed into place),
+/// the way Istio delivers a WasmPlugin; it accepts only a Wasm filter. The listener waits for the
+/// first configuration, so the file should exist before Envoy starts.
+pub fn ecds_filter(name: &str, path: &Path) -> Value {
+    let dir = path.parent().expect("ECDS file in a directory");
+    json!({
+        "name": name,
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {
+                    "path": path.to_string_lossy(),
+                    "watched_directory": {"path": dir.to_string_lossy()},
+                },
+                "resource_api_version": "V3",
+            },
+            "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+        },
+    })
+}
+
 /// A bootstrap with one listener on 127.0.0.1 (port chosen by the kernel), `http_filters` before
 /// the router, a route `/direct` answered by Envoy itself, and everything else sent to `upstream`.
 pub fn bootstrap(upstream: SocketAddr, http_filters: Vec<Value>) -> Value {

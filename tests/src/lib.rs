@@ -17,8 +17,10 @@
 // Test support: a failed expectation here should fail the test, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent;
 pub mod envoy;
 pub mod http1;
+pub mod load;
 pub mod registry;
 pub mod token;
 

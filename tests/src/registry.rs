@@ -264,6 +264,37 @@ impl Registry {
         }
     }
 
+    /// Start the registry again after [`Registry::stop`], on the same address, storage and
+    /// configuration; waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "registry {} is still running",
+            self.addr
+        );
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("run docker-registry");
+        self.child = Some(child);
+        if let Err(exited) = self.wait_ready() {
+            panic!(
+                "registry {} did not come back (exited: {exited})\n---- log ----\n{}",
+                self.addr,
+                self.log()
+            );
+        }
+    }
+
     /// The directory the registry keeps its files in.
     pub fn dir(&self) -> &Path {
         self.dir.path()
