@@ -28,7 +28,7 @@ lint-filters: setup
 test: setup lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry)
 	$(CARGO) test --workspace
 
-demo: setup ## Build the filter, run it in Envoy in front of an upstream, show curl, stop all
+demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot update under the same tag; stop all
 	@scripts/demo
 
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)

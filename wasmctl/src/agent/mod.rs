@@ -113,7 +113,12 @@ struct Slot {
 }
 
 /// A metric family: name, type, help, and its value for one entry.
-type Family = (&'static str, &'static str, &'static str, fn(&Slot) -> Option<f64>);
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Slot) -> Option<f64>,
+);
 
 /// The result of one resolve/pull, computed off the main loop.
 struct Outcome {

@@ -217,7 +217,8 @@ pub fn ecds_document(
         },
     });
     if ecds.fail_open {
-        config["fail_open"] = json!(true);
+        // `fail_open` is deprecated in Envoy 1.40; `failure_policy` replaces it.
+        config["failure_policy"] = json!("FAIL_OPEN");
     }
     let doc = json!({
         "resources": [{
@@ -283,6 +284,31 @@ mod tests {
         assert!(unlink(d.path(), "a").unwrap());
         assert!(!unlink(d.path(), "a").unwrap());
         assert!(module_sha("abc.wasm").is_none());
+        let ecds: Ecds = serde_norway::from_str(
+            "{file: /e/f.yaml, filterName: hf, configuration: '{\"a\":1}', failOpen: true}",
+        )
+        .unwrap();
+        let current = Current {
+            image: "r/x:v1".into(),
+            manifest_digest: "sha256:m".into(),
+            sha256: sha.clone(),
+            size: 4,
+            root_ids: vec!["from_image".into()],
+        };
+        let doc = ecds_document(&ecds, "n", "r/x:v1", &current, Path::new("/d/m.wasm"));
+        let text = String::from_utf8(doc).unwrap();
+        assert!(
+            text.starts_with("# Written by wasmctl agent for n: image r/x:v1"),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
+        let r = &v["resources"][0];
+        assert_eq!(r["name"], "hf");
+        let c = &r["typed_config"]["config"];
+        assert_eq!(c["root_id"], "from_image");
+        assert_eq!(c["failure_policy"], "FAIL_OPEN");
+        assert_eq!(c["configuration"]["value"], "{\"a\":1}");
+        assert_eq!(c["vm_config"]["code"]["local"]["filename"], "/d/m.wasm");
         assert_eq!(module_sha(&format!("{sha}.wasm")), Some(sha.as_str()));
     }
 }
