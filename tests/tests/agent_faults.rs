@@ -280,3 +280,62 @@ fn configmap_swaps_are_seen_and_removed_entries_go_after_the_grace_period() {
     assert!(ag.ready());
     assert_eq!(ag.events("deleted").len(), 2, "{}", ag.log());
 }
+
+#[test]
+fn a_pinned_digest_is_requested_once() {
+    let reg = Registry::start();
+    let reference = reg.reference("filters/h:v1");
+    let digest = push(&reference, &e2e::filter_wasm(), "my_root_id", &[]);
+    let pinned = reg.reference(&format!("filters/h@{digest}"));
+    let work = tempfile::tempdir().unwrap();
+    let (list, dir) = (work.path().join("images.yaml"), work.path().join("modules"));
+    write_atomic(&list, &format!("h {pinned}\n"));
+    let a = Agent::start(&list, &dir, &FAST);
+    a.wait_for("h in place", WAIT, Agent::ready);
+    let first = a.image("h")["lastSuccess"].clone();
+    a.wait_for("two more resync periods", WAIT, |a| {
+        a.image("h")["lastSuccess"] != first
+    });
+    let again = a.image("h")["lastSuccess"].clone();
+    a.wait_for("one more", WAIT, |a| a.image("h")["lastSuccess"] != again);
+    assert_eq!(a.metric("wasm_agent_resolves_total", "h"), Some(1.0));
+    assert_eq!(a.metric("wasm_agent_pulls_total", "h"), Some(1.0));
+    kept(&a, &dir, "h", &sha256_file(&e2e::filter_wasm()));
+}
+
+#[test]
+fn a_failed_write_keeps_the_last_good_module() {
+    let reg = Registry::start();
+    let reference = reg.reference("filters/h:v1");
+    push(&reference, &e2e::filter_wasm(), "my_root_id", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (list, dir) = (work.path().join("images.yaml"), work.path().join("modules"));
+    write_atomic(&list, &one("h", &reference));
+    let a = Agent::start(&list, &dir, &FAST);
+    a.wait_for("v1 in place", WAIT, Agent::ready);
+    let v1 = sha_of(&a, "h");
+
+    // The new module's file name is taken by a directory: the write fails as on a full or
+    // broken disk, and nothing in place changes.
+    let v2_wasm = e2e::callout_wasm();
+    let v2 = sha256_file(&v2_wasm);
+    let blocker = dir.join(format!("{v2}.wasm"));
+    fs::create_dir(&blocker).unwrap();
+    push(&reference, &v2_wasm, "", &[]);
+    a.wait_for("write failure", WAIT, |a| {
+        failing_with(a, "h", "cannot rename into place")
+    });
+    kept(&a, &dir, "h", &v1);
+    let leftovers: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    fs::remove_dir(&blocker).unwrap();
+    a.wait_for("v2 after the fault is gone", WAIT, |a| {
+        sha_of(a, "h") == v2 && a.image("h")["state"] == "ok"
+    });
+    kept(&a, &dir, "h", &v2);
+}

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{Current, State};
@@ -422,6 +422,17 @@ impl Agent {
                 .as_ref()
                 .filter(|c| store::verify(&self.dir_abs, &c.sha256))
                 .map(|c| c.manifest_digest.clone());
+            // A digest-pinned image never changes: once its module is in place, no request.
+            let pinned = slot.entry.image.split_once('@').map(|(_, d)| d.to_string());
+            if pinned.is_some() && pinned == known {
+                if let Some(slot) = self.slots.get_mut(&name)
+                    && let Some(c) = slot.current.as_mut()
+                {
+                    c.image = slot.entry.image.clone();
+                }
+                self.succeeded(&name);
+                continue;
+            }
             let (image, generation, tx) = (slot.entry.image.clone(), slot.generation, tx.clone());
             let want_config = slot.entry.ecds.is_some();
             if let Some(slot) = self.slots.get_mut(&name) {
@@ -532,6 +543,13 @@ impl Agent {
         slot.last_error = None;
         slot.counters.last_success = Some(unix_now());
         slot.next_due = Instant::now() + self.cfg.resync;
+        // The same module may now be in place for another reference (a new tag, a pinned digest).
+        if let Some(c) = slot.current.clone()
+            && self.state.images.get(name) != Some(&c)
+        {
+            self.state.images.insert(name.to_string(), c);
+            self.save_state();
+        }
     }
 
     fn failed(&mut self, name: &str, error: &str) {
@@ -886,10 +904,4 @@ async fn fetch_checked(
         crate::module::require_proxy_wasm(&summary, &what)?;
     }
     Ok(fetched)
-}
-
-/// The directory the status file, module files and links are relative to (for callers that
-/// print paths).
-pub fn module_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.wasm"))
 }
