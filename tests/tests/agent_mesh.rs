@@ -271,4 +271,23 @@ fn bad_new_versions_do_not_replace_the_serving_filter() {
         pulls,
         "no module download for a configuration change or an unchanged digest"
     );
+
+    // A good configuration alone (same module): rewritten, accepted, served.
+    let reloads = m.stat("config_reload");
+    let good = r#"{"name":"resp-header-demo","value":"configured again"}"#;
+    write_atomic(&m.list_file(), &list(&m.reference, &m.ecds(), good));
+    let end = Instant::now() + Duration::from_secs(30);
+    while m.get().header("resp-header-demo") != Some("configured again") {
+        assert!(
+            Instant::now() < end,
+            "new configuration not served\n{}",
+            m.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(m.stat("config_reload") > reloads);
+    assert_eq!(
+        m.agent.metric("wasm_agent_pulls_total", NAME).unwrap(),
+        pulls
+    );
 }
