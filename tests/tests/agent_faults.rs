@@ -201,6 +201,10 @@ fn a_restart_with_a_populated_directory_downloads_nothing() {
     fs::write(&blob, &bytes).unwrap();
 
     let b = Agent::start(&list, &dir, &FAST);
+    let health = e2e::http1::get(b.addr, "/healthz", &[]).unwrap();
+    assert_eq!((health.status(), health.text().as_str()), (200, "ok\n"));
+    let nothing = e2e::http1::get(b.addr, "/nothing", &[]).unwrap();
+    assert_eq!(nothing.status(), 404);
     b.wait_for("a resolve", WAIT, |b| {
         b.metric("wasm_agent_resolves_total", "h")
             .is_some_and(|n| n >= 2.0)
