@@ -1,6 +1,7 @@
 //! `wasmctl`: ship proxy-wasm filters through OCI registries in the layouts Istio and Envoy
 //! Gateway load, and get them back from any layout others pushed.
 //!
+//! - [`bench`]: what a filter costs per request and per VM in the harness, and memory growth.
 //! - [`module`]: is a file a valid wasm module, which proxy-wasm ABI does it export.
 //! - [`config`]: the runtime config (`type`, `abiVersions`, `rootIds`).
 //! - [`layout`]: the solo, compat and cncf layouts; recognising a pulled one; Istio's and Envoy
@@ -30,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod fsutil;
