@@ -4,10 +4,12 @@ Distribution registry (Debian docker-registry) on 127.0.0.1. Modules of 1 MB and
 project's filter padded with a custom section: valid wasm). Each operation runs REPS times into
 a fresh repository (so every blob is really uploaded) and the median is reported.
 
-wasmctl is timed as a subprocess (process start included); oras-py in-process (interpreter start
-and imports NOT included), which favours oras-py.
+wasmctl is timed as a subprocess (process start included). oras-py is timed twice: in-process
+(interpreter start and imports NOT included, which favours it) and as a process running the same
+call (`python3 bench_oci.py --oras ...`, as a Python CLI runs), so both views are side by side.
 
 usage: bench_oci.py WASMCTL FILTER_WASM [REPS]
+       bench_oci.py --oras push|pull HOST REF FILE|OUTDIR CONFIG   (one oras-py operation)
 """
 import os
 import shutil
@@ -73,7 +75,20 @@ def timed(fn):
     return time.perf_counter() - t
 
 
+def oras_once(op, host, ref, path, cfg):
+    client = oras.client.OrasClient(hostname=host, insecure=True)
+    if op == "push":
+        os.chdir(os.path.dirname(path))
+        client.push(target=ref, files=[f"{os.path.basename(path)}:{SOLO_LAYER}"],
+                    manifest_config=f"{cfg}:{SOLO_CONFIG}", disable_path_validation=True, quiet=True)
+    else:
+        client.pull(target=ref, outdir=path)
+
+
 def main():
+    if sys.argv[1] == "--oras":
+        oras_once(*sys.argv[2:7])
+        return
     wasmctl, filter_path = sys.argv[1], sys.argv[2]
     reps = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     tmp = tempfile.mkdtemp(prefix="bench-oci-")
@@ -86,7 +101,7 @@ def main():
         client = oras.client.OrasClient(hostname=host, insecure=True)
         env = dict(os.environ, DOCKER_CONFIG=os.path.join(tmp, "docker"))
         print(f"registry {host}, {reps} runs each, median seconds (lower is better)")
-        print(f"{'size':>6} {'op':>5} {'wasmctl':>9} {'oras-py':>9} {'oras/wasmctl':>13}")
+        print(f"{'size':>6} {'op':>5} {'wasmctl':>9} {'oras-py':>9} {'oras/wasmctl':>13} {'oras-py process':>16} {'ratio':>7}")
         for label, size in (("1MB", 1_000_000), ("20MB", 20_000_000)):
             d = os.path.join(tmp, label)
             os.makedirs(d)
@@ -94,27 +109,33 @@ def main():
             with open(wasm, "wb") as f:
                 f.write(padded(base, size))
             os.chdir(d)
-            res = {("push", "w"): [], ("push", "o"): [], ("pull", "w"): [], ("pull", "o"): []}
+            res = {(op, who): [] for op in ("push", "pull") for who in ("w", "o", "p")}
+            me = os.path.abspath(__file__)
             for i in range(reps):
                 wref, oref = f"{host}/w{label.lower()}{i}/f:v1", f"{host}/o{label.lower()}{i}/f:v1"
+                pref = f"{host}/p{label.lower()}{i}/f:v1"
                 # Alternate the order so neither client always runs on a warm cache.
                 runs = [
                     ("w", lambda: subprocess.run([wasmctl, "push", wref, wasm, "--plain-http", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)),
                     ("o", lambda: client.push(target=oref, files=[f"filter.wasm:{SOLO_LAYER}"], manifest_config=f"{cfg}:{SOLO_CONFIG}", disable_path_validation=True, quiet=True)),
+                    ("p", lambda: subprocess.run([sys.executable, me, "--oras", "push", host, pref, wasm, cfg], check=True, stdout=subprocess.DEVNULL)),
                 ]
-                for who, fn in (runs if i % 2 == 0 else runs[::-1]):
+                for who, fn in (runs if i % 2 == 0 else runs[::-1]):  # rotate the order
                     res[("push", who)].append(timed(fn))
                 wout, oout = os.path.join(d, f"w{i}.wasm"), os.path.join(d, f"o{i}")
+                pout = os.path.join(d, f"p{i}")
                 pulls = [
                     ("w", lambda: subprocess.run([wasmctl, "pull", wref, "-o", wout, "--plain-http", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)),
                     ("o", lambda: client.pull(target=oref, outdir=oout)),
+                    ("p", lambda: subprocess.run([sys.executable, me, "--oras", "pull", host, pref, pout, cfg], check=True, stdout=subprocess.DEVNULL)),
                 ]
                 for who, fn in (pulls if i % 2 == 0 else pulls[::-1]):
                     res[("pull", who)].append(timed(fn))
                 assert open(wout, "rb").read() == open(os.path.join(oout, "filter.wasm"), "rb").read()
+                assert open(wout, "rb").read() == open(os.path.join(pout, "filter.wasm"), "rb").read()
             for op in ("push", "pull"):
-                w, o = statistics.median(res[(op, "w")]), statistics.median(res[(op, "o")])
-                print(f"{label:>6} {op:>5} {w:>9.3f} {o:>9.3f} {o / w:>12.2f}x")
+                w, o, p = (statistics.median(res[(op, who)]) for who in ("w", "o", "p"))
+                print(f"{label:>6} {op:>5} {w:>9.3f} {o:>9.3f} {o / w:>12.2f}x {p:>16.3f} {p / w:>6.2f}x")
     finally:
         proc.kill()
         proc.wait()

@@ -85,6 +85,21 @@ pub enum Error {
         /// `module.name` of the import.
         import: String,
     },
+    /// The module called a host function Envoy forbids while it runs `callback` (the VM's
+    /// `_initialize`/`_start`/`main`, or `malloc` when the host gives it data): Envoy traps
+    /// with `restricted_callback`.
+    #[error(
+        "{callback}: the module called {function}, which Envoy does not allow during {callback} \
+         (it traps with restricted_callback; allowed: {allowed})"
+    )]
+    RestrictedCall {
+        /// The callback that was running.
+        callback: String,
+        /// The host function called.
+        function: String,
+        /// What Envoy allows there.
+        allowed: String,
+    },
     /// `proxy_on_vm_start` returned false.
     #[error("proxy_on_vm_start returned false for vm_id {vm_id:?}")]
     VmStartFailed {

@@ -8,7 +8,7 @@ use crate::abi::{
 };
 use crate::headers::{HeaderMap, deserialize_pairs};
 use crate::host::{GrpcCall, HttpCall};
-use crate::vm::{Abort, LocalResponse, StreamCtx, VmState};
+use crate::vm::{Abort, LocalResponse, Restriction, StreamCtx, VmState};
 use std::collections::HashSet;
 use std::time::Duration;
 use wasmtime::{Caller, ExternType, FuncType, Linker, Val};
@@ -78,7 +78,24 @@ fn give(
         let Some(alloc) = c.data().alloc.clone() else {
             return Ok(Err(Status::InternalFailure));
         };
-        ptr = alloc.call(&mut *c, bytes.len() as i32)? as u32;
+        // Envoy lets the allocator call only a few host functions.
+        let outer = c.data_mut().restricted.replace(Restriction::Malloc);
+        let allocated = alloc.call(&mut *c, bytes.len() as i32);
+        c.data_mut().restricted = outer;
+        ptr = match allocated {
+            Ok(p) => p as u32,
+            // Envoy: the allocator trapped on a restricted call; the VM is failed (see
+            // `VmInner::call`) and this host call reports that it could not copy the data.
+            Err(_)
+                if matches!(
+                    c.data().abort,
+                    Some(Abort::Restricted(_, Restriction::Malloc))
+                ) =>
+            {
+                return Ok(Err(Status::InvalidMemoryAccess));
+            }
+            Err(e) => return Err(e),
+        };
         if ptr == 0 {
             return Ok(Err(Status::InternalFailure));
         }
@@ -96,6 +113,15 @@ macro_rules! tri {
             Err(s) => return Ok(s as i32),
         }
     };
+}
+
+/// Trap, as Envoy does with `restricted_callback`, when `name` is not allowed under `r`.
+fn restricted(c: &mut C<'_>, name: &'static str, r: Restriction) -> wasmtime::Result<()> {
+    if r.allowed().contains(&name) {
+        return Ok(());
+    }
+    c.data_mut().abort = Some(Abort::Restricted(name, r));
+    Err(wasmtime::Error::new(Abort::Restricted(name, r)))
 }
 
 /// Finish a `give`: a trap propagates, a status is returned.
@@ -178,16 +204,33 @@ pub(crate) fn define(
     abi: AbiVersion,
 ) -> wasmtime::Result<HashSet<(&'static str, &'static str)>> {
     let mut names: HashSet<(&'static str, &'static str)> = HashSet::new();
+    // Every host function first checks Envoy's restriction of the moment (VM start, malloc):
+    // one branch on a field that is almost always `None`.
+    macro_rules! guarded {
+        ($name:literal, |mut $c:ident : $ct:ty $(, $a:ident : $t:ty)* $(,)?| $(-> $r:ty)? $body:block) => {
+            guarded!($name, |$c: $ct $(, $a: $t)*| $(-> $r)? $body)
+        };
+        ($name:literal, |$c:ident : $ct:ty $(, $a:ident : $t:ty)* $(,)?| $(-> $r:ty)? $body:block) => {
+            move |mut caller: $ct $(, $a: $t)*| $(-> $r)? {
+                if let Some(r) = caller.data().restricted {
+                    restricted(&mut caller, $name, r)?;
+                }
+                #[allow(unused_mut)]
+                let mut $c = caller;
+                $body
+            }
+        };
+    }
     macro_rules! env {
-        ($name:literal, $f:expr) => {{
-            l.func_wrap(ENV_MODULE, $name, $f)?;
+        ($name:literal, $($f:tt)+) => {{
+            l.func_wrap(ENV_MODULE, $name, guarded!($name, $($f)+))?;
             names.insert((ENV_MODULE, $name));
         }};
     }
     // cpp-host registers WASI under both names.
     macro_rules! wasi {
-        ($name:literal, $f:expr) => {{
-            let f = $f;
+        ($name:literal, $($f:tt)+) => {{
+            let f = guarded!($name, $($f)+);
             l.func_wrap(WASI_MODULE, $name, f)?;
             l.func_wrap(WASI_UNSTABLE_MODULE, $name, f)?;
             names.insert((WASI_MODULE, $name));
@@ -812,10 +855,14 @@ pub(crate) fn define(
     });
 
     // ---- Emscripten/pthread shims cpp-host provides ----
-    env!("pthread_equal", |_c: C<'_>, a: i32, b: i32| -> i32 {
-        (a == b) as i32
+    env!("pthread_equal", |_c: C<'_>, a: i32, b: i32| -> R {
+        Ok((a == b) as i32)
     });
-    env!("emscripten_notify_memory_growth", |_c: C<'_>, _i: i32| {});
+    env!("emscripten_notify_memory_growth", |_c: C<'_>,
+                                             _i: i32|
+     -> wasmtime::Result<
+        (),
+    > { Ok(()) });
 
     // ---- WASI preview 1, as cpp-host/Envoy provide it ----
     wasi!("fd_write", |mut c: C<'_>,
@@ -991,8 +1038,11 @@ pub(crate) fn define(
     });
     // Envoy only logs proc_exit and returns; the module's own trap right after it is what
     // fails the VM. The harness records the code so that error names it.
-    wasi!("proc_exit", |mut c: C<'_>, code: i32| {
+    wasi!("proc_exit", |mut c: C<'_>,
+                        code: i32|
+     -> wasmtime::Result<()> {
         c.data_mut().abort = Some(Abort::Exit(code));
+        Ok(())
     });
     Ok(names)
 }

@@ -221,6 +221,14 @@ impl Plugin {
         self.inner.borrow().vm.borrow().failed.clone()
     }
 
+    /// The size of the VM's linear memory now, in bytes: what the module has grown it to.
+    /// Memory that keeps growing over many identical requests is a leak.
+    pub fn memory_size(&self) -> usize {
+        let p = self.inner.borrow();
+        let v = p.vm.borrow();
+        v.store.data().memory.map_or(0, |m| m.data_size(&v.store))
+    }
+
     /// Open an HTTP stream. Its context is created (`proxy_on_context_create`) when request
     /// headers arrive, as Envoy does. Once the VM has failed, the failure policy decides:
     /// fail-open streams skip the module, fail-closed ones get a local 503, and reload starts a

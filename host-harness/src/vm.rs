@@ -21,6 +21,46 @@ pub(crate) enum Abort {
     Exit(i32),
     /// An import the host does not provide.
     Unsupported(String),
+    /// A host function called where Envoy forbids it (see [`Restriction`]).
+    Restricted(&'static str, Restriction),
+}
+
+/// Where Envoy (proxy-wasm-cpp-host) lets a module call only a few host functions, and traps
+/// with `restricted_callback` on any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restriction {
+    /// The VM's start: `_initialize` (then `main`) or `_start`.
+    Start,
+    /// The module's allocator, while the host hands it data.
+    Malloc,
+}
+
+impl Restriction {
+    /// The host functions allowed (by name; WASI under either module name).
+    pub fn allowed(self) -> &'static [&'static str] {
+        match self {
+            Restriction::Start => &[
+                "proxy_log",
+                "fd_write",
+                "args_sizes_get",
+                "args_get",
+                "environ_sizes_get",
+                "environ_get",
+                "fd_prestat_get",
+                "fd_prestat_dir_name",
+                "clock_time_get",
+                "clock_res_get",
+                "random_get",
+                "fd_fdstat_get",
+                "fd_fdstat_set_flags",
+                "fd_fdstat_set_rights",
+                "path_filestat_get",
+                "fd_filestat_get",
+                "emscripten_notify_memory_growth",
+            ],
+            Restriction::Malloc => &["proxy_log", "fd_write", "clock_time_get"],
+        }
+    }
 }
 
 impl std::fmt::Display for Abort {
@@ -28,6 +68,7 @@ impl std::fmt::Display for Abort {
         match self {
             Abort::Exit(c) => write!(f, "proc_exit({c})"),
             Abort::Unsupported(i) => write!(f, "unsupported import {i}"),
+            Abort::Restricted(name, _) => write!(f, "restricted_callback: {name}"),
         }
     }
 }
@@ -237,6 +278,8 @@ pub(crate) struct VmState {
     pub call_response: Option<CallResponse>,
     pub limiter: Limiter,
     pub abort: Option<Abort>,
+    /// Set while Envoy would restrict host calls (VM start, the module's allocator).
+    pub restricted: Option<Restriction>,
     /// The plugin configuration buffer is visible (root `on_context_create` and `on_configure`).
     pub plugin_config_visible: bool,
     /// Metric ids of this VM: `(kind, host-wide stat index)`; id = ((index + 1) << 2) | kind.
@@ -434,6 +477,7 @@ impl VmInner {
                 breached: false,
             },
             abort: None,
+            restricted: None,
             plugin_config_visible: false,
             metric_ids: Vec::new(),
             next_callout: 0,
@@ -530,16 +574,23 @@ impl VmInner {
         };
         // As cpp-host's startVm: a reactor's _initialize then main(0, 0) or __main_void; a
         // command's _start. All on the VM context (id 0), which never gets proxy_on_* calls.
-        if let Some(f) = init {
-            vm.call("_initialize", 0, Some(f), ())?;
-            if let Some(f) = main {
-                vm.call("main", 0, Some(f), (0, 0))?;
-            } else if let Some(f) = main_void {
-                vm.call("__main_void", 0, Some(f), ())?;
+        // Envoy restricts the host calls a module may make while it starts.
+        vm.store.data_mut().restricted = Some(Restriction::Start);
+        let started = (|| {
+            if let Some(f) = init {
+                vm.call("_initialize", 0, Some(f), ())?;
+                if let Some(f) = main {
+                    vm.call("main", 0, Some(f), (0, 0))?;
+                } else if let Some(f) = main_void {
+                    vm.call("__main_void", 0, Some(f), ())?;
+                }
+            } else if let Some(f) = start {
+                vm.call("_start", 0, Some(f), ())?;
             }
-        } else if let Some(f) = start {
-            vm.call("_start", 0, Some(f), ())?;
-        }
+            Ok::<(), Error>(())
+        })();
+        vm.store.data_mut().restricted = None;
+        started?;
         let vm = Rc::new(RefCell::new(vm));
         shared.borrow_mut().vms.push(Rc::downgrade(&vm));
         Ok(vm)
@@ -605,7 +656,16 @@ impl VmInner {
             }
         }
         match out {
-            Ok(r) => Ok(Some(r)),
+            Ok(r) => {
+                // A restricted call in malloc fails the VM (Envoy: RuntimeError), while the host
+                // call that needed the memory returned an error status and the callback went on.
+                if let Some(Abort::Restricted(_, Restriction::Malloc)) = self.store.data().abort {
+                    let err = self.classify(name, wasmtime::Error::msg("restricted_callback"));
+                    self.failed = Some(err);
+                    self.failed_at = self.store.data().shared.borrow().now;
+                }
+                Ok(Some(r))
+            }
             Err(e) => {
                 let err = self.classify(name, e);
                 self.failed = Some(err.clone());
@@ -643,6 +703,14 @@ impl VmInner {
             return match abort {
                 Abort::Exit(code) => Error::Exit { callback, code },
                 Abort::Unsupported(import) => Error::UnsupportedImport { callback, import },
+                Abort::Restricted(function, r) => Error::RestrictedCall {
+                    callback: match r {
+                        Restriction::Start => callback,
+                        Restriction::Malloc => format!("malloc (in {callback})"),
+                    },
+                    function: function.to_string(),
+                    allowed: r.allowed().join(", "),
+                },
             };
         }
         if d.limiter.breached {

@@ -179,3 +179,51 @@ fn inspect_lists_abi_memory_and_imports_envoy_lacks() {
         "{out}"
     );
 }
+
+/// A module that grows its memory by a page on every request: what a leak looks like.
+const LEAKY_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (memory.grow (i32.const 1)))
+    (i32.const 0)))"#;
+
+#[test]
+fn bench_measures_a_filter_and_flags_memory_growth() {
+    let wasm = e2e::filter_wasm();
+    let (code, out, err) = wasmctl(&[
+        "bench",
+        wasm.to_str().unwrap(),
+        "--root-id",
+        "my_root_id",
+        "--config",
+        r#"{"name":"resp-header-demo","value":"added by our filter"}"#,
+        "--requests",
+        "300",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let size = std::fs::metadata(&wasm).unwrap().len();
+    assert_eq!(r["size"], size);
+    assert_eq!(r["requests"], 300);
+    for k in ["compile_ms", "plugin_start_us", "request_us"] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {out}");
+    }
+    assert_eq!(r["memory_before"], r["memory_after"], "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let leaky = dir.path().join("leaky.wasm");
+    std::fs::write(&leaky, wat::parse_str(LEAKY_WAT).unwrap()).unwrap();
+    let (code, out, err) = wasmctl(&["bench", leaky.to_str().unwrap(), "--requests", "50"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GREW"), "{out}");
+    // A filter whose configuration is refused is an error naming the file, not a figure.
+    let (code, _, err) = wasmctl(&["bench", wasm.to_str().unwrap(), "--config", "{"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("header_filter.wasm"), "{err}");
+}

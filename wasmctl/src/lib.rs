@@ -2,6 +2,7 @@
 //! Gateway load, and get them back from any layout others pushed.
 //!
 //! - [`agent`]: the node agent: keeps a directory of modules in step with an image list.
+//! - [`bench`]: what a filter costs per request and per VM in the harness, and memory growth.
 //! - [`module`]: is a file a valid wasm module, which proxy-wasm ABI does it export.
 //! - [`config`]: the runtime config (`type`, `abiVersions`, `rootIds`).
 //! - [`layout`]: the solo, compat and cncf layouts; recognising a pulled one; Istio's and Envoy
@@ -32,6 +33,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod fsutil;

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run one request through a filter in the proxy-wasm harness and show what it did
     Run(RunArgs),
+    /// Measure a filter in the harness: compile, plugin start, cost per request, memory growth
+    Bench(BenchArgs),
     /// Push a wasm module as an image; prints the manifest digest and the digest-pinned reference
     Push(PushArgs),
     /// Pull the module of an image (any layout) into a file, verified, written atomically
@@ -230,6 +232,16 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// The request, as for `wasmctl run`
+    #[command(flatten)]
+    run: RunArgs,
+    /// How many requests to time
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+}
+
+#[derive(Args)]
 struct InspectArgs {
     /// An existing local .wasm file, or a remote image reference
     target: String,
@@ -415,6 +427,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !report.failed_expectations.is_empty() {
                 EXPECTATIONS_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Command::Bench(a) => {
+            let s = scenario(&a.run)?;
+            let report = wasmctl::bench::bench(&a.run.module, &s, a.requests)?;
+            if a.run.json {
+                let text =
+                    serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
+                print_out(&format!("{text}\n"))?;
+            } else {
+                print_out(&report.to_string())?;
             }
         }
         Command::Push(a) => {
