@@ -343,3 +343,35 @@ fn a_failed_write_keeps_the_last_good_module() {
     });
     kept(&a, &dir, "h", &v2);
 }
+
+#[test]
+fn an_ecds_file_that_cannot_be_written_is_reported_and_retried() {
+    let reg = Registry::start();
+    let reference = reg.reference("filters/h:v1");
+    push(&reference, &e2e::filter_wasm(), "my_root_id", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (list, dir) = (work.path().join("images.yaml"), work.path().join("modules"));
+    // The ECDS file's directory is taken by a plain file.
+    let blocker = work.path().join("ecds");
+    fs::write(&blocker, "not a directory").unwrap();
+    let ecds = blocker.join("h.yaml");
+    write_atomic(
+        &list,
+        &format!(
+            "images:\n  - name: h\n    image: {reference}\n    ecds: {{file: {}, configuration: x}}\n",
+            ecds.display()
+        ),
+    );
+    let a = Agent::start(&list, &dir, &FAST);
+    a.wait_for("ECDS failure", WAIT, |a| failing_with(a, "h", "ECDS file"));
+    kept(&a, &dir, "h", &sha256_file(&e2e::filter_wasm()));
+    fs::remove_file(&blocker).unwrap();
+    a.wait_for("ECDS written", WAIT, |a| {
+        a.image("h")["state"] == "ok" && ecds.exists()
+    });
+    assert!(
+        fs::read_to_string(&ecds)
+            .unwrap()
+            .contains("\"root_id\": \"my_root_id\"")
+    );
+}

@@ -523,8 +523,6 @@ impl Agent {
     }
 
     fn succeeded(&mut self, name: &str) {
-        self.ensure_link(name);
-        self.write_ecds(name);
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
@@ -550,6 +548,9 @@ impl Agent {
             self.state.images.insert(name.to_string(), c);
             self.save_state();
         }
+        // Last, so that a failure here is reported (and retried) rather than cleared.
+        self.ensure_link(name);
+        self.write_ecds(name);
     }
 
     fn failed(&mut self, name: &str, error: &str) {
