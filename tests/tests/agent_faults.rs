@@ -375,3 +375,27 @@ fn an_ecds_file_that_cannot_be_written_is_reported_and_retried() {
             .contains("\"root_id\": \"my_root_id\"")
     );
 }
+
+#[test]
+fn a_failing_entry_does_not_hold_up_the_others() {
+    let reg = Registry::start();
+    let good = reg.reference("filters/good:v1");
+    push(&good, &e2e::filter_wasm(), "my_root_id", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (list, dir) = (work.path().join("images.yaml"), work.path().join("modules"));
+    let absent = reg.reference("filters/absent:v1");
+    write_atomic(&list, &format!("good {good}\nabsent {absent}\n"));
+    let a = Agent::start(&list, &dir, &FAST);
+    a.wait_for("good in place, absent failing", WAIT, |a| {
+        a.image("good")["state"] == "ok" && failing_with(a, "absent", "does not exist")
+    });
+    assert!(!a.ready(), "absent has no module");
+    let v2_wasm = e2e::callout_wasm();
+    push(&good, &v2_wasm, "", &[]);
+    let v2 = sha256_file(&v2_wasm);
+    a.wait_for("good updated while absent keeps failing", WAIT, |a| {
+        sha_of(a, "good") == v2 && failing_with(a, "absent", "does not exist")
+    });
+    kept(&a, &dir, "good", &v2);
+    assert!(!dir.join("absent.wasm").exists());
+}
