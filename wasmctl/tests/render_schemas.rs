@@ -14,22 +14,56 @@ use serde_json::{Value, json};
 use std::path::Path;
 use wasmctl::render::{self, Options, Resolved, schema, spec::Delivery};
 
-/// Deserialize `v` as `T`, failing on any field `T` does not know (k8s-openapi itself skips them).
-fn strict<T: DeserializeOwned>(v: &Value, what: &str) -> T {
+/// Deserialize `v` as `T`; also the paths of fields `T` does not know (k8s-openapi itself
+/// skips them silently, as the API server prunes them).
+fn typed<T: DeserializeOwned>(v: &Value) -> Result<(T, Vec<String>), String> {
     let mut unknown = Vec::new();
-    let t: T = serde_ignored::deserialize(v.clone(), |p| unknown.push(p.to_string()))
-        .unwrap_or_else(|e| {
-            panic!(
-                "{what}: not a valid {}: {e}\n{v:#}",
-                std::any::type_name::<T>()
-            )
-        });
+    let t: T = serde_ignored::deserialize(v.clone(), |p| {
+        // serde_ignored marks each Option level with "?": drop those.
+        let path: Vec<String> = p
+            .to_string()
+            .split('.')
+            .filter(|s| *s != "?")
+            .map(String::from)
+            .collect();
+        unknown.push(path.join("."));
+    })
+    .map_err(|e| e.to_string())?;
+    Ok((t, unknown))
+}
+
+/// [`typed`], failing on an invalid object or any unknown field.
+fn strict<T: DeserializeOwned>(v: &Value, what: &str) -> T {
+    let (t, unknown) = typed::<T>(v).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not a valid {}: {e}\n{v:#}",
+            std::any::type_name::<T>()
+        )
+    });
     assert!(
         unknown.is_empty(),
         "{what}: fields unknown to {}: {unknown:?}\n{v:#}",
         std::any::type_name::<T>()
     );
     t
+}
+
+#[test]
+fn built_in_checks_catch_unknown_fields_and_bad_types() {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+    let mut d = base_deployment();
+    assert!(typed::<Deployment>(&d).unwrap().1.is_empty());
+    d["spec"]["template"]["metadata"]["anotations"] = json!({"a": "b"});
+    let unknown = typed::<Deployment>(&d).unwrap().1;
+    assert_eq!(unknown, ["spec.template.metadata.anotations"]);
+    let mut d = base_deployment();
+    d["spec"]["replicas"] = json!("one");
+    assert!(typed::<Deployment>(&d).is_err());
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": 1}});
+    assert!(
+        typed::<ConfigMap>(&cm).is_err(),
+        "ConfigMap data values are strings"
+    );
 }
 
 fn own_crd() -> Value {
