@@ -8,6 +8,8 @@
 //! - with a registry, `render` pins tags to the digest `wasmctl push` printed, and checks the
 //!   parameters against the module it pulled.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use e2e::envoy::{self, Envoy};
 use e2e::http1;
 use serde::Deserialize as _;

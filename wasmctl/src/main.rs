@@ -407,6 +407,9 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
         }
     }
     let objects = render::render(&inputs, &opts, &resolved)?;
+    for n in render::notes(&inputs, &opts) {
+        eprintln!("note: {n}");
+    }
     match &a.output {
         Some(dir) => {
             for p in render::write_dir(&objects, dir)? {

@@ -258,3 +258,42 @@ fn mode_flag_overrides_the_resource() {
     // No workload name: no volume patch, only the filter and the agent's list.
     assert_eq!(kinds, ["ConfigMap", "EnvoyFilter"], "{out}");
 }
+
+#[test]
+fn what_is_left_to_the_user_is_said_on_stderr() {
+    let wp = examples()
+        .into_iter()
+        .find(|e| e.dir.ends_with("bookinfo-details-wasmplugin"))
+        .unwrap();
+    let out = render_support::render_cli_raw(&wp.inputs, &["--mode", "envoy-filter"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.workload.name is not set") && err.contains("no volume patch rendered"),
+        "{err}"
+    );
+    // A workload no deployment selects is named, not silently printed or patched.
+    let seed = examples()
+        .into_iter()
+        .find(|e| e.dir.ends_with("bookinfo-details"))
+        .unwrap();
+    let workload = seed.dir.join("workload.yaml");
+    let out = render_support::render_cli_raw(&[wp.inputs[0].clone(), workload.clone()], &[]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: no envoyFilter FilterDeployment selects",
+            workload.display()
+        )),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("kind: Deployment"));
+    // The seed's example is complete: nothing to say.
+    let out = render_support::render_cli_raw(&seed.inputs, &[]);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -451,7 +451,7 @@ pub fn check_parameters(source: &Source, module: &Path) -> Result<()> {
     let started = host
         .plugin(&m)
         .root_id(&d.spec.filter.root_id)
-        .configuration(&parameters_text(d))
+        .configuration(parameters_text(d))
         .start();
     if let Err(e) = started {
         let logs = host.logs();
@@ -564,7 +564,7 @@ fn envoy_filter(d: &FilterDeployment) -> Value {
 }
 
 /// The Wasm HTTP filter (`envoy.filters.http.wasm` with its typed config) that the EnvoyFilter
-/// of `rendered` inserts: what Envoy receives, for checks outside Kubernetes.
+/// `envoy_filter` inserts: what Envoy receives, for checks outside Kubernetes.
 pub fn http_filter_of(envoy_filter: &Value) -> Option<&Value> {
     envoy_filter
         .pointer("/spec/configPatches/0/patch/value")
@@ -853,7 +853,7 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
         objects.push(image_list(entries)?);
     }
     objects.extend(workloads.into_values());
-    objects.sort_by(|a, b| (kind_rank(a), file_name(a)).cmp(&(kind_rank(b), file_name(b))));
+    objects.sort_by_key(|a| (kind_rank(a), file_name(a)));
     Ok(objects
         .into_iter()
         .map(|value| Object {
@@ -861,6 +861,38 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
             value,
         })
         .collect())
+}
+
+/// What `render` leaves to the user, one line each: envoyFilter deployments whose workload gets
+/// no volume (no `spec.workload.name`, no matching manifest given), and workload manifests no
+/// deployment selects (left out of the output).
+pub fn notes(inputs: &Inputs, opts: &Options) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &inputs.deployments {
+        let d = &s.deployment;
+        if delivery(d, opts) == Delivery::EnvoyFilter
+            && d.spec.workload.name.is_none()
+            && !inputs.workloads.iter().any(|w| selects(d, &w.object))
+        {
+            out.push(format!(
+                "{}: spec.workload.name is not set and no workload manifest given selects it: no volume patch rendered; the pods need the {USER_VOLUME} and {USER_VOLUME_MOUNT} annotations (docs/deploy.md)",
+                s.origin
+            ));
+        }
+    }
+    for w in &inputs.workloads {
+        let selected = inputs.deployments.iter().any(|s| {
+            delivery(&s.deployment, opts) == Delivery::EnvoyFilter
+                && selects(&s.deployment, &w.object)
+        });
+        if !selected {
+            out.push(format!(
+                "{}: no envoyFilter FilterDeployment selects this workload; it is not printed",
+                w.origin
+            ));
+        }
+    }
+    out
 }
 
 /// A JSON value as YAML with every mapping's keys sorted.
