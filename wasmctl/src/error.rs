@@ -234,6 +234,17 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A `FilterDeployment` (or a workload given to `render`) is invalid: the file, the field
+    /// path inside it and the reason.
+    #[error("{file}: {field}: {reason}")]
+    Render {
+        /// The input file (with the document number when the file holds several).
+        file: String,
+        /// The field path, e.g. `spec.filter.parameters`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The library's result type.

@@ -11,6 +11,8 @@
 //! - [`registry`]: push, pull, inspect, login against a registry (`oci-client`, rustls).
 //! - [`auth`]: Docker-format credentials (`~/.docker/config.json`, `dockerconfigjson`).
 //! - [`media`]: media types and annotation keys.
+//! - [`render`]: `FilterDeployment` resources into Istio `EnvoyFilter`/`WasmPlugin`, workload
+//!   volume patches and the node agent's image list.
 //!
 //! A worked example, without a registry: build the image `wasmctl push` would upload, and check
 //! that Istio's rules accept it.
@@ -42,6 +44,7 @@ pub mod media;
 pub mod module;
 pub mod reference;
 pub mod registry;
+pub mod render;
 pub mod run;
 
 pub use error::{Error, Result};

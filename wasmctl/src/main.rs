@@ -1,4 +1,4 @@
-//! The `wasmctl` command line: run, inspect, push, pull, login, agent.
+//! The `wasmctl` command line: run, bench, inspect, push, pull, login, agent, render.
 //!
 //! Exit codes: 0 success; 1 an error (bad input, a module that fails to load, configure or
 //! run, a registry failure); 2 bad usage; 3 `run --scenario` whose expectations do not hold.
@@ -37,6 +37,9 @@ enum Command {
     Inspect(InspectArgs),
     /// Node agent: keep DIR in step with an image list (pull by digest, atomic writes, ECDS files)
     Agent(AgentArgs),
+    /// Render FilterDeployment resources into Istio EnvoyFilter/WasmPlugin objects, workload
+    /// volume patches and the node agent's image list
+    Render(RenderArgs),
 }
 
 #[derive(Args)]
@@ -104,6 +107,37 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// EnvoyFilter + workload volume patch + agent image list (the node agent delivers the module)
+    EnvoyFilter,
+    /// Istio WasmPlugin (Istio's agent pulls the image)
+    WasmPlugin,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// FilterDeployment files (YAML, several documents allowed), and optionally the Deployment,
+    /// StatefulSet or DaemonSet manifests to patch
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Delivery mode for every resource (default: each resource's spec.delivery)
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Do not ask the registry for digests (tags stay tags; no module is pulled)
+    #[arg(long)]
+    no_resolve: bool,
+    /// Check the parameters against this module (run its on_configure in the harness) instead of
+    /// the pulled one
+    #[arg(long, value_name = "FILE.wasm")]
+    module: Option<PathBuf>,
+    /// Write one file per object into this directory instead of a YAML stream on stdout
+    #[arg(short, long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    transport: Transport,
 }
 
 #[derive(Args)]
@@ -413,8 +447,64 @@ fn scenario(a: &RunArgs) -> anyhow::Result<proxy_wasm_harness::scenario::Scenari
 static EXPECTATIONS_FAILED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+fn render(a: RenderArgs) -> anyhow::Result<()> {
+    use wasmctl::render;
+    let mut all = Vec::new();
+    for f in &a.files {
+        all.push(render::parse_file(f)?);
+    }
+    let inputs = render::merge(all)?;
+    if inputs.deployments.is_empty() {
+        bail!(
+            "no FilterDeployment in {}",
+            a.files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let opts = render::Options {
+        mode: a.mode.map(|m| match m {
+            ModeArg::EnvoyFilter => render::spec::Delivery::EnvoyFilter,
+            ModeArg::WasmPlugin => render::spec::Delivery::WasmPlugin,
+        }),
+    };
+    let pulled_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let (resolved, pulled) = if a.no_resolve {
+        (render::Resolved::default(), BTreeMap::new())
+    } else {
+        let ropts = options(&a.transport, true, None);
+        let modules = a.module.is_none().then_some(pulled_dir.path());
+        runtime()?.block_on(render::resolve(&inputs, &ropts, modules))?
+    };
+    for s in &inputs.deployments {
+        let module = match &a.module {
+            Some(m) => Some(m.clone()),
+            None => pulled.get(&s.deployment.spec.filter.image).cloned(),
+        };
+        if let Some(m) = module {
+            render::check_parameters(s, &m)?;
+        }
+    }
+    let objects = render::render(&inputs, &opts, &resolved)?;
+    for n in render::notes(&inputs, &opts) {
+        eprintln!("note: {n}");
+    }
+    match &a.output {
+        Some(dir) => {
+            for p in render::write_dir(&objects, dir)? {
+                println!("wrote {}", p.display());
+            }
+        }
+        None => print_out(&render::to_yaml(&objects)?)?,
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Render(a) => return render(a),
         Command::Run(a) => {
             let s = scenario(&a)?;
             let report = wasmctl::run::run(&a.module, &s)?;

@@ -1,0 +1,142 @@
+//! Invalid input to `wasmctl render` fails with one line naming the file, the field and the
+//! reason, and prints nothing on stdout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod render_support;
+
+use render_support::render_cli_raw;
+
+const GOOD: &str = r#"apiVersion: filters.envoy-wasm-toolkit.io/v1alpha1
+kind: FilterDeployment
+metadata: {name: details-hello, namespace: default}
+spec:
+  workload: {name: details-v1, labels: {app: details}}
+  filter:
+    image: registry.example.com/filters/header-filter:v1
+    rootId: my_root_id
+    parameters: '{"name":"hello","value":"hello details"}'
+"#;
+
+/// Render `text` (written to a file) and return (file path, stderr), asserting failure.
+fn fails(text: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fd.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = render_cli_raw(std::slice::from_ref(&path), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "accepted:\n{text}");
+    assert!(out.stdout.is_empty(), "printed on failure");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(path.to_str().unwrap()),
+        "no file name: {stderr}"
+    );
+    (path.display().to_string(), stderr)
+}
+
+#[test]
+fn good_input_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fd.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let out = render_cli_raw(&[path], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_field_is_named_with_its_path() {
+    let (file, e) = fails(&GOOD.replace("rootId:", "rootID:"));
+    assert!(
+        e.contains(&format!(
+            "{file}: spec.filter.rootID: unknown field `rootID`"
+        )),
+        "{e}"
+    );
+    let (_, e) = fails(&GOOD.replace("spec:\n", "spec:\n  replicas: 2\n"));
+    assert!(e.contains("spec.replicas: unknown field `replicas`"), "{e}");
+}
+
+#[test]
+fn bad_image_reference() {
+    let (file, e) = fails(&GOOD.replace(
+        "registry.example.com/filters/header-filter:v1",
+        "registry.example.com/Filters/UPPER:v1",
+    ));
+    assert!(
+        e.contains(&format!(
+            "{file}: spec.filter.image: invalid image reference"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn parameters_that_are_not_json() {
+    let (file, e) = fails(&GOOD.replace(
+        r#"'{"name":"hello","value":"hello details"}'"#,
+        r#"'{"name":"hello",}'"#,
+    ));
+    assert!(
+        e.contains(&format!("{file}: spec.filter.parameters: not JSON")),
+        "{e}"
+    );
+    let (_, e) = fails(&GOOD.replace(r#"'{"name":"hello","value":"hello details"}'"#, "'[1]'"));
+    assert!(
+        e.contains("spec.filter.parameters: must be a JSON object"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_values_and_missing_fields() {
+    let (_, e) = fails(&GOOD.replace("    rootId: my_root_id\n", ""));
+    assert!(e.contains("spec.filter: missing field `rootId`"), "{e}");
+    let (_, e) = fails(&GOOD.replace("name: details-v1,", "kind: Pod, name: details-v1,"));
+    assert!(
+        e.contains("spec.workload.kind: unknown variant `Pod`"),
+        "{e}"
+    );
+    let (_, e) = fails(&GOOD.replace("labels: {app: details}", "labels: {}"));
+    assert!(e.contains("spec.workload.labels: empty"), "{e}");
+    let (_, e) = fails(&GOOD.replace("name: details-hello,", "name: Details_Hello,"));
+    assert!(e.contains("metadata.name:"), "{e}");
+    let (_, e) = fails(&GOOD.replace("v1alpha1", "v1"));
+    assert!(e.contains("apiVersion:"), "{e}");
+    let (_, e) = fails(&format!("{GOOD}  placement: {{direction: sideways}}\n"));
+    assert!(
+        e.contains("spec.placement.direction: unknown variant `sideways`"),
+        "{e}"
+    );
+    let (_, e) = fails("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n");
+    assert!(e.contains("kind:"), "{e}");
+}
+
+#[test]
+fn target_refs_need_the_wasm_plugin_delivery() {
+    let text = format!(
+        "{GOOD}  wasmPlugin:\n    targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: gw}}]\n"
+    );
+    let (_, e) = fails(&text);
+    assert!(e.contains("spec.wasmPlugin.targetRefs"), "{e}");
+}
+
+#[test]
+fn duplicate_deployments_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    std::fs::write(&a, GOOD).unwrap();
+    std::fs::write(&b, GOOD).unwrap();
+    let out = render_cli_raw(&[a.clone(), b.clone()], &[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains(b.to_str().unwrap()) && e.contains(a.to_str().unwrap()),
+        "both files named: {e}"
+    );
+}
