@@ -23,7 +23,7 @@ lint: setup lint-filters ## cargo fmt --check and clippy -D warnings on everythi
 # whole-workspace clippy lives in `lint`, so a test run does not compile every dependency twice.
 lint-filters: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -- -D warnings
 
 test: setup lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry)
 	$(CARGO) test --workspace
