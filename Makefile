@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/header_filter.wasm
 
-.PHONY: help setup build test lint lint-filters demo bench-oci clean
+.PHONY: help setup build test lint lint-filters demo bench-oci bench-envoy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ demo: setup ## Build the filter, run it in Envoy in front of an upstream, show c
 
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
 	@scripts/bench-oci
+
+bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 11 min; QUICK=1: under 2 min)
+	@scripts/bench-envoy $(if $(QUICK),--quick,)
 
 clean: ## Remove build output
 	$(CARGO) clean
