@@ -165,6 +165,9 @@ mod glue {
     struct Host<'a> {
         metrics: &'a [(u32, u32)],
         config: &'a Config,
+        /// The request headers as they reached the filter, fetched in one host call the first
+        /// time a condition or placeholder reads one.
+        request: Option<Vec<(String, String)>>,
     }
 
     fn map_type(d: Direction) -> MapType {
@@ -184,6 +187,16 @@ mod glue {
 
         fn header(&mut self, map: Direction, name: &str) -> Option<String> {
             hostcalls::get_map_value(map_type(map), name).ok().flatten()
+        }
+
+        fn request_header(&mut self, name: &str) -> Option<String> {
+            self.request
+                .get_or_insert_with(|| {
+                    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+                })
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         }
 
         fn append_header(&mut self, map: Direction, name: &str, value: &str) {
@@ -242,6 +255,7 @@ mod glue {
                 let mut host = Host {
                     metrics: &a.metrics,
                     config: &a.config,
+                    request: None,
                 };
                 self.state = a.config.on_request(&mut host);
             }
@@ -255,6 +269,7 @@ mod glue {
                 let mut host = Host {
                     metrics: &a.metrics,
                     config: &a.config,
+                    request: None,
                 };
                 a.config.on_response(&self.state, &mut host);
             }

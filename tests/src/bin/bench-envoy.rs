@@ -109,6 +109,12 @@ const SETUPS: &[Setup] = &[
         hellos: 1,
     },
     Setup {
+        key: "compare_five_rules",
+        label: "--compare module, 5 rules",
+        wasm: 1,
+        hellos: 1,
+    },
+    Setup {
         key: "seed_x3",
         label: "header_filter three times in the chain",
         wasm: 3,
@@ -151,11 +157,13 @@ struct Args {
     quick: bool,
     /// Another build of `header_filter.wasm` to measure beside the shipped one (before/after).
     compare: Option<PathBuf>,
+    /// Envoy starts per one-filter configuration for the VM start median.
+    vm_starts: usize,
 }
 
 fn usage() -> String {
     "usage: bench-envoy [--quick] [--rounds N] [--duration SECS] [--warmup SECS] \
-     [--connections N] [--configs KEY,..] [--compare OTHER.wasm] [--out DIR]"
+     [--connections N] [--configs KEY,..] [--compare OTHER.wasm] [--vm-starts N] [--out DIR]"
         .to_string()
 }
 
@@ -165,10 +173,14 @@ fn parse_args() -> Result<Args, String> {
         duration: 5,
         warmup: 2,
         connections: 8,
-        configs: SETUPS.iter().filter(|s| s.key != "compare").collect(),
+        configs: SETUPS
+            .iter()
+            .filter(|s| !s.key.starts_with("compare"))
+            .collect(),
         out: e2e::workspace_root().join("docs/bench"),
         quick: false,
         compare: None,
+        vm_starts: 5,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
@@ -183,7 +195,9 @@ fn parse_args() -> Result<Args, String> {
                 a.rounds = 2;
                 a.duration = 2;
                 a.warmup = 1;
+                a.vm_starts = 3;
             }
+            "--vm-starts" => a.vm_starts = num(it.next(), "--vm-starts")? as usize,
             "--rounds" => a.rounds = num(it.next(), "--rounds")? as usize,
             "--duration" => a.duration = num(it.next(), "--duration")?,
             "--warmup" => a.warmup = num(it.next(), "--warmup")?,
@@ -223,12 +237,12 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}\n{}", usage())),
         }
     }
-    if a.compare.is_some() && !a.configs.iter().any(|s| s.key == "compare") {
+    if a.compare.is_some() && !a.configs.iter().any(|s| s.key.starts_with("compare")) {
         a.configs
-            .extend(SETUPS.iter().filter(|s| s.key == "compare"));
+            .extend(SETUPS.iter().filter(|s| s.key.starts_with("compare")));
     }
     if a.compare.is_none() {
-        a.configs.retain(|s| s.key != "compare");
+        a.configs.retain(|s| !s.key.starts_with("compare"));
     }
     Ok(a)
 }
@@ -294,6 +308,7 @@ fn envoy_config(
         )],
         "seed" => header_filters(filter, 1, SEED),
         "compare" => header_filters(compare.unwrap_or(filter), 1, SEED),
+        "compare_five_rules" => header_filters(compare.unwrap_or(filter), 1, FIVE_RULES),
         "five_rules" => header_filters(filter, 1, FIVE_RULES),
         "seed_x2" => header_filters(filter, 2, SEED),
         "seed_x3" => header_filters(filter, 3, SEED),
@@ -530,7 +545,8 @@ fn quiet_logs(running: &[Running]) -> Result<(), String> {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     for r in running.iter().filter(|r| {
-        r.setup.key.starts_with("seed") || ["five_rules", "compare"].contains(&r.setup.key)
+        r.setup.key.starts_with("seed")
+            || ["five_rules", "compare", "compare_five_rules"].contains(&r.setup.key)
     }) {
         loop {
             let before = r.envoy.log().matches("): applied").count();
@@ -905,6 +921,35 @@ fn run(args: &Args) -> Result<(), String> {
     for r in &running {
         check(r)?;
     }
+    // VM start varies from one start to the next: start the one-filter configurations again,
+    // alternately, for a median.
+    let mut vm_starts: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in &running {
+        if let Some(v) = r.vm_start_ms {
+            vm_starts.entry(r.setup.key).or_default().push(v);
+        }
+    }
+    for _ in 1..args.vm_starts {
+        for r in running.iter().filter(|r| r.setup.wasm == 1) {
+            let config = envoy_config(
+                r.setup,
+                upstream.listener,
+                &filter,
+                &minimal,
+                args.compare.as_deref(),
+            );
+            let mut envoy = Envoy::start_with(
+                &config,
+                &["--log-level", "info", "--component-log-level", "wasm:debug"],
+            )
+            .map_err(|f| format!("{}: {}\n{}", r.setup.key, f.reason, f.log))?;
+            if let Some(v) = vm_start_ms(&envoy.log()) {
+                vm_starts.entry(r.setup.key).or_default().push(v);
+            }
+            envoy.stop();
+        }
+    }
+    let vm = |k: &str| vm_starts.get(k).map(|v| median(v.clone()));
 
     // Per configuration and mode.
     let keys: Vec<&str> = running.iter().map(|r| r.setup.key).collect();
@@ -943,7 +988,8 @@ fn run(args: &Args) -> Result<(), String> {
             "label": r.setup.label,
             "wasm_filters": r.setup.wasm,
             "start_ms": round(r.start_ms, 0),
-            "vm_start_ms": r.vm_start_ms.map(|v| round(v, 0)),
+            "vm_start_ms": vm(r.setup.key).map(|v| round(v, 0)),
+            "vm_start_samples_ms": vm_starts.get(r.setup.key).cloned().unwrap_or_default(),
             "rss_ready_mib": r.rss_ready_kib.map(|k| round(k as f64 / 1024.0, 1)),
             "rss_after_mib": rss_kib(r.envoy.pid()).map(|k| round(k as f64 / 1024.0, 1)),
             "modes": modes,
@@ -970,6 +1016,15 @@ fn run(args: &Args) -> Result<(), String> {
                 round(added_ratio(&samples, "compare", "minimal", mode), 3),
             );
         }
+        if has("compare_five_rules") && has("minimal") {
+            goals.insert(
+                format!("compare_five_rules_vs_minimal_added_{m}"),
+                round(
+                    added_ratio(&samples, "compare_five_rules", "minimal", mode),
+                    3,
+                ),
+            );
+        }
         if has("seed") && has("lua") {
             goals.insert(
                 format!("seed_minus_lua_us_{m}"),
@@ -988,12 +1043,9 @@ fn run(args: &Args) -> Result<(), String> {
             );
         }
     }
-    let vm = |k: &str| {
-        running
-            .iter()
-            .find(|r| r.setup.key == k)
-            .and_then(|r| r.vm_start_ms)
-    };
+    if let (Some(a), Some(b)) = (vm("seed"), vm("minimal")) {
+        goals.insert("seed_vs_minimal_vm_start".into(), round(a / b, 3));
+    }
     let results = json!({
         "tool": "bench-envoy (tests/src/bin/bench-envoy.rs)",
         "envoy": Command::new(e2e::envoy::envoy_bin()).arg("--version").output().ok()
@@ -1089,7 +1141,8 @@ fn short(key: &str) -> &'static str {
         "five_rules" => "ours: 5 rules",
         "seed_x2" => "ours x2",
         "seed_x3" => "ours x3",
-        "compare" => "compare",
+        "compare" => "compare: seed",
+        "compare_five_rules" => "compare: 5 rules",
         _ => "no filter",
     }
 }
@@ -1128,7 +1181,7 @@ fn markdown(r: &Value) -> String {
         }
         s.push('\n');
     }
-    s.push_str("| configuration | wasm filters | start to ready ms | wasm VM start ms | RSS ready MiB | RSS after load MiB |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str("| configuration | wasm filters | start to ready ms | wasm VM start ms (median) | RSS ready MiB | RSS after load MiB |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
     for c in r["configs"].as_array().into_iter().flatten() {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
