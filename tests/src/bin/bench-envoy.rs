@@ -485,6 +485,8 @@ fn run_wrk(
 struct Sample {
     wrk: Wrk,
     cpu_us_per_request: f64,
+    /// The upstream Envoy's CPU per request in the same run (zero for direct responses).
+    upstream_cpu_us_per_request: f64,
 }
 
 /// A running configuration.
@@ -884,6 +886,7 @@ fn run(args: &Args) -> Result<(), String> {
             for mode in modes {
                 let pid = r.envoy.pid();
                 let before = cpu_ns(pid)?;
+                let up_before = cpu_ns(upstream.pid())?;
                 let wrk = run_wrk(
                     r.envoy.listener,
                     mode.path(),
@@ -892,6 +895,7 @@ fn run(args: &Args) -> Result<(), String> {
                     cpus,
                 )?;
                 let after = cpu_ns(pid)?;
+                let up_after = cpu_ns(upstream.pid())?;
                 if wrk.errors > 0 {
                     return Err(format!(
                         "{} {}: {} errors in wrk's run",
@@ -901,12 +905,14 @@ fn run(args: &Args) -> Result<(), String> {
                     ));
                 }
                 let cpu = (after - before) as f64 / 1e3 / wrk.requests as f64;
+                let up = (up_after - up_before) as f64 / 1e3 / wrk.requests as f64;
                 samples
                     .entry((r.setup.key.to_string(), mode))
                     .or_default()
                     .push(Sample {
                         wrk,
                         cpu_us_per_request: cpu,
+                        upstream_cpu_us_per_request: up,
                     });
             }
         }
@@ -970,6 +976,7 @@ fn run(args: &Args) -> Result<(), String> {
                     "p50_us": round(m(|x| x.wrk.p50_us), 1),
                     "p99_us": round(m(|x| x.wrk.p99_us), 1),
                     "cpu_us_per_request": round(m(|x| x.cpu_us_per_request), 2),
+                    "upstream_cpu_us_per_request": round(m(|x| x.upstream_cpu_us_per_request), 2),
                     "added_us_vs_none": round(added(&samples, r.setup.key, "none", mode), 2),
                     "added_us_vs_native": round(added(&samples, r.setup.key, native, mode), 2),
                     "throughput_vs_native": round(paired(&samples, r.setup.key, native, mode, |x, y| x.wrk.rps / y.wrk.rps), 3),
@@ -1063,7 +1070,7 @@ fn run(args: &Args) -> Result<(), String> {
             "compare": args.compare.as_ref().map(|p| json!({"path": p.display().to_string(), "bytes": size(p)})),
         },
         "vm_start_ms": {"header_filter": vm("seed").map(|v| round(v, 0)), "minimal_filter": vm("minimal").map(|v| round(v, 0))},
-        "upstream_cpu_note": "the upstream is an Envoy answering directly, pinned with wrk on CPU 1; its CPU is not counted",
+        "upstream_cpu_note": "the upstream is an Envoy answering directly, pinned with wrk on CPU 1; its CPU is not in cpu_us_per_request (see upstream_cpu_us_per_request)",
         "upstream_rss_mib": rss_kib(upstream.pid()).map(|k| round(k as f64 / 1024.0, 1)),
         "goals": goals,
         "configs": configs,
@@ -1177,6 +1184,18 @@ fn markdown(r: &Value) -> String {
                 cell(&x["added_us_vs_none"]),
                 cell(&x["added_us_vs_native"]),
                 cell(&x["throughput_vs_native"]),
+            ));
+        }
+        if mode == Mode::Proxy {
+            let up: Vec<f64> = r["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["modes"][m]["upstream_cpu_us_per_request"].as_f64())
+                .collect();
+            s.push_str(&format!(
+                "\nThe upstream (an Envoy answering directly, on the load generator's CPU) spent {} µs of CPU per proxied request (median over configurations); it is not in the Envoy CPU column.\n",
+                cell(&round(median(up), 1))
             ));
         }
         s.push('\n');
