@@ -34,7 +34,7 @@ demo: setup ## Build the filter, run it in Envoy in front of an upstream, show c
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
 	@scripts/bench-oci
 
-bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 11 min; QUICK=1: under 2 min)
+bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 9 min; QUICK=1: under 2 min)
 	@scripts/bench-envoy $(if $(QUICK),--quick,)
 
 clean: ## Remove build output
