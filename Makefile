@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/header_filter.wasm
 
-.PHONY: help setup build test lint lint-filters demo bench-oci clean
+.PHONY: help setup build test lint lint-filters demo bench-oci bench-envoy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ lint: setup lint-filters ## cargo fmt --check and clippy -D warnings on everythi
 # whole-workspace clippy lives in `lint`, so a test run does not compile every dependency twice.
 lint-filters: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -- -D warnings
 
 test: setup lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry)
 	$(CARGO) test --workspace
@@ -33,6 +33,9 @@ demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot updat
 
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
 	@scripts/bench-oci
+
+bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 9 min; QUICK=1: under 2 min)
+	@scripts/bench-envoy $(if $(QUICK),--quick,)
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -352,6 +352,10 @@ pub struct Config {
     rules: Vec<Rule>,
     request_phase: bool,
     response_rules: u64,
+    /// Request `remove` rules that may look at the request as it arrived and skip the host call
+    /// when the header is not there: the request is read anyway (a condition or a placeholder)
+    /// and no earlier request rule writes the same header.
+    remove_if_present: u64,
 }
 
 /// What happened to one rule on one stream.
@@ -378,6 +382,12 @@ pub trait Stream {
     fn property(&mut self, path: &[&str]) -> Option<String>;
     /// The first value of a header in the given map.
     fn header(&mut self, map: Direction, name: &str) -> Option<String>;
+    /// The first value of a request header as the request reached the filter, before any rule
+    /// changed it: what conditions and placeholders read. By default [`Stream::header`] on the
+    /// request; the wasm glue answers every such read of a stream from one fetch of the map.
+    fn request_header(&mut self, name: &str) -> Option<String> {
+        self.header(Direction::Request, name)
+    }
     /// Add a value to a header.
     fn append_header(&mut self, map: Direction, name: &str, value: &str);
     /// Replace all values of a header.
@@ -533,10 +543,30 @@ impl Config {
             .enumerate()
             .filter(|(_, r)| r.direction == Direction::Response)
             .fold(0u64, |acc, (i, _)| acc | (1 << i));
+        let reads_request = rules
+            .iter()
+            .any(|r| r.when.is_some() || r.value.is_dynamic());
+        let remove_if_present = if reads_request {
+            rules
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| {
+                    r.direction == Direction::Request
+                        && r.op == Op::Remove
+                        && !rules
+                            .iter()
+                            .take(*i)
+                            .any(|e| e.direction == Direction::Request && e.name == r.name)
+                })
+                .fold(0u64, |acc, (i, _)| acc | (1 << i))
+        } else {
+            0
+        };
         Ok(Config {
             rules,
             request_phase,
             response_rules,
+            remove_if_present,
         })
     }
 
@@ -614,6 +644,15 @@ impl Config {
                 continue;
             }
             let value = match &rule.value {
+                Template::Static(_)
+                    if self.remove_if_present & (1 << i) != 0
+                        && state.active & (1 << i) != 0
+                        && s.request_header(&rule.name).is_none() =>
+                {
+                    // Removing a header that is not there changes nothing: no host call.
+                    s.outcome(i, Outcome::Applied);
+                    continue;
+                }
                 Template::Static(v) if state.active & (1 << i) != 0 => v.as_str(),
                 Template::Static(_) => continue,
                 Template::Dynamic(_) => match request_values.iter().find(|(j, _)| *j == i) {
@@ -679,13 +718,13 @@ struct RequestCache {
 impl RequestCache {
     fn path(&mut self, s: &mut impl Stream) -> Option<&str> {
         self.path
-            .get_or_insert_with(|| s.header(Direction::Request, ":path"))
+            .get_or_insert_with(|| s.request_header(":path"))
             .as_deref()
     }
 
     fn method(&mut self, s: &mut impl Stream) -> Option<&str> {
         self.method
-            .get_or_insert_with(|| s.header(Direction::Request, ":method"))
+            .get_or_insert_with(|| s.request_header(":method"))
             .as_deref()
     }
 
@@ -701,7 +740,7 @@ impl RequestCache {
             return false;
         }
         if let Some(h) = &c.header_present
-            && s.header(Direction::Request, h).is_none()
+            && s.request_header(h).is_none()
         {
             return false;
         }
@@ -714,7 +753,7 @@ impl RequestCache {
             match seg {
                 Segment::Lit(t) => out.push_str(t),
                 Segment::Attr(Attr::RequestHeader(h)) => {
-                    if let Some(v) = s.header(Direction::Request, h) {
+                    if let Some(v) = s.request_header(h) {
                         out.push_str(&v);
                     }
                 }
@@ -869,9 +908,11 @@ fn placeholder(key: &str) -> Result<Placeholder, String> {
     use Placeholder::{Constant, Stream};
     let p = |path: &'static [&'static str]| Stream(Attr::Property(path));
     Ok(match key {
-        "request.path" => p(&["request", "path"]),
+        // The attributes `request.path` and `request.method` are the `:path` and `:method`
+        // headers: read them with the other request headers, in the same fetch.
+        "request.path" => Stream(Attr::RequestHeader(":path".into())),
         "request.url_path" => p(&["request", "url_path"]),
-        "request.method" => p(&["request", "method"]),
+        "request.method" => Stream(Attr::RequestHeader(":method".into())),
         "request.host" => p(&["request", "host"]),
         "request.scheme" => p(&["request", "scheme"]),
         "request.id" => p(&["request", "id"]),
@@ -925,6 +966,8 @@ mod tests {
         resp: Vec<(String, String)>,
         props: HashMap<String, String>,
         outcomes: Vec<(usize, Outcome)>,
+        /// Host calls that remove a header.
+        removes: usize,
     }
 
     impl Fake {
@@ -969,10 +1012,11 @@ mod tests {
             self.map(map).push((name.into(), value.into()));
         }
         fn set_header(&mut self, map: Direction, name: &str, value: &str) {
-            self.remove_header(map, name);
+            self.map(map).retain(|(k, _)| k != name);
             self.append_header(map, name, value);
         }
         fn remove_header(&mut self, map: Direction, name: &str) {
+            self.removes += 1;
             self.map(map).retain(|(k, _)| k != name);
         }
         fn outcome(&mut self, rule: usize, outcome: Outcome) {
@@ -1256,6 +1300,57 @@ mod tests {
                 .len(),
             64
         );
+    }
+
+    #[test]
+    fn request_path_and_method_are_the_pseudo_headers() {
+        let cfg = compile(
+            r#"{"rules":[{"direction":"request","op":"set","name":"x-route","value":"${request.method} ${request.path}"}]}"#,
+        )
+        .unwrap();
+        // No attribute is set: the values come from the request's own header map.
+        let mut s = Fake::request(&[(":path", "/p?q"), (":method", "GET")]);
+        run(&cfg, &mut s);
+        assert_eq!(s.values(Direction::Request, "x-route"), ["GET /p?q"]);
+    }
+
+    #[test]
+    fn removing_an_absent_header_makes_no_host_call_when_the_request_is_read_anyway() {
+        let cfg = compile(
+            r#"{"rules":[
+            {"direction":"request","op":"remove","name":"x-token"},
+            {"direction":"request","op":"set","name":"x-route","value":"${request.path}"}
+        ]}"#,
+        )
+        .unwrap();
+        let mut s = Fake::request(&[(":path", "/")]);
+        run(&cfg, &mut s);
+        assert_eq!(s.removes, 0);
+        assert!(s.outcomes.contains(&(0, Outcome::Applied)));
+        let mut s = Fake::request(&[(":path", "/"), ("x-token", "secret")]);
+        run(&cfg, &mut s);
+        assert_eq!(s.removes, 1);
+        assert!(s.values(Direction::Request, "x-token").is_empty());
+
+        // An earlier rule may add the header: then the remove always happens.
+        let cfg = compile(
+            r#"{"rules":[
+            {"direction":"request","name":"x-token","value":"${request.path}"},
+            {"direction":"request","op":"remove","name":"x-token"}
+        ]}"#,
+        )
+        .unwrap();
+        let mut s = Fake::request(&[(":path", "/")]);
+        run(&cfg, &mut s);
+        assert_eq!(s.removes, 1);
+        assert!(s.values(Direction::Request, "x-token").is_empty());
+
+        // Nothing else reads the request: a plain remove call, no read first.
+        let cfg = compile(r#"{"rules":[{"direction":"request","op":"remove","name":"x-token"}]}"#)
+            .unwrap();
+        let mut s = Fake::request(&[(":path", "/")]);
+        run(&cfg, &mut s);
+        assert_eq!(s.removes, 1);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod glue {
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
     use std::rc::Rc;
+    use std::sync::atomic::{AtomicU8, Ordering};
     use std::time::Duration;
 
     /// How often each worker re-reads Envoy's `wasm` log level, so that `/logging?wasm=debug`
@@ -25,9 +26,30 @@ mod glue {
     const LOG_LEVEL_REFRESH: Duration = Duration::from_secs(5);
 
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
+        // A panic (none is expected: clippy denies them) still reaches Envoy's log.
+        std::panic::set_hook(Box::new(|info| {
+            let _ = hostcalls::log(LogLevel::Critical, &info.to_string());
+        }));
         proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
     }}
+
+    /// The least severe level Envoy's `wasm` logger keeps (a `LogLevel` as a number), so that a
+    /// message below it costs neither formatting nor a host call. Starts at `Info`, Envoy's default.
+    static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+    /// Whether Envoy keeps messages of `level`.
+    fn enabled(level: LogLevel) -> bool {
+        level as u8 >= LEVEL.load(Ordering::Relaxed)
+    }
+
+    /// Log `message` (built only when the level is enabled) through `proxy_log`. The filter logs
+    /// with these two functions rather than the `log` crate and the SDK's logger: no logger
+    /// object or macro dispatch in the module, and a disabled level costs one load.
+    fn log(level: LogLevel, message: impl FnOnce() -> String) {
+        if enabled(level) {
+            let _ = hostcalls::log(level, &message());
+        }
+    }
 
     /// A compiled configuration and the counters defined for it.
     struct Active {
@@ -41,18 +63,10 @@ mod glue {
         active: Option<Rc<Active>>,
     }
 
-    /// Follow Envoy's level. (`proxy_wasm::set_log_level` is called once, in `main!`, which
-    /// installs the logger; here only the filter level changes.)
+    /// Follow Envoy's level.
     fn refresh_log_level() {
         if let Ok(level) = hostcalls::get_log_level() {
-            log::set_max_level(match level {
-                LogLevel::Trace => log::LevelFilter::Trace,
-                LogLevel::Debug => log::LevelFilter::Debug,
-                LogLevel::Info => log::LevelFilter::Info,
-                LogLevel::Warn => log::LevelFilter::Warn,
-                LogLevel::Error => log::LevelFilter::Error,
-                LogLevel::Critical => log::LevelFilter::Off,
-            });
+            LEVEL.store(level as u8, Ordering::Relaxed);
         }
     }
 
@@ -69,7 +83,9 @@ mod glue {
             let config = match Config::compile(&json, &constant) {
                 Ok(c) => c,
                 Err(e) => {
-                    log::error!("header-filter: invalid configuration: {e}");
+                    log(LogLevel::Error, || {
+                        format!("header-filter: invalid configuration: {e}")
+                    });
                     return false;
                 }
             };
@@ -87,26 +103,32 @@ mod glue {
                 match (define("applied"), define("skipped")) {
                     (Ok(a), Ok(s)) => metrics.push((a, s)),
                     (Err(e), _) | (_, Err(e)) => {
-                        log::error!("header-filter: cannot define metrics for rule {i}: {e:?}");
+                        log(LogLevel::Error, || {
+                            format!("header-filter: cannot define metrics for rule {i}: {e:?}")
+                        });
                         return false;
                     }
                 }
-                log::info!(
-                    "header-filter: rule {i}: {} {} {}{}",
-                    rule.direction,
-                    rule.op,
-                    rule.name,
-                    if rule.when.is_some() {
-                        " (conditional)"
-                    } else {
-                        ""
-                    }
-                );
+                log(LogLevel::Info, || {
+                    format!(
+                        "header-filter: rule {i}: {} {} {}{}",
+                        rule.direction,
+                        rule.op,
+                        rule.name,
+                        if rule.when.is_some() {
+                            " (conditional)"
+                        } else {
+                            ""
+                        }
+                    )
+                });
             }
-            log::info!(
-                "header-filter: configured {} rule(s) for plugin {plugin}",
-                config.rules().len()
-            );
+            log(LogLevel::Info, || {
+                format!(
+                    "header-filter: configured {} rule(s) for plugin {plugin}",
+                    config.rules().len()
+                )
+            });
             self.active = Some(Rc::new(Active { config, metrics }));
             self.set_tick_period(LOG_LEVEL_REFRESH);
             true
@@ -142,6 +164,9 @@ mod glue {
     struct Host<'a> {
         metrics: &'a [(u32, u32)],
         config: &'a Config,
+        /// The request headers as they reached the filter, fetched in one host call the first
+        /// time a condition or placeholder reads one.
+        request: Option<Vec<(String, String)>>,
     }
 
     fn map_type(d: Direction) -> MapType {
@@ -163,21 +188,37 @@ mod glue {
             hostcalls::get_map_value(map_type(map), name).ok().flatten()
         }
 
+        fn request_header(&mut self, name: &str) -> Option<String> {
+            self.request
+                .get_or_insert_with(|| {
+                    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+                })
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+
         fn append_header(&mut self, map: Direction, name: &str, value: &str) {
             if let Err(e) = hostcalls::add_map_value(map_type(map), name, value) {
-                log::warn!("header-filter: cannot append {map} header {name}: {e:?}");
+                log(LogLevel::Warn, || {
+                    format!("header-filter: cannot append {map} header {name}: {e:?}")
+                });
             }
         }
 
         fn set_header(&mut self, map: Direction, name: &str, value: &str) {
             if let Err(e) = hostcalls::set_map_value(map_type(map), name, Some(value)) {
-                log::warn!("header-filter: cannot set {map} header {name}: {e:?}");
+                log(LogLevel::Warn, || {
+                    format!("header-filter: cannot set {map} header {name}: {e:?}")
+                });
             }
         }
 
         fn remove_header(&mut self, map: Direction, name: &str) {
             if let Err(e) = hostcalls::remove_map_value(map_type(map), name) {
-                log::warn!("header-filter: cannot remove {map} header {name}: {e:?}");
+                log(LogLevel::Warn, || {
+                    format!("header-filter: cannot remove {map} header {name}: {e:?}")
+                });
             }
         }
 
@@ -190,15 +231,15 @@ mod glue {
                 Outcome::Skipped => skipped,
             };
             let _ = hostcalls::increment_metric(id, 1);
-            if log::log_enabled!(log::Level::Debug)
+            if enabled(LogLevel::Debug)
                 && let Some(r) = self.config.rules().get(rule)
             {
-                log::debug!(
-                    "header-filter: rule {rule} ({} {} {}): {outcome}",
-                    r.direction,
-                    r.op,
-                    r.name
-                );
+                log(LogLevel::Debug, || {
+                    format!(
+                        "header-filter: rule {rule} ({} {} {}): {outcome}",
+                        r.direction, r.op, r.name
+                    )
+                });
             }
         }
     }
@@ -213,6 +254,7 @@ mod glue {
                 let mut host = Host {
                     metrics: &a.metrics,
                     config: &a.config,
+                    request: None,
                 };
                 self.state = a.config.on_request(&mut host);
             }
@@ -226,6 +268,7 @@ mod glue {
                 let mut host = Host {
                     metrics: &a.metrics,
                     config: &a.config,
+                    request: None,
                 };
                 a.config.on_response(&self.state, &mut host);
             }

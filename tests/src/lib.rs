@@ -82,6 +82,14 @@ pub fn callout_wasm() -> PathBuf {
         .clone()
 }
 
+/// `minimal_filter.wasm` (examples/minimal-filter), built once per test process.
+pub fn minimal_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_wasm("minimal-filter", "minimal_filter.wasm"))
+        .clone()
+}
+
 /// A compiled module in the process-wide harness runtime.
 pub fn harness_module(path: &Path) -> proxy_wasm_harness::Module {
     proxy_wasm_harness::Module::from_file(&proxy_wasm_harness::Runtime::shared(), path)
