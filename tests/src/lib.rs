@@ -66,6 +66,28 @@ fn build_wasm(package: &str, artifact: &str) -> PathBuf {
     path
 }
 
+/// Run `openssl ARGS` in `dir` (the tests' keys and certificates) and return what it printed.
+pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (Debian openssl; run scripts/setup)");
+    assert!(out.status.success(), "openssl {args:?} failed: {out:?}");
+    out.stdout
+}
+
+/// A self-signed certificate `cert` (usable as a CA) with its key `key`, in `dir`.
+pub fn self_signed(dir: &Path, subject: &str, key: &str, cert: &str) {
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
+            "-keyout", key, "-out", cert,
+        ],
+    );
+}
+
 /// `header_filter.wasm`, built once per test process.
 pub fn filter_wasm() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();

@@ -98,22 +98,9 @@ impl Registry {
             .expect("write leaf.ext");
             // A CA, and the registry's certificate signed by it (webpki refuses a CA
             // certificate as the server's own).
-            let steps: [&[&str]; 3] = [
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=e2e test CA",
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.pem",
-                ],
+            crate::self_signed(d, "/CN=e2e test CA", "ca.key", "ca.pem");
+            crate::openssl(
+                d,
                 &[
                     "req",
                     "-newkey",
@@ -126,6 +113,9 @@ impl Registry {
                     "-out",
                     "leaf.csr",
                 ],
+            );
+            crate::openssl(
+                d,
                 &[
                     "x509",
                     "-req",
@@ -143,15 +133,7 @@ impl Registry {
                     "-out",
                     "cert.pem",
                 ],
-            ];
-            for args in steps {
-                let out = Command::new("openssl")
-                    .args(args)
-                    .current_dir(d)
-                    .output()
-                    .expect("run openssl");
-                assert!(out.status.success(), "openssl {args:?} failed: {out:?}");
-            }
+            );
             tls_yaml = format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),

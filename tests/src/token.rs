@@ -41,31 +41,8 @@ struct Signer {
 impl TokenIssuer {
     /// Make a signing key and certificate in `dir` and serve tokens to `user`/`password`.
     pub fn start(dir: &Path, user: &str, password: &str) -> TokenIssuer {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl");
-            assert!(out.status.success(), "openssl {args:?} failed: {out:?}");
-            out.stdout
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=e2e token signer",
-            "-keyout",
-            "token.key",
-            "-out",
-            "token.pem",
-        ]);
-        let der = run(&["x509", "-in", "token.pem", "-outform", "DER"]);
+        crate::self_signed(dir, "/CN=e2e token signer", "token.key", "token.pem");
+        let der = crate::openssl(dir, &["x509", "-in", "token.pem", "-outform", "DER"]);
         let signer = Arc::new(Signer {
             key: dir.join("token.key"),
             cert_der_b64: STANDARD.encode(der),
