@@ -26,7 +26,7 @@ lint-filters: setup
 	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -- -D warnings
 
 test: setup lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry)
-	$(CARGO) test --workspace
+	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace
 
 demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot update under the same tag; stop all
 	@scripts/demo

@@ -118,12 +118,24 @@ pub fn harness_module(path: &Path) -> proxy_wasm_harness::Module {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Build the `wasmctl` binary (`profile`: "dev" or "release") once per test process and return
-/// its path; tests run it as a subprocess, as users do.
+/// The `wasmctl` binary (debug), built once per test process unless `E2E_WASMCTL_BIN` names it;
+/// tests run it as a subprocess, as users do.
 pub fn wasmctl_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // `make test` runs `cargo test --workspace`, which builds this very binary (for
+            // wasmctl's own tests) with the workspace's test features; it names it here, so no
+            // second build with other dependency features is made.
+            if let Some(bin) = std::env::var_os("E2E_WASMCTL_BIN") {
+                let bin = PathBuf::from(bin);
+                assert!(
+                    bin.is_file(),
+                    "E2E_WASMCTL_BIN={} is not a file",
+                    bin.display()
+                );
+                return bin;
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(workspace_root())
