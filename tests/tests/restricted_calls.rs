@@ -43,6 +43,12 @@ const ENVIRON_SIZES_GET: Call = (
     "(param i32 i32) (result i32)",
     "(i32.const 40) (i32.const 44)",
 );
+const FD_FDSTAT_GET: Call = (
+    "wasi_snapshot_preview1",
+    "fd_fdstat_get",
+    "(param i32 i32) (result i32)",
+    "(i32.const 1) (i32.const 64)",
+);
 const GET_PROPERTY: Call = (
     "env",
     "proxy_get_property",
@@ -130,6 +136,7 @@ fn envoy_and_the_harness_agree_on_calls_restricted_at_start_and_in_malloc() {
         (Place::Initialize, CLOCK_TIME_GET, true),
         (Place::Initialize, RANDOM_GET, true),
         (Place::Initialize, ENVIRON_SIZES_GET, true),
+        (Place::Initialize, FD_FDSTAT_GET, true),
         (Place::Initialize, GET_PROPERTY, false),
         (Place::Initialize, SET_TICK, false),
         (Place::Initialize, SCHED_YIELD, false),
