@@ -392,11 +392,12 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             m.map_or_else(|| 0u32.to_le_bytes().to_vec(), HeaderMap::serialize)
         };
         let size = |m: Option<&HeaderMap>| m.map_or(0, HeaderMap::byte_size) as i64;
-        let status = s
-            .response_headers
-            .as_ref()
-            .and_then(|h| h.get_bytes(":status"))
-            .and_then(|c| std::str::from_utf8(c).ok()?.parse::<i64>().ok());
+        let status = || {
+            s.response_headers
+                .as_ref()
+                .and_then(|h| h.get_bytes(":status"))
+                .and_then(|c| std::str::from_utf8(c).ok()?.parse::<i64>().ok())
+        };
         let derived = match key.as_str() {
             "request\0path" => rh(":path"),
             "request\0url_path" => rh(":path").map(|p| {
@@ -424,14 +425,14 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             "request\0total_size" => {
                 Some(int(s.request_bytes as i64 + size(req) + size(req_trailers)))
             }
-            "response\0code" => status.map(int),
+            "response\0code" => status().map(int),
             "response\0code_details" => match (&s.local_response, &s.response_headers) {
                 (Some(l), _) => Some(l.details.clone().into_bytes()),
                 (None, Some(_)) => Some(b"via_upstream".to_vec()),
                 (None, None) => None,
             },
             "response\0flags" => Some(int(0)),
-            "response\0grpc_status" => status.map(|code| {
+            "response\0grpc_status" => status().map(|code| {
                 let header = resp_trailers
                     .and_then(|t| t.get_bytes("grpc-status"))
                     .or_else(|| resp.and_then(|h| h.get_bytes("grpc-status")))
