@@ -47,16 +47,7 @@ impl Agent {
             dir: tmp,
             addr: "127.0.0.1:0".parse().expect("addr"),
         };
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(addr) = fs::read(&status)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|v| v["listen"].as_str().and_then(|a| a.parse().ok()))
-            {
-                agent.addr = addr;
-                return agent;
-            }
+        let addr = crate::poll_until(Instant::now() + START_DEADLINE, || {
             if let Some(s) = agent
                 .child
                 .as_mut()
@@ -67,12 +58,20 @@ impl Agent {
                     agent.log()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
+            fs::read(&status)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["listen"].as_str().and_then(|a| a.parse().ok()))
+        });
+        match addr {
+            Some(addr) => {
+                agent.addr = addr;
+                agent
+            }
+            None => panic!(
                 "agent wrote no status within {START_DEADLINE:?}\n---- log ----\n{}",
                 agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(25));
+            ),
         }
     }
 
@@ -129,17 +128,14 @@ impl Agent {
         http1::get(self.addr, "/readyz", &[]).is_ok_and(|r| r.status() == 200)
     }
 
-    /// Poll `cond` every 50 ms until it holds; fail with `what` and the log after `deadline`.
+    /// Poll `cond` until it holds; fail with `what` and the log after `deadline`.
     pub fn wait_for(&self, what: &str, deadline: Duration, mut cond: impl FnMut(&Agent) -> bool) {
-        let end = Instant::now() + deadline;
-        while !cond(self) {
-            assert!(
-                Instant::now() < end,
+        if crate::poll_until(Instant::now() + deadline, || cond(self).then_some(())).is_none() {
+            panic!(
                 "agent: {what} did not happen within {deadline:?}\n---- status ----\n{}\n---- log ----\n{}",
                 serde_json::to_string_pretty(&self.status()).unwrap_or_default(),
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -157,11 +153,9 @@ impl Agent {
             .expect("run kill");
         assert!(ok.success(), "kill -TERM {} failed", child.id());
         let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = child.try_wait().expect("wait agent") {
-                return s;
-            }
-            if Instant::now() > end {
+        match crate::poll_until(end, || child.try_wait().expect("wait agent")) {
+            Some(s) => s,
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
@@ -169,7 +163,6 @@ impl Agent {
                     self.log()
                 );
             }
-            std::thread::sleep(Duration::from_millis(25));
         }
     }
 

@@ -220,27 +220,25 @@ impl Envoy {
     }
 
     fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!("envoy exited during startup with {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("envoy not ready within {READY_DEADLINE:?}"));
-            }
-            if let Some(admin) = fs::read_to_string(admin_path)
-                .ok()
-                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
-            {
-                self.admin = admin;
-                let ready = http1::get(admin, "/ready", &[]).is_ok_and(|r| r.status() == 200);
-                if ready && let Some(l) = self.listener_addr("main") {
-                    self.listener = l;
-                    return Ok(());
+        crate::poll_until(Instant::now() + READY_DEADLINE, || {
+            match self.child.try_wait() {
+                Err(e) => return Some(Err(e.to_string())),
+                Ok(Some(status)) => {
+                    return Some(Err(format!("envoy exited during startup with {status}")));
                 }
+                Ok(None) => {}
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            let admin = fs::read_to_string(admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())?;
+            self.admin = admin;
+            if !http1::get(admin, "/ready", &[]).is_ok_and(|r| r.status() == 200) {
+                return None;
+            }
+            self.listener = self.listener_addr("main")?;
+            Some(Ok(()))
+        })
+        .unwrap_or_else(|| Err(format!("envoy not ready within {READY_DEADLINE:?}")))
     }
 
     fn listener_addr(&self, name: &str) -> Option<SocketAddr> {

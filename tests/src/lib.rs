@@ -66,6 +66,27 @@ fn build_wasm(package: &str, artifact: &str) -> PathBuf {
     path
 }
 
+/// How often [`poll_until`] asks again.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Wait by polling: call `step` until it returns `Some` (its value is returned) or `deadline`
+/// passes (`None`), pausing [`POLL_INTERVAL`] between calls. Every wait for a server in these
+/// tests goes through here, so none sleeps a fixed time.
+pub fn poll_until<T>(
+    deadline: std::time::Instant,
+    mut step: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        if let Some(v) = step() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// Run `openssl ARGS` in `dir` (the tests' keys and certificates) and return what it printed.
 pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl")

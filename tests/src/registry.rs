@@ -188,23 +188,20 @@ impl Registry {
 
     /// Err(true): the process exited (retry on another port); Err(false): deadline.
     fn wait_ready(&mut self) -> Result<(), bool> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
+        let (child, addr) = (&mut self.child, self.addr);
+        crate::poll_until(Instant::now() + READY_DEADLINE, || {
+            if let Some(child) = child.as_mut()
                 && child.try_wait().ok().flatten().is_some()
             {
-                return Err(true);
+                return Some(Err(true));
             }
             // 200 anonymous, 401 with auth: either way it serves the API; a TLS listener
             // answers plain HTTP with 400.
-            if let Ok(r) = http1::get(self.addr, "/v2/", &[])
-                && matches!(r.status(), 200 | 401 | 400)
-            {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Err(false)
+            http1::get(addr, "/v2/", &[])
+                .is_ok_and(|r| matches!(r.status(), 200 | 401 | 400))
+                .then_some(Ok(()))
+        })
+        .unwrap_or(Err(false))
     }
 
     /// `127.0.0.1:PORT`.

@@ -222,9 +222,8 @@ fn envoy_outcome(wasm: &std::path::Path) -> Outcome {
         at_headers.insert(path.to_string(), v.to_string());
     }
     // on_log runs once the response is sent: poll Envoy's log for the lines.
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut at_log = BTreeMap::new();
-    while at_log.len() < PATHS.len() && Instant::now() < deadline {
+    e2e::poll_until(Instant::now() + Duration::from_secs(10), || {
         for line in proxy.log().lines() {
             if let Some((_, msg)) = line.split_once("probe probe probe: ")
                 && let Some((i, v)) = parse_probe_line(msg)
@@ -232,8 +231,8 @@ fn envoy_outcome(wasm: &std::path::Path) -> Outcome {
                 at_log.insert(PATHS[i].to_string(), v);
             }
         }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+        (at_log.len() == PATHS.len()).then_some(())
+    });
     assert_eq!(at_log.len(), PATHS.len(), "on_log lines:\n{}", proxy.log());
     proxy.stop();
     Outcome { at_headers, at_log }
