@@ -15,6 +15,7 @@
 //! ```
 
 use crate::error::{Error, Result};
+use proxy_wasm_harness::abi::LogLevel;
 use proxy_wasm_harness::scenario::Scenario;
 use proxy_wasm_harness::{Host, Module, Plugin, Runtime};
 use serde::Serialize;
@@ -77,18 +78,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn start(module: &Module, scenario: &Scenario) -> std::result::Result<(Host, Plugin), String> {
-    let host = Host::new();
-    host.set_log_level(proxy_wasm_harness::abi::LogLevel::Info);
-    let mut known: Vec<&str> = vec!["upstream"];
-    known.extend(scenario.clusters.keys().map(String::as_str));
-    host.set_clusters(&known);
-    let plugin = host
-        .plugin(module)
-        .root_id(&scenario.root_id)
-        .configuration(&scenario.configuration)
-        .start()
-        .map_err(|e| e.to_string())?;
-    Ok((host, plugin))
+    // Envoy's default `wasm` log level: per-request debug lines are not formatted.
+    let (host, plugin) = crate::run::start(module, scenario, LogLevel::Info);
+    Ok((host, plugin.map_err(|e| e.to_string())?))
 }
 
 /// Compile `module`, time plugin starts, then run `scenario` `requests` times through one

@@ -13,6 +13,7 @@
 //! ```
 
 use crate::error::{Error, Result};
+use proxy_wasm_harness::abi::LogLevel;
 use proxy_wasm_harness::scenario::{Outcome, Scenario};
 use proxy_wasm_harness::{Host, Module, Runtime};
 use serde::Serialize;
@@ -109,21 +110,33 @@ pub fn diff(before: &[(String, String)], after: &[(String, String)]) -> Vec<Chan
     out
 }
 
+/// A fresh host that knows `scenario`'s clusters (and `upstream`), with the `wasm` log level
+/// `level`, and the scenario's plugin started in it.
+pub(crate) fn start(
+    module: &Module,
+    scenario: &Scenario,
+    level: LogLevel,
+) -> (Host, proxy_wasm_harness::Result<proxy_wasm_harness::Plugin>) {
+    let host = Host::new();
+    host.set_log_level(level);
+    let mut known: Vec<&str> = vec!["upstream"];
+    known.extend(scenario.clusters.keys().map(String::as_str));
+    host.set_clusters(&known);
+    let plugin = host
+        .plugin(module)
+        .root_id(&scenario.root_id)
+        .configuration(&scenario.configuration)
+        .start();
+    (host, plugin)
+}
+
 /// Load `module` and run `scenario` through it in a fresh harness host.
 pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
     let m = Module::from_file(&Runtime::shared(), module).map_err(|e| Error::Harness {
         file: module.to_path_buf(),
         message: e.to_string(),
     })?;
-    let host = Host::new();
-    let mut known: Vec<&str> = vec!["upstream"];
-    known.extend(scenario.clusters.keys().map(String::as_str));
-    host.set_clusters(&known);
-    let plugin = host
-        .plugin(&m)
-        .root_id(&scenario.root_id)
-        .configuration(&scenario.configuration)
-        .start();
+    let (host, plugin) = start(&m, scenario, LogLevel::Trace);
     let logs = |host: &Host| {
         host.logs()
             .into_iter()
