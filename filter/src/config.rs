@@ -31,7 +31,10 @@
 //! ```
 
 use crate::json::{self, CharName, Json, Node, Quoted};
-use std::fmt;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use alloc::{format, vec};
+use core::fmt;
 
 /// The most rules one configuration may hold (the per-stream state is one 64-bit set).
 pub const MAX_RULES: usize = 64;
@@ -56,16 +59,13 @@ pub const PLACEHOLDERS: &[&str] = &[
 ];
 
 /// A configuration that was rejected, with the field that is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     /// The plugin configuration is empty.
-    #[error("configuration is empty: expected {{\"name\":..,\"value\":..}} or {{\"rules\":[..]}}")]
     Empty,
     /// The configuration is not well-formed JSON.
-    #[error("malformed JSON: {0}")]
     Syntax(String),
     /// A field has the wrong type or is not a known field.
-    #[error("{field}: {message}")]
     Shape {
         /// Path of the field, e.g. `rules[1].op`, or `.` for the top level.
         field: String,
@@ -73,7 +73,6 @@ pub enum ConfigError {
         message: String,
     },
     /// A field parsed but its value is not allowed.
-    #[error("{field}: {message}")]
     Invalid {
         /// Path of the field, e.g. `rules[0].name`.
         field: String,
@@ -81,6 +80,22 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Empty => f.write_str(
+                "configuration is empty: expected {\"name\":..,\"value\":..} or {\"rules\":[..]}",
+            ),
+            ConfigError::Syntax(m) => write!(f, "malformed JSON: {m}"),
+            ConfigError::Shape { field, message } | ConfigError::Invalid { field, message } => {
+                write!(f, "{field}: {message}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -878,7 +893,7 @@ fn template(v: &str, constant: &dyn Fn(&[&str]) -> Option<String>) -> Result<Tem
                 }
                 Placeholder::Stream(attr) => {
                     if !lit.is_empty() {
-                        segs.push(Segment::Lit(std::mem::take(&mut lit)));
+                        segs.push(Segment::Lit(core::mem::take(&mut lit)));
                     }
                     segs.push(Segment::Attr(attr));
                 }

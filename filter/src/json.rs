@@ -13,7 +13,10 @@
 //! assert_eq!(fields[1].1.at.column, 22);
 //! ```
 
-use std::fmt;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
 
 /// How deep arrays and objects may nest.
 pub const MAX_DEPTH: usize = 32;

@@ -268,6 +268,19 @@ impl Envoy {
         })
     }
 
+    /// A counter that a filter adds to periodically (the header filter sums its rule counters in
+    /// the VM and adds them once a second): polled until it equals `want`, for at most 5 s.
+    /// Returns the last value read, so that a mismatch shows what Envoy had.
+    pub fn stat_reaches(&self, name: &str, want: u64) -> Option<u64> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut last = None;
+        crate::poll_until(deadline, || {
+            last = self.stat(name);
+            (last == Some(want)).then_some(())
+        });
+        last
+    }
+
     /// Envoy's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

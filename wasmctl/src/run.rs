@@ -160,6 +160,13 @@ pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
         file: module.to_path_buf(),
         message: e.to_string(),
     })?;
+    // Stop the plugin as Envoy does when its filter is removed (`proxy_on_done`, then
+    // `proxy_on_delete` of the root context), so that what a filter keeps in the VM and reports
+    // on stop (counters it sums before adding them to the host's, say) is in the report.
+    plugin.shutdown().map_err(|e| Error::Harness {
+        file: module.to_path_buf(),
+        message: format!("stopping the plugin after the request: {e}"),
+    })?;
     let client_sent = proxy_wasm_harness::scenario::filtered(
         scenario
             .request_headers()
