@@ -84,7 +84,7 @@ impl HeaderMap {
         self.entries.reserve(pairs.len());
         self.bytes.reserve(size);
         for (k, v) in pairs {
-            self.add(k.as_ref(), v.as_ref());
+            self.push(k.as_ref(), v.as_ref());
         }
     }
 
@@ -139,15 +139,20 @@ impl HeaderMap {
 
     /// Append a value (Envoy's `addCopy`).
     pub fn add(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let value = value.as_ref();
+        self.push(name, value.as_ref());
+    }
+
+    /// `add`, inlined into the loop of `extend_from_pairs`: a map of a stream's headers is built
+    /// for every stream, and a call per header was a measurable part of it.
+    #[inline(always)]
+    fn push(&mut self, name: &str, value: &[u8]) {
         let at = self.bytes.len();
         // Names come in as `&str` and lower-casing ASCII keeps them UTF-8 (see `iter`). Most
-        // names are lower-case already: then they are copied as they are.
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.bytes
-                .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
-        } else {
-            self.bytes.extend_from_slice(name.as_bytes());
+        // names are lower-case already: they are copied as they are, and only a name with an
+        // upper-case letter is lower-cased in place.
+        self.bytes.extend_from_slice(name.as_bytes());
+        if has_ascii_uppercase(name.as_bytes()) {
+            self.bytes[at..].make_ascii_lowercase();
         }
         self.bytes.extend_from_slice(value);
         self.entries.push(Entry {
@@ -219,6 +224,45 @@ impl HeaderMap {
         }
         Some(m)
     }
+}
+
+/// Whether `s` has a byte in `A..=Z`. Eight bytes at a time: header names are checked on every
+/// header of every stream, and a byte-at-a-time scan was the largest part of building a map.
+#[inline(always)]
+fn has_ascii_uppercase(s: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = LO * 0x80;
+    // Per byte: the high bit says whether it is in `A..=Z`. The low seven bits plus 0x3f (or
+    // 0x25) carry into the high bit exactly when they are >= 'A' (or > 'Z'), and never into the
+    // next byte; bytes with the high bit set (UTF-8 beyond ASCII) are masked out.
+    fn upper(w: u64) -> u64 {
+        let low = w & !HI;
+        let at_least_a = low + LO * u64::from(0x80 - b'A');
+        let above_z = low + LO * u64::from(0x80 - b'Z' - 1);
+        at_least_a & !above_z & !w & HI
+    }
+    let n = s.len();
+    let word = |at: usize| s.get(at..at + 8).and_then(|w| w.first_chunk::<8>());
+    let half = |at: usize| s.get(at..at + 4).and_then(|w| w.first_chunk::<4>());
+    let mut found = 0;
+    if n >= 8 {
+        let (words, _) = s.as_chunks::<8>();
+        for w in words {
+            found |= upper(u64::from_le_bytes(*w));
+        }
+        // The last eight bytes again (checking a byte twice changes nothing).
+        if let Some(w) = word(n - 8) {
+            found |= upper(u64::from_le_bytes(*w));
+        }
+    } else if let (Some(a), Some(b)) = (half(0), half(n.saturating_sub(4))) {
+        // 4 to 7 bytes: the first four and the last four, overlapping.
+        found = upper(u64::from(u32::from_le_bytes(*a)) | u64::from(u32::from_le_bytes(*b)) << 32);
+    } else if n > 0 {
+        // 1 to 3 bytes: first, middle and last cover them all.
+        let w = u64::from(s[0]) | u64::from(s[n / 2]) << 8 | u64::from(s[n - 1]) << 16;
+        found = upper(w);
+    }
+    found != 0
 }
 
 /// Serialize `(key, value)` pairs in the proxy-wasm pairs format.
@@ -301,6 +345,41 @@ mod tests {
         assert_eq!(
             deserialize_pairs(&[]).unwrap(),
             Vec::<(&[u8], &[u8])>::new()
+        );
+    }
+
+    #[test]
+    fn upper_case_is_found_at_any_position_and_length() {
+        for len in 0..20 {
+            let lower = "abcdefghijklmnopqrstuvwxyz:-0@[`{~"
+                .chars()
+                .cycle()
+                .take(len)
+                .collect::<String>();
+            assert!(!has_ascii_uppercase(lower.as_bytes()), "{lower}");
+            for at in 0..len {
+                for upper in ['A', 'M', 'Z'] {
+                    let mut name = lower.clone().into_bytes();
+                    name[at] = upper as u8;
+                    assert!(has_ascii_uppercase(&name), "{upper} at {at} of {len}");
+                }
+            }
+        }
+        // Bytes of UTF-8 beyond ASCII are never upper-case letters, whatever their low bits.
+        assert!(!has_ascii_uppercase("é-ÀÉ-ŽĀ".as_bytes()));
+        for b in 0..=255u8 {
+            assert_eq!(has_ascii_uppercase(&[b]), b.is_ascii_uppercase(), "{b}");
+            assert_eq!(has_ascii_uppercase(&[b; 9]), b.is_ascii_uppercase(), "{b}");
+        }
+        let mut h = HeaderMap::new();
+        h.add("X-Mixed-Case-Header-Name", "V");
+        h.add("x-lower", "W");
+        assert_eq!(
+            h.to_pairs(),
+            [
+                ("x-mixed-case-header-name".into(), "V".into()),
+                ("x-lower".into(), "W".into())
+            ]
         );
     }
 
