@@ -565,16 +565,16 @@ impl HttpStream {
                         Side::Request => (&mut s.request_headers, &mut s.request_headers_held),
                         Side::Response => (&mut s.response_headers, &mut s.response_headers_held),
                     };
-                    // The map being replaced, if any, else one a finished stream gave back.
-                    let mut map = match slot.take() {
-                        Some(mut m) => {
+                    // The map being replaced, if any, else one a finished stream gave back;
+                    // filled where it stays.
+                    let map = match slot {
+                        Some(m) => {
                             m.clear();
                             m
                         }
-                        None => d.map_pool.take(),
+                        None => slot.insert(d.map_pool.take()),
                     };
                     map.extend_from_pairs(pairs);
-                    *slot = Some(map);
                     *held = !bypass;
                     true
                 }
