@@ -17,32 +17,36 @@
 /// An ordered multimap of headers. Names are stored lower-case; values are bytes as Envoy allows
 /// (not necessarily UTF-8).
 ///
-/// Storage is one byte buffer (each entry's name then value, in entry order) and a list of
-/// offsets into it, so a map costs two allocations however many headers it holds, and none when
-/// [`HeaderMap::clear`]ed and refilled: the harness reuses maps across streams.
+/// Storage is two byte buffers, one of the names and one of the values (each in entry order),
+/// and a list of offsets into them, so a map costs three allocations however many headers it
+/// holds, and none when [`HeaderMap::clear`]ed and refilled: the harness reuses maps across
+/// streams. Names apart from values let the names of a whole batch of headers be checked for
+/// upper case in one pass.
 #[derive(Clone, Default)]
 pub struct HeaderMap {
     entries: Vec<Entry>,
-    bytes: Vec<u8>,
+    names: Vec<u8>,
+    values: Vec<u8>,
 }
 
-/// Where one entry's name and value are in `bytes`: name at `at..at + name`, value right after.
-/// Entries are in buffer order (`at` grows with the index).
+/// Where one entry's name and value are: `names[name_at..name_at + name]` and
+/// `values[value_at..value_at + value]`. Entries are in buffer order (offsets grow with the
+/// index).
 #[derive(Clone, Copy)]
 struct Entry {
-    at: usize,
+    name_at: usize,
     name: usize,
+    value_at: usize,
     value: usize,
 }
 
 impl Entry {
-    fn name<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
-        &bytes[self.at..self.at + self.name]
+    fn name<'a>(&self, names: &'a [u8]) -> &'a [u8] {
+        &names[self.name_at..self.name_at + self.name]
     }
 
-    fn value<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
-        let from = self.at + self.name;
-        &bytes[from..from + self.value]
+    fn value<'a>(&self, values: &'a [u8]) -> &'a [u8] {
+        &values[self.value_at..self.value_at + self.value]
     }
 }
 
@@ -77,26 +81,32 @@ impl HeaderMap {
 
     /// Append `(name, value)` pairs (names are lower-cased), sizing the storage once.
     pub fn extend_from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) {
-        let size: usize = pairs
-            .iter()
-            .map(|(k, v)| k.as_ref().len() + v.as_ref().len())
-            .sum();
+        let (names, values) = pairs.iter().fold((0, 0), |(n, v), (name, value)| {
+            (n + name.as_ref().len(), v + value.as_ref().len())
+        });
         self.entries.reserve(pairs.len());
-        self.bytes.reserve(size);
+        self.names.reserve(names);
+        self.values.reserve(values);
+        let from = self.names.len();
         for (k, v) in pairs {
-            self.add(k.as_ref(), v.as_ref());
+            self.push(k.as_ref().as_bytes(), v.as_ref());
         }
+        // Lower-casing every new name at once is lower-casing each (see `add`).
+        lower_case(&mut self.names[from..]);
     }
 
     /// Remove every entry, keeping the storage for reuse.
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.bytes.clear();
+        self.names.clear();
+        self.values.clear();
     }
 
     /// Bytes of storage held (for callers that pool maps and drop oversized ones).
     pub(crate) fn capacity(&self) -> usize {
-        self.bytes.capacity() + self.entries.capacity() * std::mem::size_of::<Entry>()
+        self.names.capacity()
+            + self.values.capacity()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
     }
 
     /// Number of entries (a repeated name counts each time).
@@ -119,16 +129,16 @@ impl HeaderMap {
     pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
         self.entries
             .iter()
-            .find(|e| e.name(&self.bytes).eq_ignore_ascii_case(name.as_bytes()))
-            .map(|e| e.value(&self.bytes))
+            .find(|e| e.name(&self.names).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|e| e.value(&self.values))
     }
 
     /// Every value of `name`, in order, as text (lossy).
     pub fn get_all(&self, name: &str) -> Vec<String> {
         self.entries
             .iter()
-            .filter(|e| e.name(&self.bytes).eq_ignore_ascii_case(name.as_bytes()))
-            .map(|e| String::from_utf8_lossy(e.value(&self.bytes)).into_owned())
+            .filter(|e| e.name(&self.names).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|e| String::from_utf8_lossy(e.value(&self.values)).into_owned())
             .collect()
     }
 
@@ -139,22 +149,23 @@ impl HeaderMap {
 
     /// Append a value (Envoy's `addCopy`).
     pub fn add(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let value = value.as_ref();
-        let at = self.bytes.len();
-        // Names come in as `&str` and lower-casing ASCII keeps them UTF-8 (see `iter`). Most
-        // names are lower-case already: then they are copied as they are.
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.bytes
-                .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
-        } else {
-            self.bytes.extend_from_slice(name.as_bytes());
-        }
-        self.bytes.extend_from_slice(value);
+        let from = self.names.len();
+        self.push(name.as_bytes(), value.as_ref());
+        lower_case(&mut self.names[from..]);
+    }
+
+    /// Append an entry as it is (the caller lower-cases the name), inlined into the loop of
+    /// `extend_from_pairs`: a map of a stream's headers is built for every stream.
+    #[inline(always)]
+    fn push(&mut self, name: &[u8], value: &[u8]) {
         self.entries.push(Entry {
-            at,
+            name_at: self.names.len(),
             name: name.len(),
+            value_at: self.values.len(),
             value: value.len(),
         });
+        self.names.extend_from_slice(name);
+        self.values.extend_from_slice(value);
     }
 
     /// Replace every value of `name` with one value, at the end of the map (Envoy 1.40's
@@ -167,29 +178,32 @@ impl HeaderMap {
     /// Remove every value of `name`.
     pub fn remove(&mut self, name: &str) {
         let name = name.as_bytes();
-        let bytes = &mut self.bytes;
-        let mut end = 0;
+        let (names, values) = (&mut self.names, &mut self.values);
+        let (mut names_end, mut values_end) = (0, 0);
         // Entries are in buffer order, so each kept one moves down (or stays) without
         // overwriting one not yet visited.
         self.entries.retain_mut(|e| {
-            if e.name(bytes).eq_ignore_ascii_case(name) {
+            if e.name(names).eq_ignore_ascii_case(name) {
                 return false;
             }
-            let len = e.name + e.value;
-            bytes.copy_within(e.at..e.at + len, end);
-            e.at = end;
-            end += len;
+            names.copy_within(e.name_at..e.name_at + e.name, names_end);
+            e.name_at = names_end;
+            names_end += e.name;
+            values.copy_within(e.value_at..e.value_at + e.value, values_end);
+            e.value_at = values_end;
+            values_end += e.value;
             true
         });
-        bytes.truncate(end);
+        names.truncate(names_end);
+        values.truncate(values_end);
     }
 
     /// The entries, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
         self.entries.iter().map(|e| {
             // Always UTF-8 (see `add`); the fallback is never taken.
-            let name = std::str::from_utf8(e.name(&self.bytes)).unwrap_or_default();
-            (name, e.value(&self.bytes))
+            let name = std::str::from_utf8(e.name(&self.names)).unwrap_or_default();
+            (name, e.value(&self.values))
         })
     }
 
@@ -202,7 +216,8 @@ impl HeaderMap {
 
     /// Size in bytes as Envoy's `byteSize` counts it: names plus values.
     pub fn byte_size(&self) -> usize {
-        self.entries.iter().map(|e| e.name + e.value).sum()
+        // The buffers hold exactly the entries' names and values (`remove` compacts them).
+        self.names.len() + self.values.len()
     }
 
     /// The pairs serialization.
@@ -219,6 +234,45 @@ impl HeaderMap {
         }
         Some(m)
     }
+}
+
+/// Lower-case the ASCII letters of `names` (names come in as `&str`, and lower-casing ASCII keeps
+/// them UTF-8, see `iter`). Most names are lower-case already: they are only checked.
+#[inline(always)]
+fn lower_case(names: &mut [u8]) {
+    if has_ascii_uppercase(names) {
+        names.make_ascii_lowercase();
+    }
+}
+
+/// Whether `s` has a byte in `A..=Z`. Eight bytes at a time: header names are checked on every
+/// header of every stream, and a byte-at-a-time scan was the largest part of building a map.
+fn has_ascii_uppercase(s: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = LO * 0x80;
+    // Per byte: the high bit says whether it is in `A..=Z`. The low seven bits plus 0x3f (or
+    // 0x25) carry into the high bit exactly when they are >= 'A' (or > 'Z'), and never into the
+    // next byte; bytes with the high bit set (UTF-8 beyond ASCII) are masked out.
+    fn upper(w: u64) -> u64 {
+        let low = w & !HI;
+        let at_least_a = low + LO * u64::from(0x80 - b'A');
+        let above_z = low + LO * u64::from(0x80 - b'Z' - 1);
+        at_least_a & !above_z & !w & HI
+    }
+    let (words, rest) = s.as_chunks::<8>();
+    let mut found = 0;
+    for w in words {
+        found |= upper(u64::from_le_bytes(*w));
+    }
+    if !rest.is_empty() {
+        // The last eight bytes again when there are that many (checking a byte twice changes
+        // nothing), else the few bytes there are.
+        match s.last_chunk::<8>() {
+            Some(w) => found |= upper(u64::from_le_bytes(*w)),
+            None => return rest.iter().any(u8::is_ascii_uppercase),
+        }
+    }
+    found != 0
 }
 
 /// Serialize `(key, value)` pairs in the proxy-wasm pairs format.
@@ -302,6 +356,59 @@ mod tests {
             deserialize_pairs(&[]).unwrap(),
             Vec::<(&[u8], &[u8])>::new()
         );
+    }
+
+    #[test]
+    fn upper_case_is_found_at_any_position_and_length() {
+        for len in 0..20 {
+            let lower = "abcdefghijklmnopqrstuvwxyz:-0@[`{~"
+                .chars()
+                .cycle()
+                .take(len)
+                .collect::<String>();
+            assert!(!has_ascii_uppercase(lower.as_bytes()), "{lower}");
+            for at in 0..len {
+                for upper in ['A', 'M', 'Z'] {
+                    let mut name = lower.clone().into_bytes();
+                    name[at] = upper as u8;
+                    assert!(has_ascii_uppercase(&name), "{upper} at {at} of {len}");
+                }
+            }
+        }
+        // Bytes of UTF-8 beyond ASCII are never upper-case letters, whatever their low bits.
+        assert!(!has_ascii_uppercase("é-ÀÉ-ŽĀ".as_bytes()));
+        for b in 0..=255u8 {
+            assert_eq!(has_ascii_uppercase(&[b]), b.is_ascii_uppercase(), "{b}");
+            assert_eq!(has_ascii_uppercase(&[b; 9]), b.is_ascii_uppercase(), "{b}");
+        }
+        let mut h = HeaderMap::new();
+        h.add("X-Mixed-Case-Header-Name", "V");
+        h.add("x-lower", "W");
+        h.add("ÀB", "X");
+        let expected: Vec<(String, String)> = vec![
+            ("x-mixed-case-header-name".into(), "V".into()),
+            ("x-lower".into(), "W".into()),
+            ("Àb".into(), "X".into()),
+        ];
+        assert_eq!(h.to_pairs(), expected);
+        // A batch lower-cases exactly as one name at a time; values keep their case.
+        let batch = HeaderMap::from_pairs(&[
+            ("X-Mixed-Case-Header-Name", "V"),
+            ("x-lower", "W"),
+            ("ÀB", "X"),
+        ]);
+        assert_eq!(batch.to_pairs(), expected);
+        assert_eq!(batch, h);
+        let mut m = HeaderMap::from_pairs(&[("a", "Value"), ("B", "2"), ("a", "x"), ("c", "3")]);
+        m.remove("A");
+        assert_eq!(
+            m.to_pairs(),
+            [("b".into(), "2".into()), ("c".into(), "3".into())]
+        );
+        assert_eq!(m.byte_size(), 4);
+        m.extend_from_pairs(&[("D", "4")]);
+        assert_eq!(m.get("d").as_deref(), Some("4"));
+        assert_eq!(m.get_all("B"), ["2"]);
     }
 
     #[test]

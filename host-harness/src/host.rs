@@ -954,8 +954,19 @@ impl Host {
         })
     }
 
-    /// Deliver work that had to wait for a callback to return (queue notifications).
+    /// Deliver work that had to wait for a callback to return (queue notifications). Called
+    /// after every callback of every stream, and almost always with nothing to do: that check is
+    /// inlined, the delivery is not.
+    #[inline]
     pub(crate) fn run_deferred(&self) -> Result<()> {
+        if self.shared.borrow().deferred.is_empty() {
+            return Ok(());
+        }
+        self.deliver_deferred()
+    }
+
+    #[cold]
+    fn deliver_deferred(&self) -> Result<()> {
         loop {
             let next = {
                 let mut s = self.shared.borrow_mut();

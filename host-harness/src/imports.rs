@@ -9,6 +9,7 @@ use crate::abi::{
 use crate::headers::{HeaderMap, deserialize_pairs};
 use crate::host::{GrpcCall, HttpCall};
 use crate::vm::{Abort, LocalResponse, Restriction, StreamCtx, VmState};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::Duration;
 use wasmtime::{Caller, ExternType, FuncType, Linker, Val};
@@ -48,7 +49,19 @@ fn memory_and_data<'a>(c: &'a mut C<'_>) -> Result<(&'a [u8], &'a mut VmState), 
 }
 
 fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> Result<String, Status> {
-    read(c, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
+    read(c, ptr, len).map(|b| {
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
+}
+
+/// `bytes` as text, invalid UTF-8 replaced (as `String::from_utf8_lossy`), borrowed when valid.
+/// Validation first: it takes a fast path for ASCII, which header names almost always are,
+/// while the lossy decoder walks every byte.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 fn write(c: &mut C<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
@@ -187,7 +200,7 @@ fn edit_header(
 ) -> i32 {
     let mut run = || -> Result<(), Status> {
         let (data, d) = memory_and_data(c)?;
-        let key = String::from_utf8_lossy(slice(data, kp, ks)?);
+        let key = text(slice(data, kp, ks)?);
         let value = slice(data, vp, vs)?;
         edit(header_map(d, t, true)?, &key, value);
         Ok(())
@@ -383,7 +396,7 @@ pub(crate) fn define(
         // cpp-host reads malformed pairs as an empty list: the map is cleared, and Ok.
         let mut new = HeaderMap::new();
         for (k, v) in deserialize_pairs(&raw).unwrap_or_default() {
-            new.add(&String::from_utf8_lossy(k), v);
+            new.add(&text(k), v);
         }
         *tri!(header_map(c.data_mut(), t, true)) = new;
         Ok(OK)
@@ -398,7 +411,7 @@ pub(crate) fn define(
         let v = {
             let (data, d) = tri!(memory_and_data(&mut c));
             // Lossy as the module's bytes may not be UTF-8; no copy when they are.
-            let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
+            let key = text(tri!(slice(data, kp, ks)));
             tri!(header_map(d, t, false))
                 .get_bytes(&key)
                 .map(<[u8]>::to_vec)
@@ -434,7 +447,7 @@ pub(crate) fn define(
                                            ks: i32|
      -> R {
         let (data, d) = tri!(memory_and_data(&mut c));
-        let key = String::from_utf8_lossy(tri!(slice(data, kp, ks)));
+        let key = text(tri!(slice(data, kp, ks)));
         tri!(header_map(d, t, true)).remove(&key);
         Ok(OK)
     });

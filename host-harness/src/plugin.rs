@@ -367,10 +367,12 @@ pub struct HttpStream {
     root: u32,
     /// The module is not consulted (fail-open, or after a failure reply).
     bypass: bool,
-    error: Option<Error>,
+    /// Boxed, as `failure_reply`: both are rare, and a small stream moves cheaply (it is
+    /// returned by value for every request).
+    error: Option<Box<Error>>,
     request_forwarded: Vec<u8>,
     response_forwarded: Vec<u8>,
-    failure_reply: Option<LocalResponse>,
+    failure_reply: Option<Box<LocalResponse>>,
     /// The stream's state once completed (the VM forgets it).
     finished: Option<Box<StreamCtx>>,
     local_reply_sent: bool,
@@ -405,19 +407,19 @@ impl HttpStream {
     /// status 14 (UNAVAILABLE). The module is not called again for this stream.
     fn fail_closed(&mut self) {
         self.bypass = true;
-        self.failure_reply = Some(LocalResponse {
+        self.failure_reply = Some(Box::new(LocalResponse {
             status: FAIL_CLOSED_STATUS,
             details: "wasm_fail_stream".into(),
             body: Vec::new(),
             headers: HeaderMap::new(),
             grpc_status: 14,
-        });
+        }));
     }
 
     fn fail(&mut self, e: Error) -> Error {
         // Whatever the policy, the stream in flight when the VM fails gets the 503.
         self.fail_closed();
-        self.error = Some(e.clone());
+        self.error = Some(Box::new(e.clone()));
         e
     }
 
@@ -563,16 +565,16 @@ impl HttpStream {
                         Side::Request => (&mut s.request_headers, &mut s.request_headers_held),
                         Side::Response => (&mut s.response_headers, &mut s.response_headers_held),
                     };
-                    // The map being replaced, if any, else one a finished stream gave back.
-                    let mut map = match slot.take() {
-                        Some(mut m) => {
+                    // The map being replaced, if any, else one a finished stream gave back;
+                    // filled where it stays.
+                    let map = match slot {
+                        Some(m) => {
                             m.clear();
                             m
                         }
-                        None => d.map_pool.take(),
+                        None => slot.insert(d.map_pool.take()),
                     };
                     map.extend_from_pairs(pairs);
-                    *slot = Some(map);
                     *held = !bypass;
                     true
                 }
@@ -864,7 +866,8 @@ impl HttpStream {
     /// The local response the filter sent, or the 503 Envoy sends when the VM cannot run.
     pub fn local_response(&self) -> Option<LocalResponse> {
         self.failure_reply
-            .clone()
+            .as_deref()
+            .cloned()
             .or_else(|| self.read(|s| s.local_response.clone()).flatten())
     }
 
@@ -880,7 +883,7 @@ impl HttpStream {
 
     /// The error a callback of this stream failed with, if any.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_ref()
+        self.error.as_deref()
     }
 }
 
