@@ -133,12 +133,12 @@ mod tests {
             x ^= x << 5;
             // Keys from a narrow window (consecutive ids, as a host gives) plus strays that
             // collide modulo the capacity.
-            let key = if x % 4 == 0 {
+            let key = if x.is_multiple_of(4) {
                 (x % 8) * 64 + 1
             } else {
                 step / 3 + x % 40 + 1
             };
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(t.remove(key), m.remove(&key), "remove {key} at step {step}");
             } else {
                 t.insert(key, step);

@@ -152,7 +152,7 @@ fn many_requests_leave_memory_where_it_was() {
             (":path", path.as_str()),
             ("cookie", &cookie),
         ];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             headers.push(("x-debug", "1"));
         }
         s.send_request_headers(&headers, true).unwrap();
