@@ -43,6 +43,25 @@ const FIVE_RULES: &str = r#"{"rules":[
  {"direction":"response","op":"set","name":"x-debug-seen","value":"yes","when":{"header_present":"x-debug"}}
 ]}"#;
 
+/// Three fixed response headers: three host calls per request, no request phase. Beside the seed
+/// (one call), what one more header write costs (opt-in: `--configs`).
+const THREE_WRITES: &str = r#"{"rules":[
+ {"direction":"response","name":"hello","value":"hello details"},
+ {"direction":"response","op":"set","name":"x-a","value":"1"},
+ {"direction":"response","op":"set","name":"x-b","value":"2"}
+]}"#;
+
+/// One fixed request header and the seed's response header: two host calls, one of them a
+/// request-header write, after which Envoy matches the route again (opt-in: `--configs`).
+const REQUEST_WRITE: &str = r#"{"rules":[
+ {"direction":"request","op":"set","name":"x-route","value":"fixed"},
+ {"direction":"response","name":"hello","value":"hello details"}
+]}"#;
+
+/// Configurations measured only when `--configs` names them: they take a full run past its time
+/// budget and answer a narrower question (where the 5-rule configuration's cost goes).
+const OPT_IN: &[&str] = &["three_writes", "request_write"];
+
 /// One Envoy configuration under test.
 struct Setup {
     key: &'static str,
@@ -93,6 +112,18 @@ const SETUPS: &[Setup] = &[
     Setup {
         key: "five_rules",
         label: "header_filter, 5 rules",
+        wasm: 1,
+        hellos: 1,
+    },
+    Setup {
+        key: "three_writes",
+        label: "header_filter, 3 response headers (opt-in)",
+        wasm: 1,
+        hellos: 1,
+    },
+    Setup {
+        key: "request_write",
+        label: "header_filter, 1 request + 1 response header (opt-in)",
         wasm: 1,
         hellos: 1,
     },
@@ -177,7 +208,7 @@ fn parse_args() -> Result<Args, String> {
         connections: 16,
         configs: SETUPS
             .iter()
-            .filter(|s| !s.key.starts_with("compare"))
+            .filter(|s| !s.key.starts_with("compare") && !OPT_IN.contains(&s.key))
             .collect(),
         out: e2e::workspace_root().join("docs/bench"),
         quick: false,
@@ -312,6 +343,8 @@ fn envoy_config(
         "compare" => header_filters(compare.unwrap_or(filter), 1, SEED),
         "compare_five_rules" => header_filters(compare.unwrap_or(filter), 1, FIVE_RULES),
         "five_rules" => header_filters(filter, 1, FIVE_RULES),
+        "three_writes" => header_filters(filter, 1, THREE_WRITES),
+        "request_write" => header_filters(filter, 1, REQUEST_WRITE),
         "seed_x2" => header_filters(filter, 2, SEED),
         "seed_x3" => header_filters(filter, 3, SEED),
         _ => vec![],
@@ -550,7 +583,14 @@ fn quiet_logs(running: &[Running]) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for r in running.iter().filter(|r| {
         r.setup.key.starts_with("seed")
-            || ["five_rules", "compare", "compare_five_rules"].contains(&r.setup.key)
+            || [
+                "five_rules",
+                "compare",
+                "compare_five_rules",
+                "three_writes",
+                "request_write",
+            ]
+            .contains(&r.setup.key)
     }) {
         loop {
             let before = r.envoy.log().matches("): applied").count();
@@ -1064,6 +1104,20 @@ fn run(args: &Args) -> Result<(), String> {
                 );
             }
         }
+        // What one more header write costs (paired against the seed's one write): a response
+        // header, and a request header with the route match Envoy then repeats.
+        if has("three_writes") && has("seed") {
+            goals.insert(
+                format!("response_write_us_{m}"),
+                round(added(&samples, "three_writes", "seed", mode) / 2.0, 2),
+            );
+        }
+        if has("request_write") && has("seed") {
+            goals.insert(
+                format!("request_write_us_{m}"),
+                round(added(&samples, "request_write", "seed", mode), 2),
+            );
+        }
         if has("seed") && has("lua") {
             goals.insert(
                 format!("seed_minus_lua_us_{m}"),
@@ -1178,6 +1232,8 @@ fn short(key: &str) -> &'static str {
         "minimal" => "minimal SDK",
         "seed" => "ours: seed",
         "five_rules" => "ours: 5 rules",
+        "three_writes" => "ours: 3 writes",
+        "request_write" => "ours: req+resp",
         "seed_x2" => "ours x2",
         "seed_x3" => "ours x3",
         "compare" => "compare: seed",
