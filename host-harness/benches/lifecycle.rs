@@ -15,42 +15,15 @@
 // A benchmark program, not library code: a failed setup should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{REQUEST, RESPONSE, ROOT_ID, SEED, filter_path, host, target_dir, workspace_root};
 use criterion::{BatchSize, Criterion};
-use proxy_wasm_harness::abi::LogLevel;
-use proxy_wasm_harness::{Host, Module, Runtime};
+use proxy_wasm_harness::{Module, Runtime};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
-
-const ROOT_ID: &str = "my_root_id";
-const SEED: &str = r#"{"name":"resp-header-demo","value":"added by our filter"}"#;
-
-const REQUEST: [(&str, &str); 10] = [
-    (":method", "GET"),
-    (":path", "/details/0"),
-    (":authority", "details.default.svc:9080"),
-    (":scheme", "http"),
-    ("user-agent", "curl/8.5.0"),
-    ("accept", "*/*"),
-    ("accept-encoding", "gzip, deflate"),
-    ("x-request-id", "5a1c6f3e-8f0b-4d1e-9b7a-2f4c1d0e9a88"),
-    ("x-forwarded-proto", "http"),
-    ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
-];
-
-const RESPONSE: [(&str, &str); 10] = [
-    (":status", "200"),
-    ("content-type", "application/json"),
-    ("content-length", "82"),
-    ("date", "Wed, 25 Nov 2026 18:42:23 GMT"),
-    ("server", "envoy"),
-    ("x-envoy-upstream-service-time", "0"),
-    ("cache-control", "no-cache"),
-    ("vary", "accept-encoding"),
-    ("etag", "\"5a1c6f3e\""),
-    ("x-request-id", "5a1c6f3e-8f0b-4d1e-9b7a-2f4c1d0e9a88"),
-];
 
 /// The minimal module of the floor: the six callbacks of a request, and on response headers one
 /// `proxy_add_header_map_value(HttpResponseHeaders, name, value)`.
@@ -73,18 +46,6 @@ const FLOOR_WAT: &str = r#"
   (func (export "proxy_on_delete") (param i32)))
 "#;
 
-fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host-harness/ has a parent")
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
 /// Build `header_filter.wasm` (an up-to-date build costs a fraction of a second) and return it.
 fn filter_wasm() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -101,17 +62,9 @@ fn filter_wasm() -> PathBuf {
         .status()
         .expect("run cargo");
     assert!(status.success(), "building header_filter.wasm: {status}");
-    let path = target_dir().join("wasm32-wasip1/release/header_filter.wasm");
+    let path = filter_path();
     assert!(path.exists(), "{} missing after build", path.display());
     path
-}
-
-/// A host as Envoy starts by default: the `wasm` log level is `info`, so the filter's
-/// per-rule debug line is not formatted (the harness's own default, `trace`, is for tests).
-fn host() -> Host {
-    let host = Host::new();
-    host.set_log_level(LogLevel::Info);
-    host
 }
 
 fn seed_request(c: &mut Criterion, module: &Module) {
