@@ -516,36 +516,39 @@ extern "C" fn proxy_on_context_create(id: u32, parent: u32) {
     });
 }
 
-#[unsafe(no_mangle)]
-extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, _end_of_stream: u32) -> u32 {
+/// Run a headers phase of stream `id` when its configuration has work there (`wanted`).
+fn on_headers(
+    id: u32,
+    wanted: fn(&Config) -> bool,
+    run: impl FnOnce(&Config, &mut StreamState, &mut Host<'_>),
+) -> u32 {
     with_state(|s| {
         if let Some(stream) = s.streams.get_mut(id)
-            && stream.active.config.needs_request_phase()
+            && wanted(&stream.active.config)
         {
+            let active = &stream.active;
             let mut host = Host {
-                active: &stream.active,
+                active,
                 request: None,
             };
-            stream.state = stream.active.config.on_request(&mut host);
+            run(&active.config, &mut stream.state, &mut host);
         }
     });
     CONTINUE
 }
 
 #[unsafe(no_mangle)]
+extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, _end_of_stream: u32) -> u32 {
+    on_headers(id, Config::needs_request_phase, |config, state, host| {
+        *state = config.on_request(host);
+    })
+}
+
+#[unsafe(no_mangle)]
 extern "C" fn proxy_on_response_headers(id: u32, _headers: usize, _end_of_stream: u32) -> u32 {
-    with_state(|s| {
-        if let Some(stream) = s.streams.get_mut(id)
-            && stream.active.config.has_response_rules()
-        {
-            let mut host = Host {
-                active: &stream.active,
-                request: None,
-            };
-            stream.active.config.on_response(&stream.state, &mut host);
-        }
-    });
-    CONTINUE
+    on_headers(id, Config::has_response_rules, |config, state, host| {
+        config.on_response(state, host);
+    })
 }
 
 #[unsafe(no_mangle)]
