@@ -88,7 +88,7 @@ fn raising_the_wasm_log_level_at_runtime_shows_each_rule() {
             .status(),
         200
     );
-    // Each worker re-reads the level on its next tick (every 5 s).
+    // Each worker re-reads the level on its next tick (every second).
     let deadline = Instant::now() + Duration::from_secs(15);
     while !envoy.log().contains(debug_line) {
         assert!(

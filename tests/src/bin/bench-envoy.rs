@@ -573,7 +573,7 @@ fn check(r: &Running) -> Result<(), String> {
 }
 
 /// Lower Envoy's `wasm` log level to info and wait until the filters follow (they re-read it
-/// every 5 s): per-request debug lines would be measured otherwise.
+/// every second): per-request debug lines would be measured otherwise.
 fn quiet_logs(running: &[Running]) -> Result<(), String> {
     for r in running {
         let mut c = http1::Client::connect(r.envoy.admin).map_err(|e| e.to_string())?;
