@@ -169,7 +169,8 @@ impl Envoy {
         Envoy::start_with(config, &["--component-log-level", "wasm:debug"])
     }
 
-    /// [`Envoy::start`] with other command-line arguments in place of the log level.
+    /// [`Envoy::start`] with other command-line arguments in place of the log level (a
+    /// `--concurrency` among them replaces the one worker).
     pub fn start_with(config: &Value, args: &[&str]) -> Result<Envoy, StartFailure> {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("envoy.json");
@@ -180,7 +181,12 @@ impl Envoy {
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&cfg)
-            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args(if args.contains(&"--concurrency") {
+                &[][..]
+            } else {
+                &["--concurrency", "1"][..]
+            })
+            .arg("--disable-hot-restart")
             .args(args)
             .arg("--admin-address-path")
             .arg(&admin_path)

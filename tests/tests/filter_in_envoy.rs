@@ -242,14 +242,41 @@ fn malformed_json_names_line_and_column() {
 
 #[test]
 fn thousand_keepalive_requests_carry_the_header_and_leak_no_state() {
+    keepalive_load("1");
+}
+
+/// With two workers each has its own VM, its own streams and its own summed counters; Envoy's
+/// counters must still add up to every request.
+#[test]
+fn two_workers_keep_streams_apart_and_their_counters_add_up() {
+    keepalive_load("2");
+}
+
+fn keepalive_load(concurrency: &str) {
     let upstream = Upstream::start(&[]);
-    let envoy = start(
-        &upstream,
+    let filter = wasm_filter(
+        "header_filter",
+        "my_root_id",
+        &e2e::filter_wasm(),
         r#"{"rules":[
             {"direction":"response","name":"resp-header-demo","value":"added by our filter"},
             {"direction":"response","name":"x-n","value":"${request.header.x-n}","when":{"header_present":"x-odd"}}
         ]}"#,
     );
+    let mut config = bootstrap(upstream.addr(), vec![filter]);
+    // Connections spread evenly over the workers, so that each worker's VM serves some.
+    config["static_resources"]["listeners"][0]["connection_balance_config"] =
+        serde_json::json!({"exact_balance": {}});
+    let envoy = Envoy::start_with(
+        &config,
+        &[
+            "--concurrency",
+            concurrency,
+            "--component-log-level",
+            "wasm:debug",
+        ],
+    )
+    .unwrap_or_else(|f| panic!("{}\n---- envoy log ----\n{}", f.reason, f.log));
     const CONNECTIONS: usize = 4;
     const PER_CONNECTION: usize = 250;
     let addr = envoy.listener;
@@ -287,6 +314,23 @@ fn thousand_keepalive_requests_carry_the_header_and_leak_no_state() {
     }
     let total = (CONNECTIONS * PER_CONNECTION) as u64;
     assert_eq!(upstream.received().len() as u64, total);
+    // Every worker served connections (so every worker's VM counted some requests).
+    let per_worker = get(
+        envoy.admin,
+        "/stats?filter=worker_.*downstream_cx_total",
+        &[],
+    )
+    .unwrap()
+    .text();
+    let workers: usize = concurrency.parse().unwrap();
+    for w in 0..workers {
+        let served = per_worker.lines().any(|l| {
+            l.starts_with("listener.")
+                && l.contains(&format!(".worker_{w}.downstream_cx_total: "))
+                && !l.ends_with(": 0")
+        });
+        assert!(served, "worker {w} took no connection:\n{per_worker}");
+    }
     assert_eq!(
         envoy.stat_reaches(
             "wasmcustom.header_filter.header_filter.rule_0.applied",
