@@ -252,6 +252,8 @@ fn two_workers_keep_streams_apart_and_their_counters_add_up() {
     keepalive_load("2");
 }
 
+/// The body of the two tests above: a test helper, where a failed expectation should fail loudly.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 fn keepalive_load(concurrency: &str) {
     let upstream = Upstream::start(&[]);
     let filter = wasm_filter(
