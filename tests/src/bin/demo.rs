@@ -79,13 +79,9 @@ fn wait(
     mut cond: impl FnMut() -> bool,
 ) -> Result<Duration, String> {
     let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > deadline {
-            return Err(format!("{what}: not within {deadline:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(start.elapsed())
+    e2e::poll_until(start + deadline, || cond().then_some(()))
+        .map(|()| start.elapsed())
+        .ok_or_else(|| format!("{what}: not within {deadline:?}"))
 }
 
 fn run() -> Result<(), String> {
