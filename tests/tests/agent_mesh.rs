@@ -141,25 +141,25 @@ fn a_repushed_tag_reaches_the_same_envoy_with_no_failed_request() {
         Duration::from_secs(60),
         classify,
     );
-    let end = Instant::now() + Duration::from_secs(20);
-    while load.seen("old") < 200 {
-        assert!(Instant::now() < end, "load saw no old responses");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let warm = e2e::poll_until(Instant::now() + Duration::from_secs(20), || {
+        (load.seen("old") >= 200).then_some(())
+    });
+    assert!(warm.is_some(), "load saw no old responses");
 
     // v2: other code (the AssemblyScript example, root id as_filter) under the same tag.
     push(&m.reference, &v2_wasm, "as_filter", &[]);
     let pushed = Instant::now();
     let mut agent_latency = None;
-    let end = pushed + Duration::from_secs(30);
-    while load.seen("new") < 500 && Instant::now() < end && load.sent() < 30_000 {
+    // Until the new code has served 500 responses (or the load ends), noting when the agent
+    // rewrote the ECDS file; the assertions below say what was not reached.
+    e2e::poll_until(pushed + Duration::from_secs(30), || {
         if agent_latency.is_none()
             && fs::read_to_string(m.ecds()).is_ok_and(|t| !t.contains(&v1_sha))
         {
             agent_latency = Some(pushed.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        (load.seen("new") >= 500 || load.sent() >= 30_000).then_some(())
+    });
     let to_envoy = pushed.elapsed();
     let report = load.finish();
     println!(
@@ -254,16 +254,15 @@ fn bad_new_versions_do_not_replace_the_serving_filter() {
     // the ECDS update, and the old filter keeps serving.
     let bad = r#"{"rules":[{"direction":"response","op":"sett","name":"x","value":"y"}]}"#;
     write_atomic(&m.list_file(), &list(&m.reference, &m.ecds(), bad));
-    let end = Instant::now() + Duration::from_secs(30);
-    while m.stat("update_rejected") == 0 {
-        assert!(
-            Instant::now() < end,
-            "envoy did not reject the update\n---- agent ----\n{}\n---- envoy ----\n{}",
-            m.agent.log(),
-            m.envoy.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let rejected = e2e::poll_until(Instant::now() + Duration::from_secs(30), || {
+        (m.stat("update_rejected") > 0).then_some(())
+    });
+    assert!(
+        rejected.is_some(),
+        "envoy did not reject the update\n---- agent ----\n{}\n---- envoy ----\n{}",
+        m.agent.log(),
+        m.envoy.log()
+    );
     assert!(fs::read_to_string(m.ecds()).unwrap().contains("sett"));
     assert!(m.envoy.log().contains("rejected"), "{}", m.envoy.log());
     for _ in 0..20 {
@@ -279,15 +278,14 @@ fn bad_new_versions_do_not_replace_the_serving_filter() {
     let reloads = m.stat("config_reload");
     let good = r#"{"name":"resp-header-demo","value":"configured again"}"#;
     write_atomic(&m.list_file(), &list(&m.reference, &m.ecds(), good));
-    let end = Instant::now() + Duration::from_secs(30);
-    while m.get().header("resp-header-demo") != Some("configured again") {
-        assert!(
-            Instant::now() < end,
-            "new configuration not served\n{}",
-            m.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let served = e2e::poll_until(Instant::now() + Duration::from_secs(30), || {
+        (m.get().header("resp-header-demo") == Some("configured again")).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "new configuration not served\n{}",
+        m.agent.log()
+    );
     assert!(m.stat("config_reload") > reloads);
     assert_eq!(
         m.agent.metric("wasm_agent_pulls_total", NAME).unwrap(),
