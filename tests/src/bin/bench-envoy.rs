@@ -1064,35 +1064,12 @@ fn run(args: &Args) -> Result<(), String> {
     let mut goals = serde_json::Map::new();
     for mode in MODES {
         let m = mode.key();
-        if has("seed") && has("minimal") {
-            goals.insert(
-                format!("seed_vs_minimal_added_{m}"),
-                round(added_ratio(&samples, "seed", "minimal", mode), 3),
-            );
-        }
-        if has("five_rules") && has("minimal") {
-            goals.insert(
-                format!("five_rules_vs_minimal_added_{m}"),
-                round(added_ratio(&samples, "five_rules", "minimal", mode), 3),
-            );
-        }
-        if has("compare") && has("minimal") {
-            goals.insert(
-                format!("compare_vs_minimal_added_{m}"),
-                round(added_ratio(&samples, "compare", "minimal", mode), 3),
-            );
-        }
-        if has("compare_five_rules") && has("minimal") {
-            goals.insert(
-                format!("compare_five_rules_vs_minimal_added_{m}"),
-                round(
-                    added_ratio(&samples, "compare_five_rules", "minimal", mode),
-                    3,
-                ),
-            );
-        }
         for key in ["seed", "five_rules", "compare", "compare_five_rules"] {
             if has(key) && has("minimal") {
+                goals.insert(
+                    format!("{key}_vs_minimal_added_{m}"),
+                    round(added_ratio(&samples, key, "minimal", mode), 3),
+                );
                 goals.insert(
                     format!("{key}_vs_minimal_added_least_{m}"),
                     round(added_ratio_least(&samples, key, "minimal", mode), 3),
