@@ -10,6 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Agent options for tests against a local plain-HTTP registry: resync every second, and retries
+/// that back off from 200 ms to at most 1 s, so that changes and recoveries show within seconds.
+pub const FAST: [&str; 7] = [
+    "--resync",
+    "1s",
+    "--plain-http",
+    "--backoff-initial",
+    "200ms",
+    "--backoff-max",
+    "1s",
+];
+
 /// How long the agent may take to write its first status.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 

@@ -5,22 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use e2e::agent::{Agent, link_target, push, sha256_file, write_atomic};
+use e2e::agent::{Agent, FAST, link_target, push, sha256_file, write_atomic};
 use e2e::registry::Registry;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-const FAST: [&str; 7] = [
-    "--resync",
-    "1s",
-    "--plain-http",
-    "--backoff-initial",
-    "200ms",
-    "--backoff-max",
-    "1s",
-];
 const WAIT: Duration = Duration::from_secs(30);
 
 fn one(name: &str, image: &str) -> String {

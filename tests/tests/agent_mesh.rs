@@ -83,19 +83,7 @@ fn mesh() -> Mesh {
     );
     let list_file = work.path().join("images.yaml");
     write_atomic(&list_file, &list(&reference, &ecds, CONFIG));
-    let agent = Agent::start(
-        &list_file,
-        &dir,
-        &[
-            "--resync",
-            "1s",
-            "--plain-http",
-            "--backoff-initial",
-            "200ms",
-            "--backoff-max",
-            "1s",
-        ],
-    );
+    let agent = Agent::start(&list_file, &dir, &e2e::agent::FAST);
     agent.wait_for("v1 in place", Duration::from_secs(30), Agent::ready);
     assert!(ecds.exists(), "no ECDS file\n{}", agent.log());
     let upstream = Upstream::serving(&[("content-type", "application/json")], Some("{}"));
