@@ -142,6 +142,16 @@ pub fn bootstrap_with_clusters(
     })
 }
 
+/// A counter or gauge by its full name from the Envoy whose admin interface is `admin`, `None`
+/// when absent.
+pub fn admin_stat(admin: SocketAddr, name: &str) -> Option<u64> {
+    let r = http1::get(admin, &format!("/stats?filter=^{name}$"), &[]).ok()?;
+    r.text().lines().find_map(|l| {
+        let (k, v) = l.split_once(": ")?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 /// Envoy did not become ready: why, and everything it logged.
 #[derive(Debug)]
 pub struct StartFailure {
@@ -267,11 +277,7 @@ impl Envoy {
 
     /// A counter or gauge by its full name (e.g. `wasmcustom.header_filter...`), `None` when absent.
     pub fn stat(&self, name: &str) -> Option<u64> {
-        let r = http1::get(self.admin, &format!("/stats?filter=^{name}$"), &[]).ok()?;
-        r.text().lines().find_map(|l| {
-            let (k, v) = l.split_once(": ")?;
-            (k == name).then(|| v.trim().parse().ok()).flatten()
-        })
+        admin_stat(self.admin, name)
     }
 
     /// A counter that a filter adds to periodically (the header filter sums its rule counters in
