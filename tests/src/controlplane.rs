@@ -269,7 +269,9 @@ impl ControlPlane {
             .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
             .arg(format!("--initial-cluster=e2e=http://127.0.0.1:{peer}"))
             // A test's data dies with it: no fsync, as envtest runs etcd.
             .args(["--unsafe-no-fsync", "--log-level", "warn"]);
@@ -301,17 +303,34 @@ impl ControlPlane {
             .arg(pki.join("serving"))
             .args(["--advertise-address=127.0.0.1", "--bind-address=127.0.0.1"])
             .arg(format!("--secure-port={port}"))
-            .args(["--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true"])
-            .args(["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"])
-            .arg(format!("--token-auth-file={}", pki.join("tokens.csv").display()))
+            .args([
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+            ])
+            .args([
+                "--authorization-mode=RBAC",
+                "--endpoint-reconciler-type=none",
+            ])
+            .arg(format!(
+                "--token-auth-file={}",
+                pki.join("tokens.csv").display()
+            ))
             .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
-            .arg(format!("--service-account-key-file={}", pki.join("sa.pub").display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.join("sa.pub").display()
+            ))
             .arg(format!(
                 "--service-account-signing-key-file={}",
                 pki.join("sa.key").display()
             ))
             .args(["--v=0"]);
-        let mut p = Proc::spawn("kube-apiserver", cmd, self.dir.join("kube-apiserver.log"), tied);
+        let mut p = Proc::spawn(
+            "kube-apiserver",
+            cmd,
+            self.dir.join("kube-apiserver.log"),
+            tied,
+        );
         self.endpoints.api = loopback(port);
         // The serving certificate is written at startup: the kubeconfig trusts it.
         self.write_kubeconfig(&pki.join("serving/apiserver.crt"));
@@ -335,8 +354,11 @@ impl ControlPlane {
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
             "current-context": "e2e",
         });
-        fs::write(&self.kubeconfig, serde_json::to_vec_pretty(&kc).expect("json"))
-            .expect("write kubeconfig");
+        fs::write(
+            &self.kubeconfig,
+            serde_json::to_vec_pretty(&kc).expect("json"),
+        )
+        .expect("write kubeconfig");
     }
 
     fn start_controller_manager(&mut self, tied: bool) -> Result<(), String> {
@@ -422,7 +444,11 @@ impl ControlPlane {
             .arg(format!("--grpcAddr=127.0.0.1:{xds}"))
             .arg(format!("--httpAddr=127.0.0.1:{http}"))
             .arg(format!("--monitoringAddr=127.0.0.1:{monitoring}"))
-            .args(["--secureGRPCAddr=", "--httpsAddr=", "--ctrlz_address=127.0.0.1"])
+            .args([
+                "--secureGRPCAddr=",
+                "--httpsAddr=",
+                "--ctrlz_address=127.0.0.1",
+            ])
             .arg(format!("--ctrlz_port={}", free_port()))
             .args(["--clusterID=Kubernetes", "--domain=cluster.local"])
             .args(["--log_output_level=default:info"])
@@ -463,7 +489,9 @@ impl ControlPlane {
             .expect("run kubectl");
         if let Some(text) = input {
             let mut stdin = child.stdin.take().expect("stdin");
-            stdin.write_all(text.as_bytes()).expect("write kubectl stdin");
+            stdin
+                .write_all(text.as_bytes())
+                .expect("write kubectl stdin");
         }
         child.wait_with_output().expect("kubectl output")
     }
@@ -480,12 +508,17 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `kubectl apply --server-side -f -` of `yaml`; returns stdout, or stderr as the error.
+    /// `kubectl apply --server-side -f -` of `yaml` as field manager `e2e`; returns stdout, or
+    /// stderr as the error.
     pub fn apply(&self, yaml: &str) -> Result<String, String> {
-        let out = self.kubectl_stdin(
-            &["apply", "--server-side", "--field-manager=e2e", "-f", "-"],
-            Some(yaml),
-        );
+        self.apply_as("e2e", yaml)
+    }
+
+    /// [`ControlPlane::apply`] as field manager `manager`: server-side apply drops the fields a
+    /// manager owned and no longer sends, so each source of fields applies under its own name.
+    pub fn apply_as(&self, manager: &str, yaml: &str) -> Result<String, String> {
+        let manager = format!("--field-manager={manager}");
+        let out = self.kubectl_stdin(&["apply", "--server-side", &manager, "-f", "-"], Some(yaml));
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -504,7 +537,14 @@ impl ControlPlane {
     pub fn logs(&self) -> String {
         self.procs
             .iter()
-            .map(|p| format!("---- {} ({}) ----\n{}\n", p.name, p.log.display(), p.tail(30)))
+            .map(|p| {
+                format!(
+                    "---- {} ({}) ----\n{}\n",
+                    p.name,
+                    p.log.display(),
+                    p.tail(30)
+                )
+            })
             .collect()
     }
 

@@ -143,7 +143,10 @@ impl Sidecar {
             controlplane::istio_file("envoy_bootstrap.json"),
         )
         .env("ENVOY_STATUS_PORT", controlplane::free_port().to_string())
-        .env("ENVOY_PROMETHEUS_PORT", controlplane::free_port().to_string())
+        .env(
+            "ENVOY_PROMETHEUS_PORT",
+            controlplane::free_port().to_string(),
+        )
         .env("POD_NAME", &workload.name)
         .env("POD_NAMESPACE", &workload.namespace)
         .env("SERVICE_ACCOUNT", &workload.service_account)
@@ -224,9 +227,9 @@ impl Sidecar {
     /// The process id of the sidecar's Envoy (a descendant of the sidecar process).
     pub fn envoy_pid(&self) -> Option<u32> {
         let root = self.proc.as_ref()?.child.id();
-        descendants(root)
-            .into_iter()
-            .find(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "envoy"))
+        descendants(root).into_iter().find(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "envoy")
+        })
     }
 
     /// Stop the sidecar (pilot-agent and Envoy, by pid) and the app.
@@ -295,7 +298,13 @@ pub fn descendants(root: u32) -> Vec<u32> {
                 .filter_map(|pid| {
                     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
                     // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'
-                    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+                    let ppid = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()?;
                     Some((pid, ppid))
                 })
                 .collect()

@@ -23,6 +23,26 @@ const PROPAGATION: Duration = Duration::from_secs(60);
 
 const DETAILS: &[(&str, &str)] = &[("app", "details"), ("version", "v1")];
 
+/// bookinfo's productpage-v1, as a cluster holds it before any filter is deployed.
+const PRODUCTPAGE: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: productpage-v1
+  namespace: default
+  labels: {app: productpage, version: v1}
+spec:
+  selector:
+    matchLabels: {app: productpage, version: v1}
+  template:
+    metadata:
+      labels: {app: productpage, version: v1}
+      annotations: {kept.example.com/owner: team-a}
+    spec:
+      containers:
+      - name: productpage
+        image: docker.io/istio/examples-bookinfo-productpage-v1:1.20.3
+";
+
 fn examples() -> PathBuf {
     e2e::workspace_root().join("manifests/examples")
 }
@@ -103,7 +123,14 @@ fn the_api_server_accepts_the_manifests_and_every_rendered_example() {
         "--timeout=60s",
         "crd/filterdeployments.filters.envoy-wasm-toolkit.io",
     ]);
-    for example in ["bookinfo-details", "bookinfo-details-wasmplugin", "productpage-outbound"] {
+    // productpage-outbound's rendered.yaml patches a Deployment it was not given: a partial
+    // object that server-side apply merges into the workload already in the cluster.
+    cp.apply_as("e2e-workloads", PRODUCTPAGE).unwrap();
+    for example in [
+        "bookinfo-details",
+        "bookinfo-details-wasmplugin",
+        "productpage-outbound",
+    ] {
         let dir = examples().join(example);
         for file in ["filterdeployment.yaml", "rendered.yaml"] {
             let text = fs::read_to_string(dir.join(file)).unwrap();
@@ -111,16 +138,56 @@ fn the_api_server_accepts_the_manifests_and_every_rendered_example() {
                 .unwrap_or_else(|e| panic!("{example}/{file} refused by the API server: {e}"));
         }
     }
-    let names = cp.kubectl_ok(&["get", "envoyfilters,wasmplugins,filterdeployments", "-A", "-o", "name"]);
-    assert!(names.contains("envoyfilter.networking.istio.io/details-v1-wasmfiltering"), "{names}");
-    assert!(names.contains("wasmplugin.extensions.istio.io/details-v1-wasmplugin"), "{names}");
+    let annotations = cp.kubectl_ok(&[
+        "get",
+        "deployment",
+        "productpage-v1",
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations}",
+    ]);
+    assert!(
+        annotations.contains("sidecar.istio.io/userVolume"),
+        "{annotations}"
+    );
+    assert!(
+        annotations.contains("kept.example.com/owner"),
+        "other annotations stay: {annotations}"
+    );
+    let image = cp.kubectl_ok(&[
+        "get",
+        "deployment",
+        "productpage-v1",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(
+        image,
+        "docker.io/istio/examples-bookinfo-productpage-v1:1.20.3"
+    );
+    let names = cp.kubectl_ok(&[
+        "get",
+        "envoyfilters,wasmplugins,filterdeployments",
+        "-A",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        names.contains("envoyfilter.networking.istio.io/details-v1-wasmfiltering"),
+        "{names}"
+    );
+    assert!(
+        names.contains("wasmplugin.extensions.istio.io/details-v1-wasmplugin"),
+        "{names}"
+    );
 
     // Istio's own schema, served by the API server, names what is wrong.
     let bad = fs::read_to_string(examples().join("bookinfo-details-wasmplugin/rendered.yaml"))
         .unwrap()
         .replace("failStrategy: FAIL_OPEN", "failStrategy: FAIL_SOMETIMES")
         .replace("name: details-v1-wasmplugin", "name: broken");
-    let e = cp.apply(&bad).expect_err("an invalid WasmPlugin is refused");
+    let e = cp
+        .apply(&bad)
+        .expect_err("an invalid WasmPlugin is refused");
     assert!(e.contains("spec.failStrategy"), "{e}");
     assert!(e.contains("FAIL_SOMETIMES"), "{e}");
 }
@@ -158,20 +225,36 @@ fn envoy_filter_delivery_through_istiod() {
         node.join("default.details-v1-wasmfiltering.wasm").exists()
     });
 
-    let details = Sidecar::start(&cp, Workload::new("default", "details-v1-0", DETAILS), &node, &[]);
+    let details = Sidecar::start(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &node,
+        &[],
+    );
     let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
     assert_eq!(r.status(), 200);
     assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
 
     let reviews = Sidecar::start(
         &cp,
-        Workload::new("default", "reviews-v1-0", &[("app", "reviews"), ("version", "v1")]),
+        Workload::new(
+            "default",
+            "reviews-v1-0",
+            &[("app", "reviews"), ("version", "v1")],
+        ),
         &node,
         &[],
     );
     let r = reviews.get("/reviews/0");
     assert_eq!(r.status(), 200);
-    assert_eq!(hello(&r), None, "a workload the selector does not match got the filter");
+    assert_eq!(
+        hello(&r),
+        None,
+        "a workload the selector does not match got the filter"
+    );
     let dump = reviews.config_dump("").to_string();
-    assert!(!dump.contains("details-v1-wasmfiltering"), "its listeners name the filter");
+    assert!(
+        !dump.contains("details-v1-wasmfiltering"),
+        "its listeners name the filter"
+    );
 }
