@@ -575,7 +575,12 @@ impl Drop for ControlPlane {
 /// istiod's environment: the upstream Envoy that serves as the sidecar here is not Istio's proxy
 /// build and rejects Istio's own filters (`istio.alpn`, `istio.metadata_exchange`, `istio.stats`),
 /// so istiod is told not to send them; no CA, no webhooks (nothing runs in a Pod to need them).
-pub const ISTIOD_ENV: [(&str, &str); 7] = [
+///
+/// Plaintext xDS streams are authenticated (`XDS_AUTH_PLAINTEXT`): each sidecar presents its
+/// service account's token, as a Pod's does, so that istiod trusts it with the image pull
+/// secrets its WasmPlugins name.
+pub const ISTIOD_ENV: [(&str, &str); 8] = [
+    ("XDS_AUTH_PLAINTEXT", "true"),
     ("PILOT_ENABLE_ALPN_FILTER", "false"),
     ("PILOT_ENABLE_METADATA_EXCHANGE", "false"),
     ("ENABLE_CA_SERVER", "false"),

@@ -33,18 +33,26 @@ fn free_port() -> u16 {
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Registry {
-        Registry::launch(None, false, false)
+        Registry::launch(None, false, false, "wasmctl-test")
     }
 
     /// A registry requiring HTTP basic auth for `user`/`password` (bcrypt htpasswd).
     pub fn start_with_htpasswd(user: &str, password: &str) -> Registry {
-        Registry::launch(Some((user, password)), false, false)
+        Registry::launch(Some((user, password)), false, false, "wasmctl-test")
+    }
+
+    /// [`Registry::start_with_htpasswd`] whose basic challenge names `realm`. Istio's wasm
+    /// fetcher refuses any challenge whose realm is not an http(s) URL of a public host (its
+    /// guard against bearer realms that point inside the network applies to basic challenges
+    /// too), so a registry that pilot-agent pulls from needs a URL-shaped realm.
+    pub fn start_with_htpasswd_realm(user: &str, password: &str, realm: &str) -> Registry {
+        Registry::launch(Some((user, password)), false, false, realm)
     }
 
     /// An anonymous registry serving HTTPS for 127.0.0.1 with a certificate from a test CA
     /// made with `openssl`; [`Registry::certificate`] is the CA's PEM file.
     pub fn start_tls() -> Registry {
-        Registry::launch(None, true, false)
+        Registry::launch(None, true, false, "wasmctl-test")
     }
 
     /// The CA certificate that signed a [`Registry::start_tls`] registry's certificate.
@@ -55,10 +63,10 @@ impl Registry {
     /// A registry speaking Docker's Bearer token flow: its challenge sends clients to a
     /// [`crate::token::TokenIssuer`] that gives `user`/`password` tokens for what they ask.
     pub fn start_with_token_auth(user: &str, password: &str) -> Registry {
-        Registry::launch(Some((user, password)), false, true)
+        Registry::launch(Some((user, password)), false, true, "wasmctl-test")
     }
 
-    fn launch(auth: Option<(&str, &str)>, tls: bool, token: bool) -> Registry {
+    fn launch(auth: Option<(&str, &str)>, tls: bool, token: bool, realm: &str) -> Registry {
         let mut dir = tempfile::tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("storage dir");
@@ -83,7 +91,7 @@ impl Registry {
             let file = dir.path().join("htpasswd");
             fs::write(&file, out.stdout).expect("write htpasswd");
             auth_yaml = format!(
-                "auth:\n  htpasswd:\n    realm: wasmctl-test\n    path: {}\n",
+                "auth:\n  htpasswd:\n    realm: {realm}\n    path: {}\n",
                 file.display()
             );
         }

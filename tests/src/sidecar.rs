@@ -4,7 +4,8 @@
 //!
 //! What a kubelet would do for a Pod is done here by hand, and only that:
 //! - the workload's identity (namespace, name, labels, service account) goes to pilot-agent in
-//!   the environment the sidecar injector would set; istiod takes the labels from the proxy's
+//!   the environment the sidecar injector would set, and a token of its service account
+//!   (`kubectl create token`, audience `istio-ca`) where a projected volume would put it; istiod takes the labels from the proxy's
 //!   metadata when no Pod matches, so `EnvoyFilter.workloadSelector` and `WasmPlugin.selector`
 //!   apply as in a cluster;
 //! - the node's wasm directory is bind-mounted read-only at [`NODE_DIR`] inside a mount
@@ -101,6 +102,20 @@ impl Sidecar {
         ensure_namespace(cp, &workload);
         cp.apply(&sidecar_resource(&workload, port, app.addr()))
             .unwrap_or_else(|e| panic!("apply the Sidecar resource: {e}"));
+        // The projected service-account token a Pod gets (audience istio-ca), where
+        // pilot-agent reads it: istiod authenticates the sidecar with it.
+        let token = cp.kubectl_ok(&[
+            "create",
+            "token",
+            &workload.service_account,
+            "-n",
+            &workload.namespace,
+            "--audience=istio-ca",
+            "--duration=24h",
+        ]);
+        let tokens = dir.path().join("var/run/secrets/tokens");
+        fs::create_dir_all(&tokens).expect("token dir");
+        fs::write(tokens.join("istio-token"), token.trim()).expect("write token");
         let cache = dir.path().join("istio-data");
         fs::create_dir_all(&cache).expect("wasm cache dir");
         fs::create_dir_all(node_dir).expect("node dir");

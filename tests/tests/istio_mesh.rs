@@ -54,11 +54,16 @@ fn hello(r: &Message) -> Option<&str> {
 /// The example's FilterDeployment with the image in `registry` and no pull secret (the
 /// registry is anonymous unless a test says otherwise).
 fn example(name: &str, registry: &Registry, image: &str) -> String {
+    example_with(name, registry, image, false)
+}
+
+/// [`example`], keeping the example's `pullSecret: regcred` when `pull_secret`.
+fn example_with(name: &str, registry: &Registry, image: &str, pull_secret: bool) -> String {
     let text = fs::read_to_string(examples().join(name).join("filterdeployment.yaml")).unwrap();
     let mut out = String::new();
     for line in text.lines() {
         let t = line.trim_start();
-        if t.starts_with("pullSecret:") {
+        if t.starts_with("pullSecret:") && !pull_secret {
             continue;
         }
         if t.starts_with("image:") {
@@ -73,7 +78,7 @@ fn example(name: &str, registry: &Registry, image: &str) -> String {
 }
 
 /// `wasmctl render --plain-http FILES...` (tags pinned to digests, parameters checked against
-/// the pulled module).
+/// the pulled module), with the registry credentials of `work/docker/config.json` if any.
 fn render(work: &Path, files: &[(&str, &str)]) -> String {
     let mut args = vec!["render".to_string(), "--plain-http".to_string()];
     for (name, text) in files {
@@ -81,8 +86,22 @@ fn render(work: &Path, files: &[(&str, &str)]) -> String {
         fs::write(&p, text).unwrap();
         args.push(p.display().to_string());
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    agent::wasmctl(&args)
+    wasmctl_in(work, &args)
+}
+
+/// `wasmctl ARGS` with `DOCKER_CONFIG=work/docker`; stdout, or the test fails with stderr.
+fn wasmctl_in(work: &Path, args: &[String]) -> String {
+    let out = std::process::Command::new(e2e::wasmctl_bin())
+        .args(args)
+        .env("DOCKER_CONFIG", work.join("docker"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wasmctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn apply_manifests(cp: &ControlPlane) {
@@ -257,4 +276,138 @@ fn envoy_filter_delivery_through_istiod() {
         !dump.contains("details-v1-wasmfiltering"),
         "its listeners name the filter"
     );
+}
+
+/// Push the header filter as `filters/header-filter:v1`; returns the manifest digest.
+fn push_filter(registry: &Registry) -> String {
+    agent::push(
+        &registry.reference("filters/header-filter:v1"),
+        &e2e::filter_wasm(),
+        "my_root_id",
+        &[],
+    )
+}
+
+/// The WasmPlugin example rendered for `sidecar`'s inbound port, pinned to the digest of `tag`
+/// (with its `pullSecret: regcred` when `pull_secret`).
+fn wasm_plugin(
+    work: &Path,
+    registry: &Registry,
+    sidecar: &Sidecar,
+    tag: &str,
+    pull_secret: bool,
+) -> String {
+    let fd = example_with("bookinfo-details-wasmplugin", registry, tag, pull_secret)
+        .replace("port: 9080", &format!("port: {}", sidecar.inbound.port()));
+    render(work, &[("fd.yaml", &fd)])
+}
+
+/// wasmPlugin delivery through istiod: the WasmPlugin, pinned to the pushed digest, makes
+/// pilot-agent pull the image from the registry and the sidecar serve the header.
+#[test]
+fn wasm_plugin_delivery_through_istiod() {
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    let digest = push_filter(&registry);
+    let work = tempfile::tempdir().unwrap();
+    let node = work.path().join("node");
+    let details = Sidecar::start(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &node,
+        &[],
+    );
+    assert_eq!(hello(&details.get("/details/0")), None);
+
+    let rendered = wasm_plugin(
+        work.path(),
+        &registry,
+        &details,
+        "filters/header-filter:v1",
+        false,
+    );
+    assert!(
+        rendered.contains(&format!("header-filter@{digest}")),
+        "{rendered}"
+    );
+    cp.apply(&rendered).unwrap();
+    let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
+    assert_eq!(r.status(), 200);
+    assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
+}
+
+/// The same with a registry that wants credentials: `wasmctl` logs in, the WasmPlugin names an
+/// `imagePullSecret`, istiod hands the secret to the authenticated sidecar only, and
+/// pilot-agent pulls with it.
+#[test]
+fn wasm_plugin_delivery_with_an_image_pull_secret() {
+    let (user, password) = ("puller", "pull-Secret-42");
+    let cp = ControlPlane::start();
+    // Istio refuses a basic challenge whose realm is no public URL (see the constructor).
+    let registry =
+        Registry::start_with_htpasswd_realm(user, password, "https://registry.e2e.example/");
+    let work = tempfile::tempdir().unwrap();
+    let login = std::process::Command::new(e2e::wasmctl_bin())
+        .args([
+            "login",
+            &registry.host(),
+            "-u",
+            user,
+            "--password-stdin",
+            "--plain-http",
+        ])
+        .env("DOCKER_CONFIG", work.path().join("docker"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{password}\n").as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(login.success());
+    let module = e2e::filter_wasm();
+    wasmctl_in(
+        work.path(),
+        &[
+            "push".into(),
+            registry.reference("filters/header-filter:v1"),
+            module.display().to_string(),
+            "--plain-http".into(),
+            "--root-id".into(),
+            "my_root_id".into(),
+        ],
+    );
+    cp.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "-n",
+        "default",
+        &format!("--docker-server={}", registry.host()),
+        &format!("--docker-username={user}"),
+        &format!("--docker-password={password}"),
+    ]);
+    let node = work.path().join("node");
+    let details = Sidecar::start(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &node,
+        &[],
+    );
+    let rendered = wasm_plugin(
+        work.path(),
+        &registry,
+        &details,
+        "filters/header-filter:v1",
+        true,
+    );
+    assert!(rendered.contains("imagePullSecret: regcred"), "{rendered}");
+    cp.apply(&rendered).unwrap();
+    let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
+    assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
 }
