@@ -89,6 +89,13 @@ fn render(work: &Path, files: &[(&str, &str)]) -> String {
     wasmctl_in(work, &args)
 }
 
+/// The bookinfo-details example's FilterDeployment `fd` rendered with its workload.yaml (so the
+/// Deployment is printed whole, with the volume annotations added).
+fn render_details(work: &Path, fd: &str) -> String {
+    let workload = fs::read_to_string(examples().join("bookinfo-details/workload.yaml")).unwrap();
+    render(work, &[("fd.yaml", fd), ("workload.yaml", &workload)])
+}
+
 /// `wasmctl ARGS` with `DOCKER_CONFIG=work/docker`; stdout, or the test fails with stderr.
 fn wasmctl_in(work: &Path, args: &[String]) -> String {
     let out = std::process::Command::new(e2e::wasmctl_bin())
@@ -227,16 +234,9 @@ fn envoy_filter_delivery_through_istiod() {
     let work = tempfile::tempdir().unwrap();
     let node = work.path().join("node");
     apply_manifests(&cp);
-    let workload = fs::read_to_string(examples().join("bookinfo-details/workload.yaml")).unwrap();
-    let rendered = render(
+    let rendered = render_details(
         work.path(),
-        &[
-            (
-                "fd.yaml",
-                &example("bookinfo-details", &registry, "filters/header-filter:v1"),
-            ),
-            ("workload.yaml", &workload),
-        ],
+        &example("bookinfo-details", &registry, "filters/header-filter:v1"),
     );
     cp.apply(&rendered).unwrap();
     let agent = agent_from_configmap(&cp, work.path(), &node);
@@ -410,4 +410,238 @@ fn wasm_plugin_delivery_with_an_image_pull_secret() {
     cp.apply(&rendered).unwrap();
     let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
     assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
+}
+
+/// Old and new behaviour of a hot update: `old` is the header filter's `hello: hello details`,
+/// `new` either the same filter with the v2 parameters or the v2 module (AssemblyScript, which
+/// adds `x-as-filter`).
+fn classify(m: &Message) -> String {
+    if m.status() != 200 {
+        return format!("status {}", m.status());
+    }
+    match (hello(m), m.header("x-as-filter")) {
+        (Some("hello details"), None) => "old".into(),
+        (Some("hello details v2"), None) | (None, Some(_)) => "new".into(),
+        (a, b) => format!("unexpected hello={a:?} x-as-filter={b:?}"),
+    }
+}
+
+/// Bounded keep-alive load on `sidecar` (4 connections, at most 40000 requests or 90 s), once
+/// it has seen 200 `old` responses.
+fn load_on(sidecar: &Sidecar) -> Load {
+    let load = Load::start(
+        sidecar.inbound,
+        "/details/0",
+        4,
+        40_000,
+        Duration::from_secs(90),
+        classify,
+    );
+    let warm = e2e::poll_until(std::time::Instant::now() + Duration::from_secs(20), || {
+        (load.seen("old") >= 200).then_some(())
+    });
+    assert!(warm.is_some(), "the load saw no old responses");
+    load
+}
+
+/// Wait until the load has seen `n` responses of `class` (or sent all it may), then stop it.
+fn finish_after(load: Load, class: &str, n: u64) -> e2e::load::Report {
+    e2e::poll_until(std::time::Instant::now() + PROPAGATION, || {
+        (load.seen(class) >= n || load.sent() >= 40_000).then_some(())
+    });
+    let report = load.finish();
+    println!(
+        "load: {} responses {:?} (first seen {:?}), errors {}",
+        report.responses,
+        report.classes,
+        report.first_seen,
+        report.errors.len()
+    );
+    report
+}
+
+/// A new digest (WasmPlugin) reaches the same Envoy process with no failed request under
+/// keep-alive load: istiod pushes the new ECDS config, pilot-agent fetches the new image, and
+/// Envoy swaps the filter.
+#[test]
+fn a_new_digest_reaches_the_same_sidecar_with_no_failed_request() {
+    let v2_wasm = e2e::assemblyscript_wasm(); // built before the clock starts
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    let v1 = push_filter(&registry);
+    let work = tempfile::tempdir().unwrap();
+    let details = Sidecar::start(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &work.path().join("node"),
+        &[],
+    );
+    cp.apply(&wasm_plugin(
+        work.path(),
+        &registry,
+        &details,
+        "filters/header-filter:v1",
+        false,
+    ))
+    .unwrap();
+    details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
+    let pid = details.envoy_pid().expect("envoy runs");
+
+    let load = load_on(&details);
+    let v2 = agent::push(
+        &registry.reference("filters/header-filter:v1"),
+        &v2_wasm,
+        "as_filter",
+        &[],
+    );
+    assert_ne!(v1, v2);
+    let fd = example(
+        "bookinfo-details-wasmplugin",
+        &registry,
+        "filters/header-filter:v1",
+    )
+    .replace("port: 9080", &format!("port: {}", details.inbound.port()))
+    .replace("rootId: my_root_id", "rootId: as_filter");
+    let rendered = render(work.path(), &[("fd.yaml", &fd)]);
+    assert!(
+        rendered.contains(&format!("header-filter@{v2}")),
+        "{rendered}"
+    );
+    cp.apply(&rendered).unwrap();
+    let report = finish_after(load, "new", 500);
+
+    assert!(
+        report.errors.is_empty(),
+        "failed requests: {:?}",
+        report.errors
+    );
+    assert_eq!(report.first_seen, ["old", "new"], "{:?}", report.classes);
+    assert!(report.classes["new"] >= 500, "{:?}", report.classes);
+    assert_eq!(
+        details.envoy_pid(),
+        Some(pid),
+        "the sidecar's Envoy was restarted"
+    );
+}
+
+/// New parameters (EnvoyFilter) reach the same Envoy process with no failed request under
+/// keep-alive load: istiod pushes the changed listener, Envoy updates its filter chain in place.
+#[test]
+fn new_parameters_reach_the_same_sidecar_with_no_failed_request() {
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    push_filter(&registry);
+    let work = tempfile::tempdir().unwrap();
+    let node = work.path().join("node");
+    apply_manifests(&cp);
+    let fd = example("bookinfo-details", &registry, "filters/header-filter:v1");
+    cp.apply(&render_details(work.path(), &fd)).unwrap();
+    let agent = agent_from_configmap(&cp, work.path(), &node);
+    agent.wait_for("the module in the node directory", PROPAGATION, |_| {
+        node.join("default.details-v1-wasmfiltering.wasm").exists()
+    });
+    let details = Sidecar::start(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &node,
+        &[],
+    );
+    details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
+    let pid = details.envoy_pid().expect("envoy runs");
+
+    let load = load_on(&details);
+    let v2 = fd.replace("hello details", "hello details v2");
+    cp.apply(&render_details(work.path(), &v2)).unwrap();
+    let report = finish_after(load, "new", 500);
+
+    assert!(
+        report.errors.is_empty(),
+        "failed requests: {:?}",
+        report.errors
+    );
+    assert_eq!(report.first_seen, ["old", "new"], "{:?}", report.classes);
+    assert!(report.classes["new"] >= 500, "{:?}", report.classes);
+    assert_eq!(
+        details.envoy_pid(),
+        Some(pid),
+        "the sidecar's Envoy was restarted"
+    );
+    assert_eq!(
+        details.stat("listener_manager.lds.update_rejected"),
+        Some(0)
+    );
+}
+
+/// Parameters the filter refuses, applied around `wasmctl render`'s check (an edited
+/// EnvoyFilter), reach the sidecar: Envoy rejects the listener update, says so in its stats
+/// and log, and the old filter keeps serving every request.
+#[test]
+fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    push_filter(&registry);
+    let work = tempfile::tempdir().unwrap();
+    let node = work.path().join("node");
+    apply_manifests(&cp);
+    let fd = example("bookinfo-details", &registry, "filters/header-filter:v1");
+    let good = render_details(work.path(), &fd);
+    cp.apply(&good).unwrap();
+    let agent = agent_from_configmap(&cp, work.path(), &node);
+    agent.wait_for("the module in the node directory", PROPAGATION, |_| {
+        node.join("default.details-v1-wasmfiltering.wasm").exists()
+    });
+    let details = Sidecar::start(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &node,
+        &[],
+    );
+    details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
+    let pid = details.envoy_pid().expect("envoy runs");
+    let rejected = |s: &Sidecar| s.stat("listener_manager.lds.update_rejected").unwrap_or(0);
+    assert_eq!(rejected(&details), 0);
+
+    let load = load_on(&details);
+    let bad = good.replace(
+        r#"value: '{"name":"hello","value":"hello details"}'"#,
+        r#"value: '{"rules":[{"direction":"sideways","name":"hello","value":"x"}]}'"#,
+    );
+    assert_ne!(bad, good, "the rendered parameters moved: update the test");
+    cp.apply(&bad).unwrap();
+    let seen = e2e::poll_until(std::time::Instant::now() + PROPAGATION, || {
+        (rejected(&details) > 0).then_some(())
+    });
+    // Keep the load on for a while after the rejection: nothing may change.
+    let settle = load.sent() + 1_000;
+    e2e::poll_until(std::time::Instant::now() + Duration::from_secs(20), || {
+        (load.sent() >= settle).then_some(())
+    });
+    let report = load.finish();
+    println!(
+        "load: {} responses {:?}, errors {}",
+        report.responses,
+        report.classes,
+        report.errors.len()
+    );
+    assert!(
+        seen.is_some(),
+        "the sidecar never rejected the update\n{}",
+        details.log()
+    );
+    assert!(
+        report.errors.is_empty(),
+        "failed requests: {:?}",
+        report.errors
+    );
+    assert_eq!(report.first_seen, ["old"], "{:?}", report.classes);
+    assert_eq!(details.envoy_pid(), Some(pid));
+    let log = details.log();
+    assert!(
+        log.contains("sideways"),
+        "the filter's reason is not in the sidecar's log:\n{log}"
+    );
+    assert!(
+        log.contains("rejected"),
+        "no rejection in the sidecar's log:\n{log}"
+    );
 }
