@@ -25,6 +25,7 @@ pub mod load;
 pub mod registry;
 pub mod sidecar;
 pub mod token;
+pub mod transcript;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -86,16 +86,20 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Start `workload` with an app answering 200 with `app_headers`, its node directory
-    /// `node_dir`, and wait until Envoy serves the inbound listener istiod gave it.
-    pub fn start(
+    /// Start `workload` in front of an app that echoes the request headers, with its node
+    /// directory `node_dir`, and wait until Envoy serves the inbound listener istiod gave it.
+    pub fn start(cp: &ControlPlane, workload: Workload, node_dir: &Path) -> Sidecar {
+        Sidecar::start_with_app(cp, workload, node_dir, http1::Upstream::start(&[]))
+    }
+
+    /// [`Sidecar::start`] in front of `app`.
+    pub fn start_with_app(
         cp: &ControlPlane,
         workload: Workload,
         node_dir: &Path,
-        app_headers: &[(&str, &str)],
+        app: http1::Upstream,
     ) -> Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
-        let app = http1::Upstream::start(app_headers);
         let port = controlplane::free_port();
         let inbound: SocketAddr = ([127, 0, 0, 1], port).into();
         let admin: SocketAddr = ([127, 0, 0, 1], controlplane::free_port()).into();

@@ -248,7 +248,6 @@ fn envoy_filter_delivery_through_istiod() {
         &cp,
         Workload::new("default", "details-v1-0", DETAILS),
         &node,
-        &[],
     );
     let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
     assert_eq!(r.status(), 200);
@@ -262,7 +261,6 @@ fn envoy_filter_delivery_through_istiod() {
             &[("app", "reviews"), ("version", "v1")],
         ),
         &node,
-        &[],
     );
     let r = reviews.get("/reviews/0");
     assert_eq!(r.status(), 200);
@@ -315,7 +313,6 @@ fn wasm_plugin_delivery_through_istiod() {
         &cp,
         Workload::new("default", "details-v1-0", DETAILS),
         &node,
-        &[],
     );
     assert_eq!(hello(&details.get("/details/0")), None);
 
@@ -397,7 +394,6 @@ fn wasm_plugin_delivery_with_an_image_pull_secret() {
         &cp,
         Workload::new("default", "details-v1-0", DETAILS),
         &node,
-        &[],
     );
     let rendered = wasm_plugin(
         work.path(),
@@ -474,7 +470,6 @@ fn a_new_digest_reaches_the_same_sidecar_with_no_failed_request() {
         &cp,
         Workload::new("default", "details-v1-0", DETAILS),
         &work.path().join("node"),
-        &[],
     );
     cp.apply(&wasm_plugin(
         work.path(),
@@ -544,7 +539,6 @@ fn new_parameters_reach_the_same_sidecar_with_no_failed_request() {
         &cp,
         Workload::new("default", "details-v1-0", DETAILS),
         &node,
-        &[],
     );
     details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
     let pid = details.envoy_pid().expect("envoy runs");
@@ -594,7 +588,6 @@ fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
         &cp,
         Workload::new("default", "details-v1-0", DETAILS),
         &node,
-        &[],
     );
     details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
     let pid = details.envoy_pid().expect("envoy runs");

@@ -8,40 +8,16 @@ use e2e::agent::{Agent, wasmctl, write_atomic};
 use e2e::envoy::{Envoy, bootstrap, ecds_filter, envoy_bin};
 use e2e::http1::Upstream;
 use e2e::registry::Registry;
+use e2e::transcript::{curl, has, indent, step, wait};
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CONFIG: &str = r#"{"name":"resp-header-demo","value":"added by our filter"}"#;
 const DETAILS: &str =
     r#"{"id":0,"author":"William Shakespeare","year":1595,"type":"paperback","pages":200}"#;
 const FILTER: &str = "header-filter";
 const NAME: &str = "default.details-header";
-
-fn step(s: &str) {
-    println!("\n==> {s}");
-}
-
-fn indent(text: &str) {
-    for l in text.trim_end().lines() {
-        println!("    {l}");
-    }
-}
-
-fn curl(url: &str) -> Result<String, String> {
-    println!("$ curl -si {url}");
-    let out = Command::new("curl")
-        .args(["-si", "--max-time", "10", url])
-        .output()
-        .map_err(|e| format!("cannot run curl: {e} (run scripts/setup)"))?;
-    let t = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    println!("{}", t.trim_end());
-    Ok(t)
-}
-
-fn has(transcript: &str, line: &str) -> bool {
-    transcript.lines().any(|l| l.eq_ignore_ascii_case(line))
-}
 
 fn push(reference: &str, module: &Path, root_id: &str) -> Result<String, String> {
     println!(
@@ -71,17 +47,6 @@ fn agent_lines(agent: &Agent, from: usize) -> usize {
         println!("    {l}");
     }
     lines.len()
-}
-
-fn wait(
-    what: &str,
-    deadline: Duration,
-    mut cond: impl FnMut() -> bool,
-) -> Result<Duration, String> {
-    let start = Instant::now();
-    e2e::poll_until(start + deadline, || cond().then_some(()))
-        .map(|()| start.elapsed())
-        .ok_or_else(|| format!("{what}: not within {deadline:?}"))
 }
 
 fn run() -> Result<(), String> {
