@@ -4,13 +4,16 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/header_filter.wasm
 
-.PHONY: help setup build test lint lint-filters demo bench-oci bench-envoy clean
+.PHONY: help setup control-plane build test lint lint-filters demo demo-istio bench-oci bench-envoy clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: ## Install what is missing: wasm32-wasip1, Envoy 1.40, docker-registry, htpasswd, oras-py, curl, node/npm
 	@scripts/setup
+
+control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, istiod, pilot-agent, istioctl (Go modules; cached)
+	@scripts/control-plane-build >/dev/null
 
 build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.wasm
 	$(CARGO) build --release --target wasm32-wasip1 -p header-filter
@@ -25,11 +28,14 @@ lint-filters: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -- -D warnings
 
-test: setup lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry)
+test: setup control-plane lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio)
 	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace
 
 demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot update under the same tag; stop all
 	@scripts/demo
+
+demo-istio: setup control-plane ## The real control plane: render | kubectl apply, both delivery modes through istiod, updates; stop all
+	@scripts/demo-istio
 
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
 	@scripts/bench-oci
