@@ -1,5 +1,5 @@
 //! Everything `render` prints and everything `manifests/` holds is valid where it is applied:
-//! Istio resources against Istio's CRD schemas (`../shared/data/istio/crd-all.gen.yaml`, with a
+//! Istio resources against Istio's CRD schemas (`crd-all.gen.yaml` of the pinned Istio module, with a
 //! structural-schema validator that rejects fields the API server would prune), built-in objects
 //! against the Kubernetes types of `k8s-openapi` (unknown fields rejected), FilterDeployments
 //! against our own CRD; `kubectl kustomize` renders every overlay offline.

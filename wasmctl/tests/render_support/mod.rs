@@ -78,12 +78,21 @@ pub fn docs(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Istio's CRDs (`../shared/data/istio/crd-all.gen.yaml` next to the workspace), by kind.
+/// Istio's CRDs, by kind: `crd-all.gen.yaml` of the Istio module the control plane is built
+/// from (pinned in `controlplane/versions.env`), which `scripts/control-plane-build` copies
+/// beside the binaries (building them first when missing).
 pub fn istio_crd(kind: &str) -> Value {
-    let path = workspace_root().join("../shared/data/istio/crd-all.gen.yaml");
+    let script = workspace_root().join("scripts/control-plane-build");
+    let out = Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    let path =
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("istio/crd-all.gen.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "the Istio CRD schemas are needed at {} (an unmodified crd-all.gen.yaml of istio/istio, manifests/charts/base/files/): {e}",
+            "Istio's CRDs, from the pinned module, at {}: {e}",
             path.display()
         )
     });
