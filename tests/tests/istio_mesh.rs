@@ -629,6 +629,12 @@ fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
     assert_eq!(report.first_seen, ["old"], "{:?}", report.classes);
     assert_eq!(details.envoy_pid(), Some(pid));
     let log = details.log();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("rejected") || l.contains("sideways"))
+    {
+        println!("sidecar: {line}");
+    }
     assert!(
         log.contains("sideways"),
         "the filter's reason is not in the sidecar's log:\n{log}"
