@@ -18,10 +18,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod agent;
+pub mod controller;
 pub mod controlplane;
 pub mod envoy;
 pub mod http1;
 pub mod load;
+pub mod mesh;
 pub mod registry;
 pub mod sidecar;
 pub mod token;

@@ -7,21 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use e2e::agent::{self, Agent};
+use e2e::agent;
 use e2e::controlplane::ControlPlane;
-use e2e::http1::Message;
-use e2e::load::Load;
+use e2e::mesh::*;
 use e2e::registry::Registry;
 use e2e::sidecar::{Sidecar, Workload};
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// How long a change may take from `kubectl apply` to the sidecar serving it (istiod debounces
-/// pushes for 100 ms; a remote module is fetched and compiled by V8).
-const PROPAGATION: Duration = Duration::from_secs(60);
-
-const DETAILS: &[(&str, &str)] = &[("app", "details"), ("version", "v1")];
 
 /// bookinfo's productpage-v1, as a cluster holds it before any filter is deployed.
 const PRODUCTPAGE: &str = "apiVersion: apps/v1
@@ -42,102 +34,6 @@ spec:
       - name: productpage
         image: docker.io/istio/examples-bookinfo-productpage-v1:1.20.3
 ";
-
-fn examples() -> PathBuf {
-    e2e::workspace_root().join("manifests/examples")
-}
-
-fn hello(r: &Message) -> Option<&str> {
-    r.header("hello")
-}
-
-/// The example's FilterDeployment with the image in `registry` and no pull secret (the
-/// registry is anonymous unless a test says otherwise).
-fn example(name: &str, registry: &Registry, image: &str) -> String {
-    example_with(name, registry, image, false)
-}
-
-/// [`example`], keeping the example's `pullSecret: regcred` when `pull_secret`.
-fn example_with(name: &str, registry: &Registry, image: &str, pull_secret: bool) -> String {
-    let text = fs::read_to_string(examples().join(name).join("filterdeployment.yaml")).unwrap();
-    let mut out = String::new();
-    for line in text.lines() {
-        let t = line.trim_start();
-        if t.starts_with("pullSecret:") && !pull_secret {
-            continue;
-        }
-        if t.starts_with("image:") {
-            let indent = &line[..line.len() - t.len()];
-            out.push_str(&format!("{indent}image: {}\n", registry.reference(image)));
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-/// `wasmctl render --plain-http FILES...` (tags pinned to digests, parameters checked against
-/// the pulled module), with the registry credentials of `work/docker/config.json` if any.
-fn render(work: &Path, files: &[(&str, &str)]) -> String {
-    let mut args = vec!["render".to_string(), "--plain-http".to_string()];
-    for (name, text) in files {
-        let p = work.join(name);
-        fs::write(&p, text).unwrap();
-        args.push(p.display().to_string());
-    }
-    wasmctl_in(work, &args)
-}
-
-/// The bookinfo-details example's FilterDeployment `fd` rendered with its workload.yaml (so the
-/// Deployment is printed whole, with the volume annotations added).
-fn render_details(work: &Path, fd: &str) -> String {
-    let workload = fs::read_to_string(examples().join("bookinfo-details/workload.yaml")).unwrap();
-    render(work, &[("fd.yaml", fd), ("workload.yaml", &workload)])
-}
-
-/// `wasmctl ARGS` with `DOCKER_CONFIG=work/docker`; stdout, or the test fails with stderr.
-fn wasmctl_in(work: &Path, args: &[String]) -> String {
-    let out = std::process::Command::new(e2e::wasmctl_bin())
-        .args(args)
-        .env("DOCKER_CONFIG", work.join("docker"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "wasmctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn apply_manifests(cp: &ControlPlane) {
-    let root = e2e::workspace_root().join("manifests");
-    cp.kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--field-manager=e2e",
-        "-k",
-        root.to_str().unwrap(),
-    ]);
-}
-
-/// The node agent, fed the image list of the ConfigMap in the API server as the kubelet would
-/// mount it (a test stand-in: the file is written from what `kubectl get` returns).
-fn agent_from_configmap(cp: &ControlPlane, work: &Path, node_dir: &Path) -> Agent {
-    let list = cp.kubectl_ok(&[
-        "get",
-        "configmap",
-        "-n",
-        "wasm-system",
-        "wasm-agent-images",
-        "-o",
-        r"jsonpath={.data.images\.yaml}",
-    ]);
-    let file = work.join("images.yaml");
-    agent::write_atomic(&file, &list);
-    Agent::start(&file, node_dir, &agent::FAST)
-}
 
 #[test]
 fn the_api_server_accepts_the_manifests_and_every_rendered_example() {
@@ -276,30 +172,6 @@ fn envoy_filter_delivery_through_istiod() {
     );
 }
 
-/// Push the header filter as `filters/header-filter:v1`; returns the manifest digest.
-fn push_filter(registry: &Registry) -> String {
-    agent::push(
-        &registry.reference("filters/header-filter:v1"),
-        &e2e::filter_wasm(),
-        "my_root_id",
-        &[],
-    )
-}
-
-/// The WasmPlugin example rendered for `sidecar`'s inbound port, pinned to the digest of `tag`
-/// (with its `pullSecret: regcred` when `pull_secret`).
-fn wasm_plugin(
-    work: &Path,
-    registry: &Registry,
-    sidecar: &Sidecar,
-    tag: &str,
-    pull_secret: bool,
-) -> String {
-    let fd = example_with("bookinfo-details-wasmplugin", registry, tag, pull_secret)
-        .replace("port: 9080", &format!("port: {}", sidecar.inbound.port()));
-    render(work, &[("fd.yaml", &fd)])
-}
-
 /// wasmPlugin delivery through istiod: the WasmPlugin, pinned to the pushed digest, makes
 /// pilot-agent pull the image from the registry and the sidecar serve the header.
 #[test]
@@ -406,54 +278,6 @@ fn wasm_plugin_delivery_with_an_image_pull_secret() {
     cp.apply(&rendered).unwrap();
     let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
     assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
-}
-
-/// Old and new behaviour of a hot update: `old` is the header filter's `hello: hello details`,
-/// `new` either the same filter with the v2 parameters or the v2 module (AssemblyScript, which
-/// adds `x-as-filter`).
-fn classify(m: &Message) -> String {
-    if m.status() != 200 {
-        return format!("status {}", m.status());
-    }
-    match (hello(m), m.header("x-as-filter")) {
-        (Some("hello details"), None) => "old".into(),
-        (Some("hello details v2"), None) | (None, Some(_)) => "new".into(),
-        (a, b) => format!("unexpected hello={a:?} x-as-filter={b:?}"),
-    }
-}
-
-/// Bounded keep-alive load on `sidecar` (4 connections, at most 40000 requests or 90 s), once
-/// it has seen 200 `old` responses.
-fn load_on(sidecar: &Sidecar) -> Load {
-    let load = Load::start(
-        sidecar.inbound,
-        "/details/0",
-        4,
-        40_000,
-        Duration::from_secs(90),
-        classify,
-    );
-    let warm = e2e::poll_until(std::time::Instant::now() + Duration::from_secs(20), || {
-        (load.seen("old") >= 200).then_some(())
-    });
-    assert!(warm.is_some(), "the load saw no old responses");
-    load
-}
-
-/// Wait until the load has seen `n` responses of `class` (or sent all it may), then stop it.
-fn finish_after(load: Load, class: &str, n: u64) -> e2e::load::Report {
-    e2e::poll_until(std::time::Instant::now() + PROPAGATION, || {
-        (load.seen(class) >= n || load.sent() >= 40_000).then_some(())
-    });
-    let report = load.finish();
-    println!(
-        "load: {} responses {:?} (first seen {:?}), errors {}",
-        report.responses,
-        report.classes,
-        report.first_seen,
-        report.errors.len()
-    );
-    report
 }
 
 /// A new digest (WasmPlugin) reaches the same Envoy process with no failed request under

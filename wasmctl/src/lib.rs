@@ -5,6 +5,7 @@
 //! - [`bench`]: what a filter costs per request and per VM in the harness, and memory growth.
 //! - [`module`]: is a file a valid wasm module, which proxy-wasm ABI does it export.
 //! - [`config`]: the runtime config (`type`, `abiVersions`, `rootIds`).
+//! - [`controller`]: keeps `FilterDeployment`s in a cluster rendered, applied and reported.
 //! - [`layout`]: the solo, compat and cncf layouts; recognising a pulled one; Istio's and Envoy
 //!   Gateway's layer rules.
 //! - [`reference`]: image references, parsed and normalised as Docker does.
@@ -37,6 +38,7 @@ pub mod agent;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod fsutil;
 pub mod layout;

@@ -1,4 +1,4 @@
-//! The `wasmctl` command line: run, bench, inspect, push, pull, login, agent, render.
+//! The `wasmctl` command line: run, bench, inspect, push, pull, login, agent, render, controller.
 //!
 //! Exit codes: 0 success; 1 an error (bad input, a module that fails to load, configure or
 //! run, a registry failure); 2 bad usage; 3 `run --scenario` whose expectations do not hold.
@@ -40,6 +40,42 @@ enum Command {
     /// Render FilterDeployment resources into Istio EnvoyFilter/WasmPlugin objects, workload
     /// volume patches and the node agent's image list
     Render(RenderArgs),
+    /// Keep every FilterDeployment in the cluster rendered, resolved, applied and reported
+    /// (kubeconfig from KUBECONFIG, ~/.kube/config or the in-cluster service account)
+    Controller(ControllerArgs),
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Watch only this namespace (repeat for several; default: all)
+    #[arg(long = "namespace", short = 'n', value_name = "NAMESPACE")]
+    namespaces: Vec<String>,
+    /// How often a ready FilterDeployment's tag is re-resolved (a re-pushed tag rolls out)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    resync: std::time::Duration,
+    /// First retry delay after a failure, doubled per consecutive failure
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    backoff_initial: std::time::Duration,
+    /// Largest retry delay
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    backoff_max: std::time::Duration,
+    /// HTTP listener: /healthz, /readyz, /metrics (Prometheus text), /status (JSON); "none": off
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9091")]
+    listen: String,
+    /// Elect a leader among replicas on a Lease NAMESPACE/NAME (only the holder reconciles)
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    leader_elect: Option<String>,
+    /// How long the lease holds without renewal
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration)]
+    lease_duration: std::time::Duration,
+    /// This replica's identity in the lease and in Events (default: $POD_NAME, else $HOSTNAME)
+    #[arg(long, value_name = "ID")]
+    identity: Option<String>,
+    /// Largest module accepted, in bytes (default 256 MiB, as Istio)
+    #[arg(long, value_name = "BYTES")]
+    max_size: Option<u64>,
+    #[command(flatten)]
+    transport: Transport,
 }
 
 #[derive(Args)]
@@ -620,6 +656,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })?),
             };
             runtime()?.block_on(wasmctl::agent::run(cfg, shutdown_signal()))?;
+        }
+        Command::Controller(a) => {
+            let mut cfg = wasmctl::controller::Config {
+                namespaces: a.namespaces,
+                resync: a.resync,
+                backoff_initial: a.backoff_initial,
+                backoff_max: a.backoff_max,
+                registry: options(&a.transport, true, a.max_size),
+                lease_duration: a.lease_duration,
+                ..wasmctl::controller::Config::default()
+            };
+            if let Some(id) = a.identity {
+                cfg.identity = id;
+            }
+            cfg.listen = match a.listen.as_str() {
+                "" | "none" | "off" => None,
+                text => Some(text.parse().with_context(|| {
+                    format!("--listen {text:?}: expected IP:PORT, e.g. 127.0.0.1:9091")
+                })?),
+            };
+            if let Some(l) = a.leader_elect {
+                let (ns, name) = l.split_once('/').with_context(|| {
+                    format!("--leader-elect {l:?}: expected NAMESPACE/NAME, e.g. wasm-system/wasmctl-controller")
+                })?;
+                cfg.lease = Some((ns.to_string(), name.to_string()));
+            }
+            runtime()?.block_on(wasmctl::controller::run(cfg, shutdown_signal()))?;
         }
     }
     Ok(())

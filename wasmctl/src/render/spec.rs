@@ -26,6 +26,9 @@ pub struct FilterDeployment {
     pub metadata: Metadata,
     /// What to deploy where.
     pub spec: Spec,
+    /// What the controller wrote (`kubectl get -o yaml` prints it); never read.
+    #[serde(default, skip_serializing)]
+    pub status: Option<Value>,
 }
 
 /// The part of `metadata` that matters here.

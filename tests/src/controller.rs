@@ -1,0 +1,121 @@
+//! `wasmctl controller` as a process for a test: started against a [`ControlPlane`]'s API
+//! server with its HTTP listener on a free port, read through `/readyz`, `/metrics` and
+//! `/status`, stopped with SIGTERM or SIGKILL (or killed on drop, when its log is printed if the
+//! test failed).
+
+use crate::controlplane::{self, ControlPlane, Proc};
+use crate::http1;
+use std::net::SocketAddr;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// A running controller.
+pub struct Controller {
+    proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+    /// Its HTTP listener.
+    pub addr: SocketAddr,
+}
+
+impl Controller {
+    /// Start `wasmctl controller --listen 127.0.0.1:PORT ARGS` with the control plane's admin
+    /// kubeconfig, and wait until `/readyz` answers 200.
+    pub fn start(cp: &ControlPlane, args: &[&str]) -> Controller {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr: SocketAddr = ([127, 0, 0, 1], controlplane::free_port()).into();
+        let mut cmd = Command::new(crate::wasmctl_bin());
+        cmd.arg("controller")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .env("KUBECONFIG", &cp.kubeconfig);
+        let proc = Proc::spawn(
+            "wasmctl controller",
+            cmd,
+            dir.path().join("controller.log"),
+            true,
+        );
+        let mut c = Controller {
+            proc: Some(proc),
+            _dir: dir,
+            addr,
+        };
+        let p = c.proc.as_mut().expect("running");
+        if let Err(e) = controlplane::wait_ready(p, "wasmctl controller", || {
+            http1::get(addr, "/readyz", &[]).is_ok_and(|r| r.status() == 200)
+        }) {
+            panic!("{e}");
+        }
+        c
+    }
+
+    /// Everything it logged.
+    pub fn log(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> String {
+        http1::get(self.addr, "/metrics", &[])
+            .map(|r| r.text())
+            .unwrap_or_default()
+    }
+
+    /// A sample of `/metrics` by its full name with labels (e.g.
+    /// `wasm_controller_reconciles_total{result="success"}`); 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Whether this replica holds the lease (`wasm_controller_leader 1`).
+    pub fn leads(&self) -> bool {
+        self.metric("wasm_controller_leader") == 1.0
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map(|p| p.child.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM, and wait (up to 20 s) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut p = self.proc.take().expect("controller running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+        let end = Instant::now() + Duration::from_secs(20);
+        match crate::poll_until(end, || p.child.try_wait().expect("wait")) {
+            Some(s) => s,
+            None => {
+                p.kill();
+                panic!("the controller ignored SIGTERM for 20 s\n{}", p.tail(40));
+            }
+        }
+    }
+
+    /// SIGKILL (a crash: no chance to give up the lease).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            if std::thread::panicking() {
+                eprintln!("---- {} log (tail) ----\n{}", p.name, p.tail(80));
+            }
+            p.kill();
+        }
+    }
+}
