@@ -158,7 +158,7 @@ pub fn classify(m: &Message) -> String {
     }
 }
 
-/// Bounded keep-alive load on `sidecar` (4 connections, at most 40000 requests or 90 s), once
+/// Bounded keep-alive load on `sidecar` (4 connections, at most 200000 requests or 90 s), once
 /// it has seen 200 `old` responses.
 pub fn load_on(sidecar: &Sidecar) -> Load {
     let load = Load::start(
@@ -179,7 +179,7 @@ pub fn load_on(sidecar: &Sidecar) -> Load {
 /// Wait until the load has seen `n` responses of `class` (or sent all it may), then stop it.
 pub fn finish_after(load: Load, class: &str, n: u64) -> Report {
     crate::poll_until(Instant::now() + PROPAGATION, || {
-        (load.seen(class) >= n || load.sent() >= 40_000).then_some(())
+        (load.seen(class) >= n || load.sent() >= 200_000).then_some(())
     });
     let report = load.finish();
     println!(
