@@ -21,6 +21,12 @@ impl Controller {
     /// Start `wasmctl controller --listen 127.0.0.1:PORT ARGS` with the control plane's admin
     /// kubeconfig, and wait until `/readyz` answers 200.
     pub fn start(cp: &ControlPlane, args: &[&str]) -> Controller {
+        Controller::start_with(&cp.kubeconfig, args)
+    }
+
+    /// [`Controller::start`] with the credentials of `kubeconfig` (e.g.
+    /// [`ControlPlane::kubeconfig_for`] the controller's service account).
+    pub fn start_with(kubeconfig: &std::path::Path, args: &[&str]) -> Controller {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = ([127, 0, 0, 1], controlplane::free_port()).into();
         let mut cmd = Command::new(crate::wasmctl_bin());
@@ -28,7 +34,7 @@ impl Controller {
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
-            .env("KUBECONFIG", &cp.kubeconfig);
+            .env("KUBECONFIG", kubeconfig);
         let proc = Proc::spawn(
             "wasmctl controller",
             cmd,

@@ -361,6 +361,18 @@ impl ControlPlane {
         .expect("write kubeconfig");
     }
 
+    /// A kubeconfig that authenticates as the service account `namespace/name` (a token from
+    /// the TokenRequest API, valid for an hour): what a Pod running as it would present.
+    pub fn kubeconfig_for(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=1h"]);
+        let text = fs::read_to_string(&self.kubeconfig).expect("read kubeconfig");
+        let mut kc: serde_json::Value = serde_json::from_str(&text).expect("kubeconfig json");
+        kc["users"][0]["user"] = json!({"token": token.trim()});
+        let path = self.dir.join(format!("kubeconfig-{namespace}-{name}"));
+        fs::write(&path, serde_json::to_vec_pretty(&kc).expect("json")).expect("write kubeconfig");
+        path
+    }
+
     fn start_controller_manager(&mut self, tied: bool) -> Result<(), String> {
         let port = free_port();
         let kc = self.kubeconfig.display().to_string();

@@ -101,7 +101,8 @@ fn image_list(cp: &ControlPlane) -> String {
     ])
 }
 
-/// envoyFilter delivery by the controller: `kubectl apply` of the bookinfo-details
+/// envoyFilter delivery by the controller (with the service account and RBAC of
+/// `manifests/controller`): `kubectl apply` of the bookinfo-details
 /// FilterDeployment -> EnvoyFilter (owned), the image-list entry, the workload's annotations;
 /// the agent pulls, the sidecar serves. New parameters reach the same Envoy under load with no
 /// failed request. Deleting the FilterDeployment takes all of it back, other annotations kept.
@@ -114,7 +115,18 @@ fn envoy_filter_delivery_update_and_deletion() {
     let node = work.path().join("node");
     apply_manifests(&cp);
     cp.apply_as("e2e-workloads", &details_deployment()).unwrap();
-    let controller = Controller::start(&cp, &FAST);
+    // As the Deployment of manifests/controller runs it: its service account, its RBAC.
+    let sa = cp.kubeconfig_for("wasm-system", "wasmctl-controller");
+    let denied = std::process::Command::new(e2e::controlplane::bin("kubectl"))
+        .args(["get", "pods", "-A"])
+        .env("KUBECONFIG", &sa)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "the controller's service account may list pods: RBAC is not in force"
+    );
+    let controller = Controller::start_with(&sa, &FAST);
 
     let fd = example("bookinfo-details", &registry, "filters/header-filter:v1");
     cp.apply(&fd).unwrap();

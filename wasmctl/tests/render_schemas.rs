@@ -120,6 +120,18 @@ fn check_object(v: &Value, what: &str) {
         "CustomResourceDefinition" => {
             let _: ext::CustomResourceDefinition = strict(v, what);
         }
+        "ClusterRole" => {
+            let _: k8s_openapi::api::rbac::v1::ClusterRole = strict(v, what);
+        }
+        "ClusterRoleBinding" => {
+            let _: k8s_openapi::api::rbac::v1::ClusterRoleBinding = strict(v, what);
+        }
+        "Role" => {
+            let _: k8s_openapi::api::rbac::v1::Role = strict(v, what);
+        }
+        "RoleBinding" => {
+            let _: k8s_openapi::api::rbac::v1::RoleBinding = strict(v, what);
+        }
         other => panic!("{what}: no check for kind {other}"),
     }
 }
@@ -404,7 +416,12 @@ fn every_overlay_renders_offline_and_validates() {
         return;
     }
     let root = workspace_root().join("manifests");
-    let mut dirs = vec![root.clone(), root.join("crd"), root.join("agent")];
+    let mut dirs = vec![
+        root.clone(),
+        root.join("crd"),
+        root.join("agent"),
+        root.join("controller"),
+    ];
     dirs.extend(examples().into_iter().map(|e| e.dir));
     for dir in dirs {
         let out = kustomize(&dir).unwrap();
