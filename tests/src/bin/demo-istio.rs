@@ -32,6 +32,9 @@ fn kubectl(
     let out = cp.kubectl_stdin(args, input);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     indent(&text);
+    if text.trim().is_empty() {
+        indent(&String::from_utf8_lossy(&out.stderr));
+    }
     if out.status.success() {
         Ok(text)
     } else {
@@ -134,7 +137,7 @@ fn run() -> Result<(), String> {
         "$ wasmctl push {reference} {} --root-id my_root_id --plain-http",
         v1.display()
     );
-    indent(&wasmctl(&[
+    let pushed = wasmctl(&[
         "push",
         &reference,
         &v1.to_string_lossy(),
@@ -142,7 +145,14 @@ fn run() -> Result<(), String> {
         "my_root_id",
         "--plain-http",
         "-q",
-    ]));
+    ]);
+    indent(&pushed);
+    let v1_pinned = pushed
+        .lines()
+        .find_map(|l| l.strip_prefix("pinned: "))
+        .ok_or("push printed no pinned reference")?
+        .trim()
+        .to_string();
 
     step("the CRD and the node agent's manifests");
     let manifests = e2e::workspace_root().join("manifests");
@@ -276,6 +286,10 @@ fn run() -> Result<(), String> {
     step(
         "push v2 under the same tag (AssemblyScript: adds x-as-filter), render (new digest) and apply",
     );
+    println!(
+        "$ wasmctl push {reference} {} --root-id as_filter --plain-http",
+        v2.display()
+    );
     indent(&wasmctl(&[
         "push",
         &reference,
@@ -305,6 +319,101 @@ fn run() -> Result<(), String> {
         return Err("wasmPlugin update: the response lacks x-as-filter".into());
     }
 
+    step("the controller: wasmctl controller keeps FilterDeployments applied (no render step)");
+    kubectl(
+        &cp,
+        "kubectl delete wasmplugin details-v1-wasmplugin",
+        &["delete", "wasmplugin", "details-v1-wasmplugin"],
+        None,
+    )?;
+    wait("the WasmPlugin gone from the sidecar", PROPAGATION, || {
+        details.get("/details/0").header("hello").is_none()
+    })?;
+    println!("    the sidecar serves no filter now");
+    let controller = e2e::controller::Controller::start(&cp, &["--plain-http", "--resync", "10s"]);
+    println!(
+        "    wasmctl controller (pid {}) --plain-http --resync 10s; /metrics, /readyz on http://{}",
+        controller.pid(),
+        controller.addr
+    );
+    let fd_text = example(&fd, "bookinfo-details", &v1_pinned, &[])?;
+    indent(&fd_text);
+    kubectl(
+        &cp,
+        &format!("kubectl apply -f {}", fd.display()),
+        &["apply", "-f", &fd.to_string_lossy()],
+        None,
+    )?;
+    wait("the FilterDeployment ready", PROPAGATION, || {
+        cp.kubectl(&[
+            "get",
+            "filterdeployment",
+            "details-v1-wasmfiltering",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ])
+        .stdout
+            == b"True"
+    })?;
+    kubectl(
+        &cp,
+        "kubectl get filterdeployment",
+        &["get", "filterdeployment"],
+        None,
+    )?;
+    kubectl(
+        &cp,
+        "kubectl get envoyfilter,wasmplugin",
+        &["get", "envoyfilter,wasmplugin"],
+        None,
+    )?;
+    // The kubelet's part: the ConfigMap's new content reaches the agent's mounted file.
+    let list = cp.kubectl_ok(&[
+        "get",
+        "configmap",
+        "-n",
+        "wasm-system",
+        "wasm-agent-images",
+        "-o",
+        r"jsonpath={.data.images\.yaml}",
+    ]);
+    write_atomic(&list_file, &list);
+    println!("    image list, as the controller wrote it (and the kubelet mounts it):");
+    indent(&list);
+    let took = wait(
+        "the controller's EnvoyFilter in the sidecar",
+        PROPAGATION,
+        || {
+            let r = details.get("/details/0");
+            hello("hello details")(&r)
+        },
+    )?;
+    println!("    served {took:.1?} after Ready");
+    if !has(&curl(&url)?, "hello: hello details") {
+        return Err("controller: the response lacks hello: hello details".into());
+    }
+    kubectl(
+        &cp,
+        "kubectl delete filterdeployment details-v1-wasmfiltering",
+        &["delete", "filterdeployment", "details-v1-wasmfiltering"],
+        None,
+    )?;
+    wait("the filter gone from the sidecar", PROPAGATION, || {
+        details.get("/details/0").header("hello").is_none()
+    })?;
+    kubectl(
+        &cp,
+        "kubectl get envoyfilter,filterdeployment",
+        &["get", "envoyfilter,filterdeployment"],
+        None,
+    )?;
+    let t = curl(&url)?;
+    if t.to_ascii_lowercase().contains("\nhello:") {
+        return Err("controller: the header outlived the FilterDeployment".into());
+    }
+    same_envoy(&details, pid)?;
+    drop(controller);
+
     let cp_dir = cp.dir().to_path_buf();
     drop(details);
     drop(agent);
@@ -320,7 +429,7 @@ fn run() -> Result<(), String> {
         left.unwrap_or(false)
     ));
     println!(
-        "\nOK: both delivery modes served the filter through istiod, and each update reached the same Envoy"
+        "\nOK: both delivery modes served the filter through istiod, each update reached the same Envoy, and the controller applied and removed a FilterDeployment"
     );
     Ok(())
 }
