@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/header_filter.wasm
 
-.PHONY: help setup control-plane build test lint lint-filters demo demo-istio bench-oci bench-envoy clean
+.PHONY: help setup control-plane build image test lint lint-filters demo demo-istio bench-oci bench-envoy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, 
 build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.wasm
 	$(CARGO) build --release --target wasm32-wasip1 -p header-filter
 	@ls -l $(WASM) | awk '{print "built", $$NF, $$5, "bytes"}'
+
+image: setup ## The wasmctl image (static binary, FROM scratch) with buildah; PUSH=REF [PLAIN_HTTP=1] pushes it
+	@scripts/image $(if $(PUSH),--push $(PUSH),) $(if $(PLAIN_HTTP),--plain-http,)
 
 lint: setup lint-filters ## cargo fmt --check and clippy -D warnings on everything (host and wasm)
 	$(CARGO) clippy --all-targets -- -D warnings
