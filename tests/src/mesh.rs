@@ -158,14 +158,18 @@ pub fn classify(m: &Message) -> String {
     }
 }
 
-/// Bounded keep-alive load on `sidecar` (4 connections, at most 200000 requests or 90 s), once
+/// The most requests one load sends (with 90 s, its bound): room for a rollout that waits for
+/// a resync while the load keeps both cores busy.
+pub const LOAD_MAX: u64 = 200_000;
+
+/// Bounded keep-alive load on `sidecar` (4 connections, at most [`LOAD_MAX`] requests or 90 s), once
 /// it has seen 200 `old` responses.
 pub fn load_on(sidecar: &Sidecar) -> Load {
     let load = Load::start(
         sidecar.inbound,
         "/details/0",
         4,
-        40_000,
+        LOAD_MAX,
         Duration::from_secs(90),
         classify,
     );
@@ -179,7 +183,7 @@ pub fn load_on(sidecar: &Sidecar) -> Load {
 /// Wait until the load has seen `n` responses of `class` (or sent all it may), then stop it.
 pub fn finish_after(load: Load, class: &str, n: u64) -> Report {
     crate::poll_until(Instant::now() + PROPAGATION, || {
-        (load.seen(class) >= n || load.sent() >= 200_000).then_some(())
+        (load.seen(class) >= n || load.sent() >= LOAD_MAX).then_some(())
     });
     let report = load.finish();
     println!(

@@ -329,7 +329,8 @@ fn wasm_plugin_delivery_and_a_repushed_tag() {
 
 /// Invalid input: CEL refuses at admission, naming the field; parameters the filter refuses give
 /// `Ready=False` with the filter's message and a Warning event, and the objects applied before
-/// stay as they were; fixing the parameters makes it ready again.
+/// stay as they were; so do a missing workload and a registry that is down; fixing each makes
+/// it ready again.
 #[test]
 fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
     let cp = ControlPlane::start();
@@ -441,6 +442,44 @@ fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
         "True",
         &controller,
     );
+
+    // The registry down: Ready=False with the registry's answer, retried with backoff, the
+    // objects kept; back up, ready again.
+    let mut registry = registry;
+    registry.stop();
+    cp.apply(&fd.replace("hello details", "hello details v2"))
+        .unwrap();
+    let obj = wait_ready(
+        &cp,
+        "default",
+        "details-v1-wasmfiltering",
+        "False",
+        &controller,
+    );
+    let (_, reason, message) = ready(&obj);
+    assert_eq!(reason, "RegistryError");
+    assert!(message.contains(&registry.host()), "{message}");
+    let ef = get_json(
+        &cp,
+        &["envoyfilter", "-n", "default", "details-v1-wasmfiltering"],
+    );
+    assert!(
+        !ef.to_string().contains("hello details v2"),
+        "applied without the registry"
+    );
+    registry.restart();
+    wait_ready(
+        &cp,
+        "default",
+        "details-v1-wasmfiltering",
+        "True",
+        &controller,
+    );
+    let ef = get_json(
+        &cp,
+        &["envoyfilter", "-n", "default", "details-v1-wasmfiltering"],
+    );
+    assert!(ef.to_string().contains("hello details v2"), "{ef}");
 }
 
 /// A restarted controller makes no write for an unchanged world (resourceVersions and its write
