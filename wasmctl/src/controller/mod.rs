@@ -459,7 +459,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> std::result::Resul
         previous,
         &now(),
     );
-    let changed = previous.map(|p| strip_times(p)) != Some(strip_times(&status));
+    let changed = previous.map(strip_times) != Some(strip_times(&status));
     if changed {
         let patch = json!({
             "apiVersion": render::spec::API_VERSION,
@@ -686,18 +686,18 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
     };
     delete_owned(ctx, &other, &ns, &d.metadata.name, obj).await?;
 
-    if d.spec.delivery == Delivery::EnvoyFilter {
-        if let Some(w) = &d.spec.workload.name {
-            let kind = d.spec.workload.kind.as_str();
-            let wns = d
-                .spec
-                .workload
-                .namespace
-                .clone()
-                .unwrap_or_else(|| ns.clone());
-            set_annotations(ctx, kind, &wns, w, true).await?;
-            objects.push(format!("{kind} {wns}/{w} (annotations)"));
-        }
+    if d.spec.delivery == Delivery::EnvoyFilter
+        && let Some(w) = &d.spec.workload.name
+    {
+        let kind = d.spec.workload.kind.as_str();
+        let wns = d
+            .spec
+            .workload
+            .namespace
+            .clone()
+            .unwrap_or_else(|| ns.clone());
+        set_annotations(ctx, kind, &wns, w, true).await?;
+        objects.push(format!("{kind} {wns}/{w} (annotations)"));
     }
     // The image list, whichever the mode: a switch away from envoyFilter drops the entry.
     let list = image_list(ctx, obj, Some((&inputs, pinned.as_str())))?;
