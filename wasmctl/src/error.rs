@@ -72,6 +72,9 @@ pub enum Error {
     /// A command-line value was not usable.
     #[error("{0}")]
     Usage(String),
+    /// The controller could not use the Kubernetes API (unreachable, refused, no CRD, lost lease).
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
     /// A runtime config file was not valid.
     #[error("runtime config {path}: {reason}")]
     InvalidRuntimeConfig {

@@ -227,8 +227,8 @@ fn contains(have: &Value, want: &Value) -> bool {
 pub const APPLIED_ANNOTATION: &str = "filters.envoy-wasm-toolkit.io/applied";
 
 fn with_digest(object: &Value) -> Value {
-    use sha2::Digest;
-    let digest = hex(&sha2::Sha256::digest(object.to_string().as_bytes())[..12]);
+    let mut digest = crate::agent::store::sha256_hex(object.to_string().as_bytes());
+    digest.truncate(24);
     let mut o = object.clone();
     if !o["metadata"]["annotations"].is_object() {
         o["metadata"]["annotations"] = json!({});
@@ -237,14 +237,10 @@ fn with_digest(object: &Value) -> Value {
     o
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Run until `shutdown` resolves (then finish the reconciles under way and, with leader
 /// election, give the lease up).
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-    let client = Client::try_default().await.map_err(|e| Error::Usage(format!(
+    let client = Client::try_default().await.map_err(|e| Error::Kubernetes(format!(
         "cannot reach the Kubernetes API (KUBECONFIG, ~/.kube/config or the in-cluster service account): {e}"
     )))?;
     let metrics = Arc::new(Mutex::new(Metrics::default()));
@@ -277,7 +273,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     probe
         .list(&kube::api::ListParams::default().limit(1))
         .await
-        .map_err(|e| Error::Usage(format!("cannot list FilterDeployments (is the CRD installed? kubectl apply -k manifests/): {e}")))?;
+        .map_err(|e| Error::Kubernetes(format!("cannot list FilterDeployments (is the CRD installed? kubectl apply -k manifests/): {e}")))?;
     publish(&published, &metrics, true, "");
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -376,7 +372,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         s.abort();
     }
     if lost_lease {
-        return Err(Error::Usage(
+        return Err(Error::Kubernetes(
             "lost the leader lease; stopping so that one replica reconciles".into(),
         ));
     }
