@@ -37,6 +37,16 @@ impl Agent {
     /// Start `wasmctl agent --images IMAGES --dir DIR --listen 127.0.0.1:0 --status-file ...`
     /// plus `args` (e.g. `--resync 1s --plain-http`), and wait for its listener.
     pub fn start(images: &Path, dir: &Path, args: &[&str]) -> Agent {
+        Agent::start_with_env(images, dir, args, &[])
+    }
+
+    /// [`Agent::start`] with environment variables added (e.g. `KUBECONFIG` for the node report).
+    pub fn start_with_env(
+        images: &Path,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Agent {
         let tmp = tempfile::tempdir().expect("temp dir");
         let status = tmp.path().join("status.json");
         let log = fs::File::create(tmp.path().join("agent.log")).expect("agent log");
@@ -49,6 +59,7 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0", "--status-file"])
             .arg(&status)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -165,6 +165,11 @@ pub const LOAD_MAX: u64 = 200_000;
 /// Bounded keep-alive load on `sidecar` (4 connections, at most [`LOAD_MAX`] requests or 90 s), once
 /// it has seen 200 `old` responses.
 pub fn load_on(sidecar: &Sidecar) -> Load {
+    load_from(sidecar, "old")
+}
+
+/// [`load_on`], warmed up on 200 responses of `class`.
+pub fn load_from(sidecar: &Sidecar, class: &str) -> Load {
     let load = Load::start(
         sidecar.inbound,
         "/details/0",
@@ -174,9 +179,9 @@ pub fn load_on(sidecar: &Sidecar) -> Load {
         classify,
     );
     let warm = crate::poll_until(Instant::now() + Duration::from_secs(20), || {
-        (load.seen("old") >= 200).then_some(())
+        (load.seen(class) >= 200).then_some(())
     });
-    assert!(warm.is_some(), "the load saw no old responses");
+    assert!(warm.is_some(), "the load saw no {class} responses");
     load
 }
 

@@ -71,6 +71,10 @@ struct ControllerArgs {
     /// This replica's identity in the lease and in Events (default: $POD_NAME, else $HOSTNAME)
     #[arg(long, value_name = "ID")]
     identity: Option<String>,
+    /// How long an envoyFilter rollout waits for the nodes' agents before Ready=False (the old
+    /// module keeps serving)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    rollout_timeout: std::time::Duration,
     /// Largest module accepted, in bytes (default 256 MiB, as Istio)
     #[arg(long, value_name = "BYTES")]
     max_size: Option<u64>,
@@ -111,6 +115,13 @@ struct AgentArgs {
     /// Write the status JSON to this file (atomically) after each change
     #[arg(long, value_name = "FILE")]
     status_file: Option<PathBuf>,
+    /// Publish the modules this node holds (ConfigMap wasm-node-NODE, for the controller's
+    /// rollouts) through the Kubernetes API (in-cluster service account or KUBECONFIG)
+    #[arg(long, value_name = "NODE", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Namespace of the node report
+    #[arg(long, value_name = "NAMESPACE", default_value = "wasm-system")]
+    report_namespace: String,
     /// Largest module accepted, in bytes (default 256 MiB, as Istio)
     #[arg(long, value_name = "BYTES")]
     max_size: Option<u64>,
@@ -649,6 +660,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.registry = options(&a.transport, true, a.max_size);
             cfg.secrets_dir = a.secrets_dir;
             cfg.status_file = a.status_file;
+            cfg.node_report = a.node_name.map(|n| (n, a.report_namespace));
             cfg.listen = match a.listen.as_str() {
                 "" | "none" | "off" => None,
                 text => Some(text.parse().with_context(|| {
@@ -665,6 +677,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 backoff_max: a.backoff_max,
                 registry: options(&a.transport, true, a.max_size),
                 lease_duration: a.lease_duration,
+                rollout_timeout: a.rollout_timeout,
                 ..wasmctl::controller::Config::default()
             };
             if let Some(id) = a.identity {

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod list;
+pub mod node;
 pub mod report;
 pub mod store;
 
@@ -67,6 +68,9 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// A file the status JSON is written to (atomically) after each change.
     pub status_file: Option<PathBuf>,
+    /// Publish the modules this node holds as `(node, namespace)`'s report
+    /// ([`node::report`]); `None`: no report (no Kubernetes API needed).
+    pub node_report: Option<(String, String)>,
 }
 
 impl Config {
@@ -85,6 +89,7 @@ impl Config {
             secrets_dir: None,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             status_file: None,
+            node_report: None,
         }
     }
 }
@@ -140,6 +145,8 @@ struct Agent {
     listen: Option<SocketAddr>,
     published: Arc<Mutex<Published>>,
     last_status: String,
+    /// The modules the listed entries hold (what the node report says).
+    held: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Run the agent until `shutdown` completes (SIGTERM in `wasmctl agent`), then stop cleanly: no
@@ -195,6 +202,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         listen,
         published,
         last_status: String::new(),
+        held: Arc::default(),
         cfg,
     };
     log(
@@ -209,6 +217,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
             ("known_modules", &agent.state.images.len().to_string()),
         ],
     );
+    let reporter = agent.cfg.node_report.clone().map(|(node, namespace)| {
+        let (held, poll, refresh) = (agent.held.clone(), agent.cfg.poll, agent.cfg.resync);
+        tokio::spawn(async move { node::report(held, &node, &namespace, poll, refresh).await })
+    });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
     let mut tasks = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -232,6 +244,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         agent.publish();
     }
     log("info", "stopping", &[("reason", "shutdown signal")]);
+    if let Some(r) = reporter {
+        r.abort();
+    }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     agent.publish();
@@ -755,6 +770,20 @@ impl Agent {
     }
 
     fn publish(&mut self) {
+        // What the node report may promise: modules of listed entries, in place. A module no
+        // entry names (waiting out its grace period) is not promised: it may go.
+        let held: std::collections::BTreeSet<String> = self
+            .slots
+            .values()
+            .filter_map(|s| s.current.as_ref())
+            .map(|c| c.sha256.clone())
+            .filter(|sha| self.dir_abs.join(store::module_file(sha)).exists())
+            .collect();
+        if let Ok(mut h) = self.held.lock()
+            && *h != held
+        {
+            *h = held;
+        }
         let (ready, not_ready) = self.readiness();
         let images: Vec<_> = self
             .slots

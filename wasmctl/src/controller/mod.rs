@@ -75,6 +75,8 @@ pub struct Config {
     pub lease_duration: Duration,
     /// This replica's identity in the lease and in Events.
     pub identity: String,
+    /// How long an envoyFilter rollout may wait for nodes before `Ready=False`.
+    pub rollout_timeout: Duration,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             lease: None,
             lease_duration: Duration::from_secs(15),
+            rollout_timeout: Duration::from_secs(300),
             identity: std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
                 .unwrap_or_else(|_| format!("wasmctl-controller-{}", std::process::id())),
@@ -357,7 +360,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let run = controller
         .graceful_shutdown_on(stopped)
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                report::log("warn", "reconcile-error", &[("error", &e.to_string())]);
+            }
+        });
     let lost_lease = tokio::select! {
         _ = run => false,
         reason = lost => {
@@ -535,11 +542,17 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> std::result::Resul
     }
     publish(&ctx.published, &ctx.metrics, true, "");
     match result {
-        Ok(_) => {
+        Ok(a) => {
             if let Ok(mut f) = ctx.failures.lock() {
                 f.remove(&key);
             }
-            Ok(Action::requeue(ctx.cfg.resync))
+            // A rollout waits for nodes: look again soon.
+            let next = if a.rollout.is_some() {
+                ctx.cfg.resync.min(Duration::from_secs(2))
+            } else {
+                ctx.cfg.resync
+            };
+            Ok(Action::requeue(next))
         }
         Err(f) => Err(f),
     }
@@ -632,7 +645,8 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
         opts.registry_config = Some(pull_secret(ctx, &ns, secret).await?);
     }
     let image = d.spec.filter.image.clone();
-    let known = plan::last_applied(obj.get("status")).map(|a| a.digest);
+    let known = plan::last_applied(obj.get("status"))
+        .map(|a| a.rollout.map(|r| r.digest).unwrap_or(a.digest));
     let reference = registry::parse_reference(&image)
         .map_err(|e| Failure::new(Reason::InvalidSpec, format!("spec.filter.image: {e}")))?;
     // One manifest request when the digest is known and its module is at hand.
@@ -667,47 +681,213 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
     }
 
     let mut objects = Vec::new();
-    let filter = plan::filter_object(&inputs, &image, &pinned, obj)?;
-    ctx.apply(&filter).await?;
-    objects.push(format!(
-        "{} {}",
-        filter["kind"].as_str().unwrap_or(""),
-        plan::key(&filter)
-    ));
     // A switch of delivery mode leaves the other kind's object behind: remove it.
-    let other = if filter["kind"] == "EnvoyFilter" {
-        resource("extensions.istio.io/v1alpha1", "WasmPlugin")
+    let (this_kind, other) = if d.spec.delivery == Delivery::EnvoyFilter {
+        (
+            resource("networking.istio.io/v1alpha3", "EnvoyFilter"),
+            resource("extensions.istio.io/v1alpha1", "WasmPlugin"),
+        )
     } else {
-        resource("networking.istio.io/v1alpha3", "EnvoyFilter")
+        (
+            resource("extensions.istio.io/v1alpha1", "WasmPlugin"),
+            resource("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        )
     };
-    delete_owned(ctx, &other, &ns, &d.metadata.name, obj).await?;
+    let wns = d
+        .spec
+        .workload
+        .namespace
+        .clone()
+        .unwrap_or_else(|| ns.clone());
+    delete_owned(ctx, &other, &wns, &d.metadata.name, obj).await?;
 
-    if d.spec.delivery == Delivery::EnvoyFilter
-        && let Some(w) = &d.spec.workload.name
-    {
+    if d.spec.delivery == Delivery::WasmPlugin {
+        // Each sidecar's istio-agent pulls the image itself: nothing to wait for.
+        let filter = plan::filter_object(&inputs, &image, &pinned, None, obj)?;
+        ctx.apply(&filter).await?;
+        objects.push(format!("WasmPlugin {}", plan::key(&filter)));
+        let list = image_list(ctx, obj, None)?;
+        if ctx.apply_needed(&list).await? {
+            ctx.apply(&list).await?;
+        }
+        return Ok(Applied {
+            digest,
+            image: pinned,
+            objects,
+            rollout: None,
+        });
+    }
+
+    if let Some(w) = &d.spec.workload.name {
         let kind = d.spec.workload.kind.as_str();
-        let wns = d
-            .spec
-            .workload
-            .namespace
-            .clone()
-            .unwrap_or_else(|| ns.clone());
         set_annotations(ctx, kind, &wns, w, true).await?;
         objects.push(format!("{kind} {wns}/{w} (annotations)"));
     }
-    // The image list, whichever the mode: a switch away from envoyFilter drops the entry.
-    let list = image_list(ctx, obj, Some((&inputs, pinned.as_str())))?;
-    if d.spec.delivery == Delivery::EnvoyFilter {
-        ctx.apply(&list).await.map_err(agent_namespace)?;
-        objects.push(format!("ConfigMap {}", plan::key(&list)));
-    } else if ctx.apply_needed(&list).await? {
-        ctx.apply(&list).await?;
+    // The rollout: the EnvoyFilter names a module file, so it moves to a new module only when
+    // every node running a matching workload holds it; until then it keeps the old one, and
+    // the image list keeps both on every node.
+    let bytes = std::fs::read(module_path(ctx, &digest))
+        .map_err(|e| Failure::new(Reason::RegistryError, e.to_string()))?;
+    let sha = crate::agent::store::sha256_hex(&bytes);
+    let live = ctx
+        .api(&this_kind, Some(&wns))
+        .get_opt(&d.metadata.name)
+        .await
+        .map_err(|e| Failure::new(Reason::ApplyFailed, e.to_string()))?
+        .map(|o| serde_json::to_value(&o).unwrap_or(Value::Null));
+    let serving = live.as_ref().and_then(plan::serving);
+    let nodes = matching_nodes(ctx, &wns, d).await?;
+    let reports = node_reports(ctx).await?;
+    let pending = plan::pending_nodes(&sha, &nodes, &reports);
+    if !pending.is_empty() {
+        let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        report::log(
+            "info",
+            "rollout-waiting",
+            &[
+                ("filterdeployment", &plan::key(obj)),
+                ("module", &sha),
+                ("nodes", &all.join(",")),
+                ("pending", &pending.join(",")),
+            ],
+        );
+    }
+    let switch = pending.is_empty() || serving.as_ref().is_some_and(|(_, s)| *s == sha);
+    let keep = serving
+        .as_ref()
+        .filter(|(_, s)| !switch && *s != sha)
+        .map(|(p, _)| p.clone());
+    let list = image_list(ctx, obj, Some((&inputs, &pinned, keep.as_deref())))?;
+    ctx.apply(&list).await.map_err(agent_namespace)?;
+    objects.push(format!("ConfigMap {}", plan::key(&list)));
+    if switch {
+        let filter = plan::filter_object(&inputs, &image, &pinned, Some(&sha), obj)?;
+        ctx.apply(&filter).await?;
+        objects.insert(0, format!("EnvoyFilter {}", plan::key(&filter)));
+        return Ok(Applied {
+            digest,
+            image: pinned,
+            objects,
+            rollout: None,
+        });
+    }
+    let previous = plan::last_applied(obj.get("status")).and_then(|a| a.rollout);
+    let since = previous
+        .filter(|r| r.digest == digest)
+        .map(|r| r.since)
+        .unwrap_or_else(now);
+    let waited = since
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|t| {
+            k8s_openapi::jiff::Timestamp::now()
+                .duration_since(t)
+                .as_secs_f64()
+        })
+        .unwrap_or(0.0);
+    if waited > ctx.cfg.rollout_timeout.as_secs_f64() {
+        let serving_text = keep.clone().unwrap_or_else(|| "nothing".into());
+        return Err(Failure::new(
+            Reason::RolloutStalled,
+            format!(
+                "nodes {} do not hold {pinned} (module sha256 {sha}) after {:?}; {serving_text} keeps serving",
+                pending.join(", "),
+                ctx.cfg.rollout_timeout
+            ),
+        ));
+    }
+    let rollout = plan::Rollout {
+        image: pinned.clone(),
+        digest: digest.clone(),
+        pending,
+        since,
+    };
+    let (image, digest) = match &serving {
+        Some((p, _)) => (p.clone(), p.rsplit('@').next().unwrap_or("").to_string()),
+        None => (String::new(), String::new()),
+    };
+    if serving.is_some() {
+        objects.insert(
+            0,
+            format!("EnvoyFilter {wns}/{} (unchanged)", d.metadata.name),
+        );
     }
     Ok(Applied {
         digest,
-        image: pinned,
+        image,
         objects,
+        rollout: Some(rollout),
     })
+}
+
+/// The nodes that run a Pod the FilterDeployment selects (its workload's labels, in the
+/// workload's namespace): the nodes whose agents a rollout waits for.
+async fn matching_nodes(
+    ctx: &Ctx,
+    namespace: &str,
+    d: &render::spec::FilterDeployment,
+) -> std::result::Result<std::collections::BTreeSet<String>, Failure> {
+    use k8s_openapi::api::core::v1::Pod;
+    let selector: Vec<String> = d
+        .spec
+        .workload
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                Reason::ApplyFailed,
+                format!("cannot list the workload's Pods in {namespace}: {e}"),
+            )
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .filter_map(|p| p.spec.and_then(|s| s.node_name))
+        .collect())
+}
+
+/// Every node agent's report: node -> the module shas it holds.
+async fn node_reports(
+    ctx: &Ctx,
+) -> std::result::Result<BTreeMap<String, std::collections::BTreeSet<String>>, Failure> {
+    use crate::agent::node;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), render::AGENT_NAMESPACE);
+    let list = api
+        .list(&kube::api::ListParams::default().labels(node::REPORT_LABEL))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                Reason::ApplyFailed,
+                format!("cannot read the node reports: {e}"),
+            )
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|cm| {
+            let data = cm.data?;
+            let name = data.get(node::NODE_KEY)?.clone();
+            let modules = node::modules_of(
+                data.get(node::MODULES_KEY)
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            );
+            Some((name, modules))
+        })
+        .collect())
 }
 
 fn agent_namespace(f: Failure) -> Failure {
@@ -747,16 +927,21 @@ fn module_path(ctx: &Ctx, digest: &str) -> PathBuf {
 }
 
 /// The image list over every FilterDeployment the controller knows, with `this` (being
-/// reconciled) at its new pinned image, or without the one being deleted (`this == None`).
+/// reconciled: its target image and the image still serving during a rollout) in place of its
+/// status, or without the one being deleted (`this == None`).
 fn image_list(
     ctx: &Ctx,
     obj: &Value,
-    this: Option<(&render::Inputs, &str)>,
+    this: Option<(&render::Inputs, &str, Option<&str>)>,
 ) -> std::result::Result<Value, Failure> {
     let me = plan::key(obj);
     let mut all = Vec::new();
-    if let Some((inputs, pinned)) = this {
-        all.push((inputs.clone(), pinned.to_string()));
+    if let Some((inputs, target, serving)) = this {
+        all.push(plan::ListEntry {
+            inputs: inputs.clone(),
+            target: target.to_string(),
+            serving: serving.map(str::to_string),
+        });
     }
     for other in ctx.store.state() {
         let v = serde_json::to_value(other.as_ref()).unwrap_or(Value::Null);
@@ -767,9 +952,22 @@ fn image_list(
         else {
             continue;
         };
-        all.push((inputs, applied.image));
+        // Mid-rollout: the target and the version still served.
+        let (target, serving) = match applied.rollout {
+            Some(r) => (r.image, Some(applied.image).filter(|i| !i.is_empty())),
+            None => (applied.image, None),
+        };
+        all.push(plan::ListEntry {
+            inputs,
+            target,
+            serving,
+        });
     }
-    all.sort_by(|a, b| a.0.deployments[0].origin.cmp(&b.0.deployments[0].origin));
+    all.sort_by(|a, b| {
+        a.inputs.deployments[0]
+            .origin
+            .cmp(&b.inputs.deployments[0].origin)
+    });
     plan::image_list(&all)
 }
 

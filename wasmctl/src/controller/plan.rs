@@ -6,7 +6,7 @@
 use crate::error::Error;
 use crate::render::{self, Inputs, Options, Resolved, spec::Delivery};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The field manager of every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "wasmctl-controller";
@@ -32,6 +32,9 @@ pub enum Reason {
     AgentNamespaceMissing,
     /// The API server refused a write.
     ApplyFailed,
+    /// Nodes running the workload did not get the new module within the rollout timeout (the
+    /// old one keeps serving).
+    RolloutStalled,
 }
 
 impl Reason {
@@ -45,6 +48,7 @@ impl Reason {
             Reason::WorkloadNotFound => "WorkloadNotFound",
             Reason::AgentNamespaceMissing => "AgentNamespaceMissing",
             Reason::ApplyFailed => "ApplyFailed",
+            Reason::RolloutStalled => "RolloutStalled",
         }
     }
 }
@@ -110,18 +114,30 @@ pub fn parse(obj: &Value) -> Result<Inputs, Failure> {
         .map_err(|e| Failure::new(Reason::InvalidSpec, e.to_string()))
 }
 
+/// The annotation of an EnvoyFilter naming the pinned image it loads.
+pub const IMAGE_ANNOTATION: &str = "filters.envoy-wasm-toolkit.io/image";
+/// The annotation of an EnvoyFilter naming the sha256 of the module file it loads.
+pub const MODULE_ANNOTATION: &str = "filters.envoy-wasm-toolkit.io/module-sha256";
+
 /// The Istio object one FilterDeployment produces (EnvoyFilter or WasmPlugin), pinned to
 /// `pinned` and owned by the FilterDeployment `owner` (so the garbage collector removes it
-/// with its owner).
+/// with its owner). With `module` (the module's sha256), an EnvoyFilter names the node's
+/// content-addressed file and carries [`IMAGE_ANNOTATION`] and [`MODULE_ANNOTATION`], so the
+/// version it serves can be read back.
 pub fn filter_object(
     inputs: &Inputs,
     image: &str,
     pinned: &str,
+    module: Option<&str>,
     owner: &Value,
 ) -> Result<Value, Failure> {
-    let resolved = Resolved {
+    let mut resolved = Resolved {
         pinned: BTreeMap::from([(image.to_string(), pinned.to_string())]),
+        ..Resolved::default()
     };
+    if let Some(sha) = module {
+        resolved.modules.insert(image.to_string(), sha.to_string());
+    }
     let objects = render::render(inputs, &Options::default(), &resolved)
         .map_err(|e| Failure::new(Reason::InvalidSpec, e.to_string()))?;
     let mut object = objects
@@ -129,6 +145,10 @@ pub fn filter_object(
         .map(|o| o.value)
         .find(|v| matches!(v["kind"].as_str(), Some("EnvoyFilter" | "WasmPlugin")))
         .ok_or_else(|| Failure::new(Reason::InvalidSpec, "renders no EnvoyFilter or WasmPlugin"))?;
+    if let (Some(sha), "EnvoyFilter") = (module, object["kind"].as_str().unwrap_or("")) {
+        object["metadata"]["annotations"] =
+            json!({IMAGE_ANNOTATION: pinned, MODULE_ANNOTATION: sha});
+    }
     object["metadata"]["ownerReferences"] = json!([{
         "apiVersion": render::spec::API_VERSION,
         "kind": render::spec::KIND,
@@ -140,23 +160,65 @@ pub fn filter_object(
     Ok(object)
 }
 
-/// The agent's image list over every FilterDeployment with envoyFilter delivery: each
-/// `(inputs, pinned image)` pair is one that reconciled (or is reconciling) successfully.
-pub fn image_list(deployments: &[(Inputs, String)]) -> Result<Value, Failure> {
+/// The version an EnvoyFilter serves, from the annotations [`filter_object`] sets: (pinned
+/// image, module sha256).
+pub fn serving(envoy_filter: &Value) -> Option<(String, String)> {
+    let a = envoy_filter.pointer("/metadata/annotations")?;
+    Some((
+        a.get(IMAGE_ANNOTATION)?.as_str()?.to_string(),
+        a.get(MODULE_ANNOTATION)?.as_str()?.to_string(),
+    ))
+}
+
+/// The nodes (of those running a matching workload) whose report lacks module `sha`, sorted.
+pub fn pending_nodes(
+    sha: &str,
+    nodes: &BTreeSet<String>,
+    reports: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| !reports.get(*n).is_some_and(|m| m.contains(sha)))
+        .cloned()
+        .collect()
+}
+
+/// One FilterDeployment's share of the agent's image list: its target image, and the image its
+/// EnvoyFilter still serves while a rollout is under way (kept on every node until the switch).
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    /// The FilterDeployment.
+    pub inputs: Inputs,
+    /// The image the nodes should hold (pinned).
+    pub target: String,
+    /// The image the EnvoyFilter names now, when it differs from the target.
+    pub serving: Option<String>,
+}
+
+/// The agent's image list over every FilterDeployment with envoyFilter delivery: each entry is
+/// one that reconciled (or is reconciling) successfully. A rollout adds an entry
+/// `NAMESPACE.NAME.serving` for the version still served, so no node drops it early.
+pub fn image_list(deployments: &[ListEntry]) -> Result<Value, Failure> {
     let mut all = Inputs::default();
     let mut resolved = Resolved::default();
-    for (inputs, pinned) in deployments {
-        for s in &inputs.deployments {
+    for e in deployments {
+        for s in &e.inputs.deployments {
             if s.deployment.spec.delivery != Delivery::EnvoyFilter {
                 continue;
             }
-            resolved
-                .pinned
-                .insert(s.deployment.spec.filter.image.clone(), pinned.clone());
-            let mut d = s.clone();
-            // Without a name no workload patch is rendered: only the image list is wanted.
-            d.deployment.spec.workload.name = None;
-            all.deployments.push(d);
+            let name = s.deployment.metadata.name.clone();
+            let versions = std::iter::once((name.clone(), &e.target))
+                .chain(e.serving.iter().map(|p| (format!("{name}.serving"), p)));
+            for (name, pinned) in versions {
+                let mut d = s.clone();
+                // A distinct image key per version, pinned to that version.
+                d.deployment.metadata.name = name;
+                d.deployment.spec.filter.image = pinned.clone();
+                resolved.pinned.insert(pinned.clone(), pinned.clone());
+                // Without a name no workload patch is rendered: only the image list is wanted.
+                d.deployment.spec.workload.name = None;
+                all.deployments.push(d);
+            }
         }
     }
     if all.deployments.is_empty() {
@@ -245,12 +307,27 @@ pub fn workload_apply(
 /// What a successful reconcile wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// The manifest digest the tag resolved to.
+    /// The manifest digest serving.
     pub digest: String,
-    /// The digest-pinned image.
+    /// The digest-pinned image serving.
     pub image: String,
     /// The objects written (`Kind namespace/name`).
     pub objects: Vec<String>,
+    /// A rollout under way: the serving version stays until every node holds the target.
+    pub rollout: Option<Rollout>,
+}
+
+/// A version waiting for nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// The target's pinned image.
+    pub image: String,
+    /// The target's manifest digest.
+    pub digest: String,
+    /// Nodes running a matching workload that do not hold the target's module yet.
+    pub pending: Vec<String>,
+    /// When this target started waiting (RFC 3339).
+    pub since: String,
 }
 
 /// The status for `generation` after a reconcile: `applied` is what is serving (the last good
@@ -264,15 +341,29 @@ pub fn status(
     previous: Option<&Value>,
     now: &str,
 ) -> Value {
-    let (ready, reason, message) = match failure {
-        None => (
+    let rollout = applied.and_then(|a| a.rollout.as_ref());
+    let (ready, reason, message) = match (failure, rollout) {
+        (None, Some(r)) => (
+            "True",
+            "RollingOut",
+            format!(
+                "{} serving; {} waits for nodes {} to hold its module",
+                applied
+                    .map(|a| a.image.as_str())
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or("nothing"),
+                r.image,
+                r.pending.join(", ")
+            ),
+        ),
+        (None, None) => (
             "True",
             "Applied",
             applied
                 .map(|a| format!("{} serving; wrote {}", a.image, a.objects.join(", ")))
                 .unwrap_or_default(),
         ),
-        Some(f) => ("False", f.reason.as_str(), f.message.clone()),
+        (Some(f), _) => ("False", f.reason.as_str(), f.message.clone()),
     };
     let old = previous
         .and_then(|s| s.get("conditions"))
@@ -297,8 +388,16 @@ pub fn status(
         s["digest"] = json!(a.digest);
         s["image"] = json!(a.image);
         s["objects"] = json!(a.objects);
+        if let Some(r) = &a.rollout {
+            s["rollout"] = json!({
+                "image": r.image,
+                "digest": r.digest,
+                "pendingNodes": r.pending,
+                "since": r.since,
+            });
+        }
     } else if let Some(p) = previous {
-        for k in ["digest", "image", "objects"] {
+        for k in ["digest", "image", "objects", "rollout"] {
             if let Some(v) = p.get(k) {
                 s[k] = v.clone();
             }
@@ -310,7 +409,25 @@ pub fn status(
 /// What the last good reconcile recorded in `status` (digest, pinned image, objects), if any.
 pub fn last_applied(status: Option<&Value>) -> Option<Applied> {
     let s = status?;
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let rollout = s.get("rollout").and_then(|r| {
+        Some(Rollout {
+            image: r.get("image")?.as_str()?.to_string(),
+            digest: r.get("digest")?.as_str()?.to_string(),
+            pending: strings(r.get("pendingNodes")),
+            since: r.get("since")?.as_str()?.to_string(),
+        })
+    });
     Some(Applied {
+        rollout,
         digest: s.get("digest")?.as_str()?.to_string(),
         image: s.get("image")?.as_str()?.to_string(),
         objects: s
@@ -365,7 +482,14 @@ mod tests {
     fn the_filter_object_is_pinned_and_owned() {
         let owner = fd("wasmPlugin", r#"{"name":"hello"}"#);
         let inputs = parse(&owner).unwrap();
-        let o = filter_object(&inputs, "r.example/f:v1", "r.example/f@sha256:ab", &owner).unwrap();
+        let o = filter_object(
+            &inputs,
+            "r.example/f:v1",
+            "r.example/f@sha256:ab",
+            None,
+            &owner,
+        )
+        .unwrap();
         assert_eq!(o["kind"], "WasmPlugin");
         assert_eq!(o["spec"]["url"], "oci://r.example/f@sha256:ab");
         assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "u-1");
@@ -380,15 +504,26 @@ mod tests {
         other["spec"]["filter"]["image"] = json!("r.example/g:v2");
         let b = parse(&other).unwrap();
         let c = parse(&fd("wasmPlugin", "{}")).unwrap();
+        let entry = |inputs, target: &str, serving: Option<&str>| ListEntry {
+            inputs,
+            target: target.into(),
+            serving: serving.map(str::to_string),
+        };
         let list = image_list(&[
-            (a, "r.example/f@sha256:aa".into()),
-            (b, "r.example/g@sha256:bb".into()),
-            (c, "r.example/f@sha256:cc".into()),
+            entry(a, "r.example/f@sha256:aa", Some("r.example/f@sha256:a0")),
+            entry(b, "r.example/g@sha256:bb", None),
+            entry(c, "r.example/f@sha256:cc", None),
         ])
         .unwrap();
         let text = list["data"]["images.yaml"].as_str().unwrap();
-        assert!(text.contains("name: default.details-hello"), "{text}");
-        assert!(text.contains("image: r.example/f@sha256:aa"), "{text}");
+        assert!(
+            text.contains("name: default.details-hello\n  image: r.example/f@sha256:aa"),
+            "{text}"
+        );
+        assert!(
+            text.contains("name: default.details-hello.serving\n  image: r.example/f@sha256:a0"),
+            "the version still served stays listed: {text}"
+        );
         assert!(text.contains("name: default.ratings"), "{text}");
         assert!(!text.contains("sha256:cc"), "{text}");
         assert_eq!(image_list(&[]).unwrap(), empty_image_list());
@@ -425,11 +560,52 @@ mod tests {
     }
 
     #[test]
+    fn an_envoy_filter_names_the_module_file_and_the_nodes_gate_it() {
+        let owner = fd("envoyFilter", r#"{"name":"hello"}"#);
+        let inputs = parse(&owner).unwrap();
+        let sha = "5".repeat(64);
+        let o = filter_object(
+            &inputs,
+            "r.example/f:v1",
+            "r.example/f@sha256:ab",
+            Some(&sha),
+            &owner,
+        )
+        .unwrap();
+        let config = &o["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"];
+        assert_eq!(
+            config["vm_config"]["code"]["local"]["filename"],
+            format!("/var/local/lib/wasm-filters/{sha}.wasm")
+        );
+        assert_eq!(
+            config["vm_config"]["vm_id"],
+            "default.details-hello.555555555555"
+        );
+        assert_eq!(
+            serving(&o),
+            Some(("r.example/f@sha256:ab".into(), sha.clone()))
+        );
+
+        let nodes: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let reports = BTreeMap::from([
+            ("a".to_string(), BTreeSet::from([sha.clone()])),
+            ("b".to_string(), BTreeSet::new()),
+            ("z".to_string(), BTreeSet::new()),
+        ]);
+        assert_eq!(pending_nodes(&sha, &nodes, &reports), ["b", "c"]);
+        assert!(
+            pending_nodes(&sha, &BTreeSet::new(), &reports).is_empty(),
+            "no node, no wait"
+        );
+    }
+
+    #[test]
     fn status_keeps_the_last_good_result_and_the_transition_time() {
         let a = Applied {
             digest: "sha256:aa".into(),
             image: "r/f@sha256:aa".into(),
             objects: vec!["EnvoyFilter default/x".into()],
+            rollout: None,
         };
         let ok = status(3, Some(&a), None, None, "t1");
         assert_eq!(ok["conditions"][0]["status"], "True");

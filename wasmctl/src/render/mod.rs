@@ -110,6 +110,10 @@ pub struct Options {
 pub struct Resolved {
     /// Image as written -> digest-pinned reference (`REGISTRY/REPO@sha256:...`).
     pub pinned: BTreeMap<String, String>,
+    /// Image as written -> hex sha256 of its module, when the module was pulled: the EnvoyFilter
+    /// then names the agent's content-addressed file `NODE_DIR/<sha256>.wasm` and a VM id that
+    /// changes with it, so a new module is a new config that Envoy loads as a new VM.
+    pub modules: BTreeMap<String, String>,
 }
 
 /// One rendered object.
@@ -426,6 +430,10 @@ pub async fn resolve(
             Some(dir) => {
                 let path = dir.join(format!("{i}.wasm"));
                 let pulled = registry::pull(&image, &path, opts).await?;
+                let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+                resolved
+                    .modules
+                    .insert(image.clone(), crate::agent::store::sha256_hex(&bytes));
                 files.insert(image.clone(), path);
                 pulled.digest
             }
@@ -494,12 +502,22 @@ fn image_for(d: &FilterDeployment, resolved: &Resolved) -> String {
         .unwrap_or_else(|| image.trim().trim_start_matches("oci://").to_string())
 }
 
-/// The EnvoyFilter of one deployment.
-fn envoy_filter(d: &FilterDeployment) -> Value {
+/// The EnvoyFilter of one deployment. With the module's sha256 it names the agent's
+/// content-addressed file and a VM id of that version; without (`--no-resolve`), the agent's
+/// per-deployment link `NAMESPACE.NAME.wasm`, which a sidecar reads only when its listener is
+/// next built.
+fn envoy_filter(d: &FilterDeployment, module: Option<&String>) -> Value {
     let name = stable_name(d);
     let f = &d.spec.filter;
     let id = f.id.clone().unwrap_or_else(|| name.clone());
     let vm_id = f.vm_id.clone().unwrap_or_else(|| id.clone());
+    let (file, vm_id) = match module {
+        Some(sha) => (
+            format!("{NODE_DIR}/{sha}.wasm"),
+            format!("{vm_id}.{}", &sha[..sha.len().min(12)]),
+        ),
+        None => (format!("{NODE_DIR}/{name}.wasm"), vm_id),
+    };
     let context = match d.spec.placement.direction {
         Direction::Inbound => "SIDECAR_INBOUND",
         Direction::Outbound => "SIDECAR_OUTBOUND",
@@ -520,7 +538,7 @@ fn envoy_filter(d: &FilterDeployment) -> Value {
         "vm_config": {
             "vm_id": vm_id,
             "runtime": RUNTIME_V8,
-            "code": {"local": {"filename": format!("{NODE_DIR}/{name}.wasm")}},
+            "code": {"local": {"filename": file}},
         },
         "failure_policy": match d.spec.failure_policy {
             FailurePolicy::Open => "FAIL_OPEN",
@@ -803,7 +821,7 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
                         "only the wasmPlugin delivery can attach by reference; the envoyFilter delivery selects by spec.workload.labels",
                     ));
                 }
-                objects.push(envoy_filter(d));
+                objects.push(envoy_filter(d, resolved.modules.get(&d.spec.filter.image)));
                 entries.push(ImageEntry {
                     name: stable_name(d),
                     image: image_for(d, resolved),
