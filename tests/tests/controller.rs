@@ -117,15 +117,21 @@ fn envoy_filter_delivery_update_and_deletion() {
     cp.apply_as("e2e-workloads", &details_deployment()).unwrap();
     // As the Deployment of manifests/controller runs it: its service account, its RBAC.
     let sa = cp.kubeconfig_for("wasm-system", "wasmctl-controller");
-    let denied = std::process::Command::new(e2e::controlplane::bin("kubectl"))
-        .args(["get", "pods", "-A"])
-        .env("KUBECONFIG", &sa)
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
-        "the controller's service account may list pods: RBAC is not in force"
-    );
+    // It may list Pods (rollouts ask where a workload runs) but not list Secrets or read Nodes.
+    for args in [
+        &["get", "secrets", "-A"][..],
+        &["get", "nodes", "-o", "name"],
+    ] {
+        let denied = std::process::Command::new(e2e::controlplane::bin("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &sa)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+            "the controller's service account may {args:?}: RBAC is not in force"
+        );
+    }
     let controller = Controller::start_with(&sa, &FAST);
 
     let fd = example("bookinfo-details", &registry, "filters/header-filter:v1");
