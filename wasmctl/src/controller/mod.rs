@@ -1026,7 +1026,8 @@ async fn set_annotations(
     Ok(())
 }
 
-/// Delete the `ar` object `namespace/name` if this FilterDeployment owns it.
+/// Delete the `ar` object `namespace/name` if this FilterDeployment made it: owned by it, or
+/// (in another namespace, where owner references cannot point) labelled with its name by us.
 async fn delete_owned(
     ctx: &Ctx,
     ar: &ApiResource,
@@ -1039,10 +1040,16 @@ async fn delete_owned(
         return Ok(());
     };
     let uid = owner.pointer("/metadata/uid").and_then(Value::as_str);
-    if o.owner_references()
-        .iter()
-        .any(|r| Some(r.uid.as_str()) == uid)
-    {
+    let labels = o.labels();
+    let ours = if o.owner_references().is_empty() {
+        labels.get(render::FROM_LABEL).map(String::as_str) == Some(name)
+            && labels.get(render::MANAGED_BY).map(String::as_str) == Some("wasmctl")
+    } else {
+        o.owner_references()
+            .iter()
+            .any(|r| Some(r.uid.as_str()) == uid)
+    };
+    if ours {
         api.delete(name, &DeleteParams::default())
             .await
             .map_err(|e| {
@@ -1074,16 +1081,22 @@ async fn cleanup(ctx: &Ctx, obj: &Value) -> std::result::Result<(), Failure> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    for ar in [
-        resource("networking.istio.io/v1alpha3", "EnvoyFilter"),
-        resource("extensions.istio.io/v1alpha1", "WasmPlugin"),
-    ] {
-        delete_owned(ctx, &ar, &ns, &name, obj).await?;
-    }
     let Ok(inputs) = plan::parse(obj) else {
         return Ok(());
     };
     let d = &inputs.deployments[0].deployment;
+    let objects_ns = d
+        .spec
+        .workload
+        .namespace
+        .clone()
+        .unwrap_or_else(|| ns.clone());
+    for ar in [
+        resource("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        resource("extensions.istio.io/v1alpha1", "WasmPlugin"),
+    ] {
+        delete_owned(ctx, &ar, &objects_ns, &name, obj).await?;
+    }
     if d.spec.delivery != Delivery::EnvoyFilter {
         return Ok(());
     }

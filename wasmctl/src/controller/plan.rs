@@ -149,14 +149,19 @@ pub fn filter_object(
         object["metadata"]["annotations"] =
             json!({IMAGE_ANNOTATION: pinned, MODULE_ANNOTATION: sha});
     }
-    object["metadata"]["ownerReferences"] = json!([{
-        "apiVersion": render::spec::API_VERSION,
-        "kind": render::spec::KIND,
-        "name": owner.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
-        "uid": owner.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
-        "controller": true,
-        "blockOwnerDeletion": true,
-    }]);
+    // Owner references cannot cross namespaces (the garbage collector would delete the object
+    // at once): a workload in another namespace gets an unowned object, which the finalizer
+    // removes.
+    if object.pointer("/metadata/namespace") == owner.pointer("/metadata/namespace") {
+        object["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": render::spec::API_VERSION,
+            "kind": render::spec::KIND,
+            "name": owner.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
+            "uid": owner.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }]);
+    }
     Ok(object)
 }
 
@@ -494,6 +499,19 @@ mod tests {
         assert_eq!(o["spec"]["url"], "oci://r.example/f@sha256:ab");
         assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(o["metadata"]["ownerReferences"][0]["controller"], true);
+        // A workload in another namespace: no owner reference can point across.
+        let mut other = owner.clone();
+        other["spec"]["workload"]["namespace"] = json!("bookinfo");
+        let o = filter_object(
+            &parse(&other).unwrap(),
+            "r.example/f:v1",
+            "r.example/f@sha256:ab",
+            None,
+            &other,
+        )
+        .unwrap();
+        assert_eq!(o["metadata"]["namespace"], "bookinfo");
+        assert!(o["metadata"].get("ownerReferences").is_none(), "{o}");
     }
 
     #[test]
