@@ -106,18 +106,26 @@ pub fn apply_manifests(cp: &ControlPlane) {
 /// The node agent, fed the image list of the ConfigMap in the API server as the kubelet would
 /// mount it (a test stand-in: the file is written from what `kubectl get` returns).
 pub fn agent_from_configmap(cp: &ControlPlane, work: &Path, node_dir: &Path) -> Agent {
-    let list = cp.kubectl_ok(&[
-        "get",
-        "configmap",
-        "-n",
-        "wasm-system",
-        "wasm-agent-images",
-        "-o",
-        r"jsonpath={.data.images\.yaml}",
-    ]);
+    let list = image_list_text(cp);
     let file = work.join("images.yaml");
     agent::write_atomic(&file, &list);
     Agent::start(&file, node_dir, &agent::FAST)
+}
+
+/// The `kubectl` arguments that print the agent's image list (ConfigMap `wasm-agent-images`).
+pub const IMAGE_LIST_ARGS: [&str; 7] = [
+    "get",
+    "configmap",
+    "-n",
+    "wasm-system",
+    "wasm-agent-images",
+    "-o",
+    r"jsonpath={.data.images\.yaml}",
+];
+
+/// The agent's image list as the API server holds it.
+pub fn image_list_text(cp: &ControlPlane) -> String {
+    cp.kubectl_ok(&IMAGE_LIST_ARGS)
 }
 
 /// Push the header filter as `filters/header-filter:v1`; returns the manifest digest.

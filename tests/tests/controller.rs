@@ -83,6 +83,25 @@ fn wait_ready(cp: &ControlPlane, ns: &str, name: &str, status: &str, c: &Control
     last
 }
 
+/// Delete the FilterDeployment `default/name` and wait until its `kind` object is gone too.
+fn delete_and_wait(cp: &ControlPlane, name: &str, kind: &str) {
+    cp.kubectl_ok(&[
+        "delete",
+        "filterdeployment",
+        "-n",
+        "default",
+        name,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let gone = e2e::poll_until(Instant::now() + PROPAGATION, || {
+        try_get_json(cp, &[kind, "-n", "default", name])
+            .is_none()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "the {kind} outlived its FilterDeployment");
+}
+
 fn annotations(cp: &ControlPlane) -> Value {
     get_json(cp, &["deployment", "-n", "default", "details-v1"])["spec"]["template"]["metadata"]
         ["annotations"]
@@ -90,15 +109,7 @@ fn annotations(cp: &ControlPlane) -> Value {
 }
 
 fn image_list(cp: &ControlPlane) -> String {
-    cp.kubectl_ok(&[
-        "get",
-        "configmap",
-        "-n",
-        "wasm-system",
-        "wasm-agent-images",
-        "-o",
-        r"jsonpath={.data.images\.yaml}",
-    ])
+    image_list_text(cp)
 }
 
 /// envoyFilter delivery by the controller (with the service account and RBAC of
@@ -206,27 +217,7 @@ fn envoy_filter_delivery_update_and_deletion() {
     assert_eq!(details.envoy_pid(), Some(pid));
 
     // Deletion: the EnvoyFilter, the entry and our annotations go; the owners' annotation stays.
-    cp.kubectl_ok(&[
-        "delete",
-        "filterdeployment",
-        "-n",
-        "default",
-        "details-v1-wasmfiltering",
-        "--wait=true",
-        "--timeout=60s",
-    ]);
-    let gone = e2e::poll_until(Instant::now() + PROPAGATION, || {
-        try_get_json(
-            &cp,
-            &["envoyfilter", "-n", "default", "details-v1-wasmfiltering"],
-        )
-        .is_none()
-        .then_some(())
-    });
-    assert!(
-        gone.is_some(),
-        "the EnvoyFilter outlived its FilterDeployment"
-    );
+    delete_and_wait(&cp, "details-v1-wasmfiltering", "envoyfilter");
     let list = image_list(&cp);
     assert!(!list.contains("details-v1-wasmfiltering"), "{list}");
     let a = annotations(&cp);
@@ -306,27 +297,7 @@ fn wasm_plugin_delivery_and_a_repushed_tag() {
     assert_eq!(obj["status"]["digest"], v2.as_str());
 
     // Deleting it removes the WasmPlugin, and the sidecar stops serving the filter.
-    cp.kubectl_ok(&[
-        "delete",
-        "filterdeployment",
-        "-n",
-        "default",
-        "details-v1-wasmplugin",
-        "--wait=true",
-        "--timeout=60s",
-    ]);
-    let gone = e2e::poll_until(Instant::now() + PROPAGATION, || {
-        try_get_json(
-            &cp,
-            &["wasmplugin", "-n", "default", "details-v1-wasmplugin"],
-        )
-        .is_none()
-        .then_some(())
-    });
-    assert!(
-        gone.is_some(),
-        "the WasmPlugin outlived its FilterDeployment"
-    );
+    delete_and_wait(&cp, "details-v1-wasmplugin", "wasmplugin");
     let r = details.get_until("/details/0", PROPAGATION, |r| {
         r.header("x-as-filter").is_none()
     });

@@ -146,6 +146,15 @@ fn finish(loads: Vec<Load>, class: &str, n: u64) -> Vec<Report> {
         .collect()
 }
 
+/// Stop the loads once each saw `n` responses of the last class; every request answered, the
+/// classes seen in `order`.
+fn assert_served(loads: Vec<Load>, order: &[&str], n: u64) {
+    for r in finish(loads, order[order.len() - 1], n) {
+        assert!(r.errors.is_empty(), "failed requests: {:?}", r.errors);
+        assert_eq!(r.first_seen, order, "{:?}", r.classes);
+    }
+}
+
 #[test]
 fn rollouts_wait_for_every_node_and_never_break_a_request() {
     let v2_wasm = e2e::assemblyscript_wasm();
@@ -235,15 +244,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
     // The kubelet's part: the ConfigMap's content, kept in step in each node's mounted file.
     let list = work.path().join("images.yaml");
     let sync_list = |cp: &ControlPlane| {
-        let text = cp.kubectl_ok(&[
-            "get",
-            "configmap",
-            "-n",
-            "wasm-system",
-            "wasm-agent-images",
-            "-o",
-            r"jsonpath={.data.images\.yaml}",
-        ]);
+        let text = image_list_text(cp);
         if fs::read_to_string(&list).ok().as_deref() != Some(text.as_str()) {
             agent::write_atomic(&list, &text);
         }
@@ -289,15 +290,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let out = std::process::Command::new(e2e::controlplane::bin("kubectl"))
                     .env("KUBECONFIG", &kubeconfig)
-                    .args([
-                        "get",
-                        "configmap",
-                        "-n",
-                        "wasm-system",
-                        "wasm-agent-images",
-                        "-o",
-                        r"jsonpath={.data.images\.yaml}",
-                    ])
+                    .args(IMAGE_LIST_ARGS)
                     .output();
                 if let Ok(o) = out
                     && o.status.success()
@@ -382,10 +375,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
         seen.iter().any(|s| s == "True/RollingOut"),
         "the status never showed the rollout: {seen:?}"
     );
-    for r in finish(load, "new", 300) {
-        assert!(r.errors.is_empty(), "failed requests: {:?}", r.errors);
-        assert_eq!(r.first_seen, ["old", "new"], "{:?}", r.classes);
-    }
+    assert_served(load, &["old", "new"], 300);
     let v2_sha = agent::sha256_file(&v2_wasm);
     assert_eq!(
         served_file(&cp),
@@ -408,10 +398,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
         |f| condition(f).0 == "True/Applied" && f["status"]["digest"] == v1.as_str(),
         &controller,
     );
-    for r in finish(load, "old", 300) {
-        assert!(r.errors.is_empty(), "failed requests: {:?}", r.errors);
-        assert_eq!(r.first_seen, ["new", "old"], "{:?}", r.classes);
-    }
+    assert_served(load, &["new", "old"], 300);
     assert_eq!(served_file(&cp), v1_file);
     // The agents collect v2 once no entry names it (grace 3 s here).
     e2e::poll_until(Instant::now() + PROPAGATION, || {
@@ -471,10 +458,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
         v1_file,
         "the EnvoyFilter moved while node-b lacked the module"
     );
-    for r in finish(load_d, "old", 0) {
-        assert!(r.errors.is_empty(), "failed requests: {:?}", r.errors);
-        assert_eq!(r.first_seen, ["old"], "{:?}", r.classes);
-    }
+    assert_served(load_d, &["old"], 0);
 
     // E. Mid-rollout restarts: the controller and node-a's agent. Nothing a live EnvoyFilter
     // names is deleted.
@@ -503,10 +487,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
         |f| condition(f).0 == "True/Applied" && f["status"]["digest"] == v2.as_str(),
         &controller,
     );
-    for r in finish(load, "new", 300) {
-        assert!(r.errors.is_empty(), "failed requests: {:?}", r.errors);
-        assert_eq!(r.first_seen, ["old", "new"], "{:?}", r.classes);
-    }
+    assert_served(load, &["old", "new"], 300);
     assert_eq!(
         served_file(&cp),
         format!("/var/local/lib/wasm-filters/{v2_sha}.wasm")

@@ -176,15 +176,7 @@ fn run() -> Result<(), String> {
     render_apply(&cp, &[&fd, &workload])?;
 
     let node = work.path().join("node");
-    let list = cp.kubectl_ok(&[
-        "get",
-        "configmap",
-        "-n",
-        "wasm-system",
-        "wasm-agent-images",
-        "-o",
-        r"jsonpath={.data.images\.yaml}",
-    ]);
+    let list = e2e::mesh::image_list_text(&cp);
     let list_file = work.path().join("images.yaml");
     write_atomic(&list_file, &list);
     let agent = Agent::start(&list_file, &node, &FAST);
@@ -368,15 +360,7 @@ fn run() -> Result<(), String> {
         None,
     )?;
     // The kubelet's part: the ConfigMap's new content reaches the agent's mounted file.
-    let list = cp.kubectl_ok(&[
-        "get",
-        "configmap",
-        "-n",
-        "wasm-system",
-        "wasm-agent-images",
-        "-o",
-        r"jsonpath={.data.images\.yaml}",
-    ]);
+    let list = e2e::mesh::image_list_text(&cp);
     write_atomic(&list_file, &list);
     println!("    image list, as the controller wrote it (and the kubelet mounts it):");
     indent(&list);
