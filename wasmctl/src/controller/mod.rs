@@ -693,12 +693,7 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
             resource("networking.istio.io/v1alpha3", "EnvoyFilter"),
         )
     };
-    let wns = d
-        .spec
-        .workload
-        .namespace
-        .clone()
-        .unwrap_or_else(|| ns.clone());
+    let wns = render::workload_namespace(d).to_string();
     delete_owned(ctx, &other, &wns, &d.metadata.name, obj).await?;
 
     if d.spec.delivery == Delivery::WasmPlugin {
@@ -1071,31 +1066,17 @@ async fn cleanup(ctx: &Ctx, obj: &Value) -> std::result::Result<(), Failure> {
     if ctx.apply_needed(&list).await? {
         ctx.apply(&list).await?;
     }
-    let ns = obj
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
     let Ok(inputs) = plan::parse(obj) else {
         return Ok(());
     };
     let d = &inputs.deployments[0].deployment;
-    let objects_ns = d
-        .spec
-        .workload
-        .namespace
-        .clone()
-        .unwrap_or_else(|| ns.clone());
+    let name = d.metadata.name.clone();
+    let wns = render::workload_namespace(d).to_string();
     for ar in [
         resource("networking.istio.io/v1alpha3", "EnvoyFilter"),
         resource("extensions.istio.io/v1alpha1", "WasmPlugin"),
     ] {
-        delete_owned(ctx, &ar, &objects_ns, &name, obj).await?;
+        delete_owned(ctx, &ar, &wns, &name, obj).await?;
     }
     if d.spec.delivery != Delivery::EnvoyFilter {
         return Ok(());
@@ -1104,12 +1085,6 @@ async fn cleanup(ctx: &Ctx, obj: &Value) -> std::result::Result<(), Failure> {
         return Ok(());
     };
     let kind = d.spec.workload.kind.as_str();
-    let wns = d
-        .spec
-        .workload
-        .namespace
-        .clone()
-        .unwrap_or_else(|| ns.clone());
     let me = plan::key(obj);
     let still_needed = ctx.store.state().iter().any(|o| {
         let v = serde_json::to_value(o.as_ref()).unwrap_or(Value::Null);
@@ -1120,12 +1095,7 @@ async fn cleanup(ctx: &Ctx, obj: &Value) -> std::result::Result<(), Failure> {
                 od.spec.delivery == Delivery::EnvoyFilter
                     && od.spec.workload.kind.as_str() == kind
                     && od.spec.workload.name.as_deref() == Some(w.as_str())
-                    && od.spec.workload.namespace.clone().unwrap_or_else(|| {
-                        od.metadata
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| "default".into())
-                    }) == wns
+                    && render::workload_namespace(od) == wns
             })
     });
     if !still_needed {

@@ -255,7 +255,9 @@ fn namespace(d: &FilterDeployment) -> &str {
     d.metadata.namespace.as_deref().unwrap_or("default")
 }
 
-fn workload_namespace(d: &FilterDeployment) -> &str {
+/// The namespace of the workload (and of the objects rendered for it): `spec.workload.namespace`,
+/// else the FilterDeployment's.
+pub fn workload_namespace(d: &FilterDeployment) -> &str {
     d.spec
         .workload
         .namespace
