@@ -22,6 +22,15 @@ pub struct Report {
     pub first_seen: Vec<String>,
 }
 
+impl Report {
+    /// Fail the test unless every request was answered and the classes first appeared in
+    /// `order` (e.g. `["old", "new"]` across an update).
+    pub fn assert_clean(&self, order: &[&str]) {
+        assert!(self.errors.is_empty(), "failed requests: {:?}", self.errors);
+        assert_eq!(self.first_seen, order, "{:?}", self.classes);
+    }
+}
+
 /// A running load; [`Load::finish`] stops it and returns the report.
 pub struct Load {
     stop: Arc<AtomicBool>,

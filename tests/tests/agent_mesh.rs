@@ -159,12 +159,7 @@ fn a_repushed_tag_reaches_the_same_envoy_with_no_failed_request() {
         agent_latency,
         to_envoy
     );
-    assert!(
-        report.errors.is_empty(),
-        "failed requests: {:?}",
-        report.errors
-    );
-    assert_eq!(report.first_seen, ["old", "new"], "{:?}", report.classes);
+    report.assert_clean(&["old", "new"]);
     assert!(report.classes["new"] >= 500, "{:?}", report.classes);
     let agent_latency = agent_latency.expect("the ECDS file was rewritten");
     assert!(

@@ -102,6 +102,11 @@ fn delete_and_wait(cp: &ControlPlane, name: &str, kind: &str) {
     assert!(gone.is_some(), "the {kind} outlived its FilterDeployment");
 }
 
+/// [`wait_ready`] for the bookinfo-details FilterDeployment.
+fn wait_details(cp: &ControlPlane, status: &str, c: &Controller) -> Value {
+    wait_ready(cp, "default", "details-v1-wasmfiltering", status, c)
+}
+
 fn annotations(cp: &ControlPlane) -> Value {
     get_json(cp, &["deployment", "-n", "default", "details-v1"])["spec"]["template"]["metadata"]
         ["annotations"]
@@ -147,13 +152,7 @@ fn envoy_filter_delivery_update_and_deletion() {
 
     let fd = example("bookinfo-details", &registry, "filters/header-filter:v1");
     cp.apply(&fd).unwrap();
-    let obj = wait_ready(
-        &cp,
-        "default",
-        "details-v1-wasmfiltering",
-        "True",
-        &controller,
-    );
+    let obj = wait_details(&cp, "True", &controller);
     assert_eq!(obj["status"]["digest"], digest.as_str());
     assert!(
         obj["metadata"]["finalizers"]
@@ -208,12 +207,7 @@ fn envoy_filter_delivery_update_and_deletion() {
     cp.apply(&fd.replace("hello details", "hello details v2"))
         .unwrap();
     let report = finish_after(load, "new", 500);
-    assert!(
-        report.errors.is_empty(),
-        "failed requests: {:?}",
-        report.errors
-    );
-    assert_eq!(report.first_seen, ["old", "new"], "{:?}", report.classes);
+    report.assert_clean(&["old", "new"]);
     assert_eq!(details.envoy_pid(), Some(pid));
 
     // Deletion: the EnvoyFilter, the entry and our annotations go; the owners' annotation stays.
@@ -283,12 +277,7 @@ fn wasm_plugin_delivery_and_a_repushed_tag() {
         "the re-pushed tag served {:?} after the push",
         pushed.elapsed()
     );
-    assert!(
-        report.errors.is_empty(),
-        "failed requests: {:?}",
-        report.errors
-    );
-    assert_eq!(report.first_seen, ["old", "new"], "{:?}", report.classes);
+    report.assert_clean(&["old", "new"]);
     assert_eq!(details.envoy_pid(), Some(pid));
     let obj = get_json(
         &cp,
@@ -335,13 +324,7 @@ fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
 
     let controller = Controller::start(&cp, &FAST);
     cp.apply(&fd).unwrap();
-    wait_ready(
-        &cp,
-        "default",
-        "details-v1-wasmfiltering",
-        "True",
-        &controller,
-    );
+    wait_details(&cp, "True", &controller);
     let before = get_json(
         &cp,
         &["envoyfilter", "-n", "default", "details-v1-wasmfiltering"],
@@ -354,13 +337,7 @@ fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
     );
     assert_ne!(bad, fd);
     cp.apply(&bad).unwrap();
-    let obj = wait_ready(
-        &cp,
-        "default",
-        "details-v1-wasmfiltering",
-        "False",
-        &controller,
-    );
+    let obj = wait_details(&cp, "False", &controller);
     let (_, reason, message) = ready(&obj);
     assert_eq!(reason, "ParametersRejected");
     assert!(message.contains("spec.filter.parameters"), "{message}");
@@ -397,13 +374,7 @@ fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
     // A workload that does not exist.
     cp.apply(&fd.replace("name: details-v1\n", "name: details-v9\n"))
         .unwrap();
-    let obj = wait_ready(
-        &cp,
-        "default",
-        "details-v1-wasmfiltering",
-        "False",
-        &controller,
-    );
+    let obj = wait_details(&cp, "False", &controller);
     let (_, reason, message) = ready(&obj);
     assert_eq!(reason, "WorkloadNotFound");
     assert!(
@@ -412,13 +383,7 @@ fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
     );
 
     cp.apply(&fd).unwrap();
-    wait_ready(
-        &cp,
-        "default",
-        "details-v1-wasmfiltering",
-        "True",
-        &controller,
-    );
+    wait_details(&cp, "True", &controller);
 
     // The registry down: Ready=False with the registry's answer, retried with backoff, the
     // objects kept; back up, ready again.
@@ -426,13 +391,7 @@ fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
     registry.stop();
     cp.apply(&fd.replace("hello details", "hello details v2"))
         .unwrap();
-    let obj = wait_ready(
-        &cp,
-        "default",
-        "details-v1-wasmfiltering",
-        "False",
-        &controller,
-    );
+    let obj = wait_details(&cp, "False", &controller);
     let (_, reason, message) = ready(&obj);
     assert_eq!(reason, "RegistryError");
     assert!(message.contains(&registry.host()), "{message}");
@@ -445,13 +404,7 @@ fn invalid_input_is_refused_or_reported_and_the_last_good_objects_stay() {
         "applied without the registry"
     );
     registry.restart();
-    wait_ready(
-        &cp,
-        "default",
-        "details-v1-wasmfiltering",
-        "True",
-        &controller,
-    );
+    wait_details(&cp, "True", &controller);
     let ef = get_json(
         &cp,
         &["envoyfilter", "-n", "default", "details-v1-wasmfiltering"],
@@ -476,7 +429,7 @@ fn restart_writes_nothing_and_a_killed_leader_hands_over() {
         "filters/header-filter:v1",
     ))
     .unwrap();
-    wait_ready(&cp, "default", "details-v1-wasmfiltering", "True", &first);
+    wait_details(&cp, "True", &first);
     let versions = |cp: &ControlPlane| -> Vec<Value> {
         [
             vec![
@@ -573,7 +526,7 @@ fn restart_writes_nothing_and_a_killed_leader_hands_over() {
             .replace("hello details", "hello details v3"),
     )
     .unwrap();
-    wait_ready(&cp, "default", "details-v1-wasmfiltering", "True", follower);
+    wait_details(&cp, "True", follower);
     let ef = get_json(
         &cp,
         &["envoyfilter", "-n", "default", "details-v1-wasmfiltering"],

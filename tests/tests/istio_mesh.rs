@@ -329,12 +329,7 @@ fn a_new_digest_reaches_the_same_sidecar_with_no_failed_request() {
     cp.apply(&rendered).unwrap();
     let report = finish_after(load, "new", 500);
 
-    assert!(
-        report.errors.is_empty(),
-        "failed requests: {:?}",
-        report.errors
-    );
-    assert_eq!(report.first_seen, ["old", "new"], "{:?}", report.classes);
+    report.assert_clean(&["old", "new"]);
     assert!(report.classes["new"] >= 500, "{:?}", report.classes);
     assert_eq!(
         details.envoy_pid(),
@@ -372,12 +367,7 @@ fn new_parameters_reach_the_same_sidecar_with_no_failed_request() {
     cp.apply(&render_details(work.path(), &v2)).unwrap();
     let report = finish_after(load, "new", 500);
 
-    assert!(
-        report.errors.is_empty(),
-        "failed requests: {:?}",
-        report.errors
-    );
-    assert_eq!(report.first_seen, ["old", "new"], "{:?}", report.classes);
+    report.assert_clean(&["old", "new"]);
     assert!(report.classes["new"] >= 500, "{:?}", report.classes);
     assert_eq!(
         details.envoy_pid(),
@@ -445,12 +435,7 @@ fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
         "the sidecar never rejected the update\n{}",
         details.log()
     );
-    assert!(
-        report.errors.is_empty(),
-        "failed requests: {:?}",
-        report.errors
-    );
-    assert_eq!(report.first_seen, ["old"], "{:?}", report.classes);
+    report.assert_clean(&["old"]);
     assert_eq!(details.envoy_pid(), Some(pid));
     let log = details.log();
     for line in log

@@ -150,8 +150,7 @@ fn finish(loads: Vec<Load>, class: &str, n: u64) -> Vec<Report> {
 /// classes seen in `order`.
 fn assert_served(loads: Vec<Load>, order: &[&str], n: u64) {
     for r in finish(loads, order[order.len() - 1], n) {
-        assert!(r.errors.is_empty(), "failed requests: {:?}", r.errors);
-        assert_eq!(r.first_seen, order, "{:?}", r.classes);
+        r.assert_clean(order);
     }
 }
 
