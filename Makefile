@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/header_filter.wasm
 
-.PHONY: help setup control-plane build image test lint lint-filters demo demo-istio bench-oci bench-envoy clean
+.PHONY: help setup control-plane build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot updat
 
 demo-istio: setup control-plane ## The real control plane: render | kubectl apply, both delivery modes through istiod, updates; stop all
 	@scripts/demo-istio
+
+docs: setup ## Rewrite README.md's demo and wasmctl run transcripts and module sizes from a real run
+	UPDATE_DOCS=1 $(CARGO) test -p e2e --test docs_figures -- --nocapture
 
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
 	@scripts/bench-oci
