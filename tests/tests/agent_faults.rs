@@ -392,3 +392,26 @@ fn a_failing_entry_does_not_hold_up_the_others() {
     kept(&a, &dir, "good", &v2);
     assert!(!dir.join("absent.wasm").exists());
 }
+
+/// The image-list ConfigMap is mounted optional and exists only once something is deployed: an
+/// absent list is an empty one (ready, holding nothing), and the list appearing later is loaded.
+#[test]
+fn an_absent_image_list_is_empty_until_it_appears() {
+    let reg = Registry::start();
+    let image = reg.reference("filters/header:v1");
+    let sha = sha256_file(&e2e::filter_wasm());
+    push(&image, &e2e::filter_wasm(), "my_root_id", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("images.yaml");
+    let dir = work.path().join("node");
+    let a = Agent::start(&list, &dir, &FAST);
+    let status = a.status();
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["listError"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["images"], serde_json::json!([]), "{status}");
+    write_atomic(&list, &one("default.details", &image));
+    a.wait_for("the module of the list that appeared", WAIT, |a| {
+        sha_of(a, "default.details") == sha
+    });
+    kept(&a, &dir, "default.details", &sha);
+}

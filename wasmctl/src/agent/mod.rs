@@ -262,6 +262,9 @@ impl Agent {
         let path = &self.cfg.images;
         let text = match std::fs::read(path) {
             Ok(t) => t,
+            // No list yet: nothing deployed through the agent (the image-list ConfigMap is
+            // created by the controller or a rendered manifest, and mounted optional).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"images: []\n".to_vec(),
             Err(e) => {
                 let reason = format!("cannot read {}: {e}", path.display());
                 if self.list_error.as_deref() != Some(reason.as_str()) {
