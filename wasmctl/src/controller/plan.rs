@@ -347,9 +347,11 @@ pub fn status(
     now: &str,
 ) -> Value {
     let rollout = applied.and_then(|a| a.rollout.as_ref());
+    // Ready means a version serves: during a first rollout nothing does yet.
+    let serving = applied.is_some_and(|a| !a.image.is_empty());
     let (ready, reason, message) = match (failure, rollout) {
         (None, Some(r)) => (
-            "True",
+            if serving { "True" } else { "False" },
             "RollingOut",
             format!(
                 "{} serving; {} waits for nodes {} to hold its module",
@@ -642,5 +644,34 @@ mod tests {
             "the serving digest stays in the status"
         );
         assert_eq!(bad["observedGeneration"], 4);
+    }
+
+    #[test]
+    fn ready_during_a_rollout_only_while_a_version_serves() {
+        let target = Rollout {
+            image: "r/f@sha256:bb".into(),
+            digest: "sha256:bb".into(),
+            pending: vec!["node-a".into()],
+            since: "t0".into(),
+        };
+        let first = Applied {
+            digest: String::new(),
+            image: String::new(),
+            objects: vec![],
+            rollout: Some(target.clone()),
+        };
+        let s = status(1, Some(&first), None, None, "t1");
+        assert_eq!(s["conditions"][0]["status"], "False", "{s}");
+        assert_eq!(s["conditions"][0]["reason"], "RollingOut");
+        let upgrade = Applied {
+            digest: "sha256:aa".into(),
+            image: "r/f@sha256:aa".into(),
+            objects: vec!["EnvoyFilter default/x".into()],
+            rollout: Some(target),
+        };
+        let s = status(2, Some(&upgrade), None, None, "t1");
+        assert_eq!(s["conditions"][0]["status"], "True", "{s}");
+        assert_eq!(s["conditions"][0]["reason"], "RollingOut");
+        assert_eq!(s["rollout"]["pendingNodes"][0], "node-a");
     }
 }
