@@ -190,10 +190,10 @@ struct RenderArgs {
 #[derive(Args)]
 struct Transport {
     /// Speak plain HTTP to the registry (default: HTTPS)
-    #[arg(long)]
+    #[arg(long, env = "WASMCTL_PLAIN_HTTP")]
     plain_http: bool,
     /// Accept the registry's TLS certificate even if it is self-signed or invalid
-    #[arg(long)]
+    #[arg(long, env = "WASMCTL_INSECURE")]
     insecure: bool,
     /// Credentials file in the Docker config format, e.g. a Kubernetes dockerconfigjson pull secret
     /// (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)
