@@ -22,6 +22,7 @@ pub mod controller;
 pub mod controlplane;
 pub mod envoy;
 pub mod http1;
+pub mod kubelet;
 pub mod load;
 pub mod mesh;
 pub mod registry;
@@ -174,6 +175,16 @@ pub fn wasmctl_bin() -> PathBuf {
             path
         })
         .clone()
+}
+
+/// Whether this process runs as root (user id 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            == Some("0")
+    })
 }
 
 /// The project's Python (`.venv/bin/python`, made by `scripts/setup`, which installs

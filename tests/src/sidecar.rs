@@ -135,8 +135,12 @@ impl Sidecar {
             "proxyMetadata": {"METRICS_LOCALHOST_ACCESS_ONLY": "true"},
         });
         // The kubelet's part: mounts in a namespace of the sidecar's own, then pilot-agent.
+        // Without root, a mount point that cannot be made comes from a private tmpfs over its
+        // parent (/var/local, /var/lib: seen by this sidecar alone).
         let script = format!(
-            "set -e; mkdir -p {NODE_DIR} /var/lib/istio/data; \
+            "set -e; \
+             mkdir -p {NODE_DIR} 2>/dev/null || {{ mount -t tmpfs -o mode=755 tmpfs /var/local && mkdir -p {NODE_DIR}; }}; \
+             mkdir -p /var/lib/istio/data 2>/dev/null || {{ mount -t tmpfs -o mode=755 tmpfs /var/lib && mkdir -p /var/lib/istio/data; }}; \
              mount --bind -o ro '{}' {NODE_DIR}; mount --bind '{}' /var/lib/istio/data; \
              exec '{}' proxy sidecar --proxyLogLevel=warning,wasm:debug",
             node_dir.display(),
@@ -144,6 +148,10 @@ impl Sidecar {
             controlplane::bin("pilot-agent").display()
         );
         let mut cmd = Command::new("unshare");
+        // Without root, a user namespace of its own (mapped to root inside) allows the mounts.
+        if !crate::is_root() {
+            cmd.args(["--user", "--map-root-user"]);
+        }
         cmd.args([
             "--mount",
             "--propagation",

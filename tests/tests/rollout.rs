@@ -12,6 +12,7 @@
 use e2e::agent::{self, Agent};
 use e2e::controller::Controller;
 use e2e::controlplane::ControlPlane;
+use e2e::kubelet::{Kubelet, Volume};
 use e2e::load::{Load, Report};
 use e2e::mesh::*;
 use e2e::registry::Registry;
@@ -240,15 +241,10 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
     )
     .unwrap();
 
-    // The kubelet's part: the ConfigMap's content, kept in step in each node's mounted file.
+    // The kubelet's part: the ConfigMap's content, kept in step in each node's mounted file,
+    // beside everything below until the test ends (also on failure).
     let list = work.path().join("images.yaml");
-    let sync_list = |cp: &ControlPlane| {
-        let text = image_list_text(cp);
-        if fs::read_to_string(&list).ok().as_deref() != Some(text.as_str()) {
-            agent::write_atomic(&list, &text);
-        }
-    };
-    sync_list(&cp);
+    let _kubelet = Kubelet::start(&cp.kubeconfig, vec![Volume::image_list(&list)]);
     let agent_kc = cp.kubeconfig_for("wasm-system", "wasm-agent");
     for n in nodes.iter_mut() {
         n.start_agent(&list, &agent_kc);
@@ -273,39 +269,6 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
     )
     .replace("rootId: my_root_id", "rootId: as_filter");
     cp.apply(&fd).unwrap();
-
-    // The kubelet stand-in runs beside everything below, until the test ends (also on failure).
-    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _stop = Stop(stop.clone());
-    let syncer = {
-        let (stop, kubeconfig, list) = (stop.clone(), cp.kubeconfig.clone(), list.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let out = std::process::Command::new(e2e::controlplane::bin("kubectl"))
-                    .env("KUBECONFIG", &kubeconfig)
-                    .args(IMAGE_LIST_ARGS)
-                    .output();
-                if let Ok(o) = out
-                    && o.status.success()
-                {
-                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-                    if fs::read_to_string(&list).ok().as_deref() != Some(text.as_str()) {
-                        let tmp = list.with_extension("syncing");
-                        if fs::write(&tmp, &text).is_ok() {
-                            let _ = fs::rename(&tmp, &list);
-                        }
-                    }
-                }
-                std::thread::sleep(e2e::POLL_INTERVAL * 8);
-            }
-        })
-    };
 
     // A. The first version: the EnvoyFilter appears once both nodes hold the module.
     let mut seen = Vec::new();
@@ -507,7 +470,4 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
         !idle.status.success(),
         "no agent runs on node-idle, and it held nothing back"
     );
-
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    syncer.join().unwrap();
 }
