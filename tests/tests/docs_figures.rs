@@ -643,3 +643,51 @@ fn masking_keeps_sizes_and_digests() {
     assert_eq!(with_commas(144_777), "144,777");
     assert_eq!(with_commas(999), "999");
 }
+
+/// The example at the top of host-harness/README.md, compiled and run here exactly as written
+/// (the lines between the markers below must equal the README's first `rust` block).
+#[test]
+#[rustfmt::skip] // the example keeps the README's layout
+fn harness_readme_example_runs_as_written() -> Result<(), Box<dyn std::error::Error>> {
+    e2e::filter_wasm();
+    // The example's path is relative to the workspace root, where `make build` writes it (the
+    // other tests of this file name their directories explicitly).
+    std::env::set_current_dir(e2e::workspace_root())?;
+    // README-BEGIN
+    use proxy_wasm_harness::{Host, Module, Runtime};
+    use std::time::Duration;
+
+    let module = Module::from_file(&Runtime::shared(), "target/wasm32-wasip1/release/header_filter.wasm")?;
+    let host = Host::new();                                   // clock, logs, metrics, shared data, queues
+    let plugin = host.start_plugin(&module, "my_root_id",
+        r#"{"name":"resp-header-demo","value":"added by our filter"}"#)?;
+    let mut s = plugin.http_stream()?;
+    s.send_request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "x")], true)?;
+    s.send_response_headers(&[(":status", "200")], true)?;
+    s.complete()?;                                           // on_log, on_done, on_delete
+    assert_eq!(s.response_headers().get("resp-header-demo").as_deref(), Some("added by our filter"));
+    host.advance(Duration::from_secs(1))?;                  // the filter flushes its counters on its 1 s tick
+    assert_eq!(host.metric("header_filter.default.rule_0.applied").unwrap().value, 1);
+    // README-END
+
+    let source = include_str!("docs_figures.rs");
+    let (begin, end) = ("// README-BEGIN\n", "    // README-END");
+    let start = source.find(begin).unwrap() + begin.len();
+    let here: Vec<&str> = source[start..start + source[start..].find(end).unwrap()]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    let readme = std::fs::read_to_string(e2e::workspace_root().join("host-harness/README.md"))?;
+    let block: Vec<&str> = readme
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .ok_or("host-harness/README.md has no rust block")?
+        .lines()
+        .collect();
+    assert_eq!(
+        block, here,
+        "host-harness/README.md's example differs from the one this test runs (tests/tests/docs_figures.rs)"
+    );
+    Ok(())
+}
