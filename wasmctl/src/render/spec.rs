@@ -119,7 +119,7 @@ pub struct Filter {
     /// Stable name of the filter (Envoy's `config.name`, stats prefix); default `NAMESPACE.NAME`.
     #[serde(default)]
     pub id: Option<String>,
-    /// The plugin configuration: a JSON object, or a string holding one (as the seed writes it).
+    /// The plugin configuration: a JSON object, or a string holding one.
     #[serde(default)]
     pub parameters: Option<Value>,
     /// Name of a `kubernetes.io/dockerconfigjson` Secret with the registry's credentials.
