@@ -203,6 +203,33 @@ fn wasm_plugin_delivery_through_istiod() {
     let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
     assert_eq!(r.status(), 200);
     assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
+
+    // What docs/deploy.md tells a user to run for this delivery: the filter came by ECDS, its
+    // code the module pilot-agent fetched into its cache.
+    let dump = work.path().join("details.json");
+    std::fs::write(&dump, details.config_dump("").to_string()).unwrap();
+    let out = std::process::Command::new(e2e::controlplane::bin("istioctl"))
+        .args([
+            "proxy-config",
+            "ecds",
+            "--file",
+            dump.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let ecds = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ecds.contains("default.details-v1-wasmplugin"), "{ecds}");
+    assert!(
+        ecds.contains("envoy.extensions.filters.http.wasm.v3.Wasm"),
+        "{ecds}"
+    );
 }
 
 /// The same with a registry that wants credentials: `wasmctl` logs in, the WasmPlugin names an
