@@ -466,11 +466,18 @@ fn every_overlay_renders_offline_and_validates() {
         .unwrap();
     assert_eq!(host["hostPath"]["path"], "/var/local/lib/wasm-filters");
     assert_eq!(host["hostPath"]["type"], "DirectoryOrCreate");
-    let cm = docs(&out)
-        .into_iter()
-        .find(|v| v["kind"] == "ConfigMap")
+    // No image list among the manifests (re-applying them must not empty the controller's):
+    // the DaemonSet mounts it optional.
+    assert!(
+        !docs(&out).iter().any(|v| v["kind"] == "ConfigMap"),
+        "manifests/ holds a ConfigMap"
+    );
+    let list = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "images")
         .unwrap();
-    assert_eq!(cm["metadata"]["name"], "wasm-agent-images");
-    assert_eq!(cm["metadata"]["namespace"], "wasm-system");
-    assert!(cm["data"]["images.yaml"].is_string());
+    assert_eq!(list["configMap"]["name"], "wasm-agent-images");
+    assert_eq!(list["configMap"]["optional"], true);
 }
