@@ -145,6 +145,25 @@ pub fn harness_module(path: &Path) -> proxy_wasm_harness::Module {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// cosign, built from its Go module by `scripts/cosign-build` (`make test` runs it first; a test
+/// process builds it if it is missing).
+pub fn cosign_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Command::new(workspace_root().join("scripts/cosign-build"))
+                .output()
+                .expect("run scripts/cosign-build");
+            assert!(
+                out.status.success(),
+                "scripts/cosign-build failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
 /// The `wasmctl` binary (debug), built once per test process unless `E2E_WASMCTL_BIN` names it;
 /// tests run it as a subprocess, as users do.
 pub fn wasmctl_bin() -> PathBuf {

@@ -237,6 +237,24 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A key file that cannot be used.
+    #[error("key {path}: {reason}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No signature of the image verifies with the key.
+    #[error("{reference} ({digest}) is not verified: {reason}")]
+    NotVerified {
+        /// The image as given.
+        reference: String,
+        /// The digest it names now.
+        digest: String,
+        /// Why each signature found was refused, or that there is none.
+        reason: String,
+    },
     /// A `FilterDeployment` (or a workload given to `render`) is invalid: the file, the field
     /// path inside it and the reason.
     #[error("{file}: {field}: {reason}")]

@@ -48,5 +48,6 @@ pub mod reference;
 pub mod registry;
 pub mod render;
 pub mod run;
+pub mod sign;
 
 pub use error::{Error, Result};

@@ -35,6 +35,12 @@ enum Command {
     Login(LoginArgs),
     /// Describe a remote image (layout, digests, runtime config, where it loads) or a local module
     Inspect(InspectArgs),
+    /// Sign an image's manifest digest with a cosign key pair; the signature is stored beside it
+    /// as cosign stores it (tag sha256-<digest>.sig)
+    Sign(SignArgs),
+    /// Check that an image's current digest carries a signature that verifies with a cosign
+    /// public key (offline: no transparency log)
+    Verify(VerifyArgs),
     /// Node agent: keep DIR in step with an image list (pull by digest, atomic writes, ECDS files)
     Agent(AgentArgs),
     /// Render FilterDeployment resources into Istio EnvoyFilter/WasmPlugin objects, workload
@@ -255,6 +261,32 @@ struct PullArgs {
     /// No progress bar
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// Image: REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST (the digest a tag
+    /// names now is what is signed)
+    reference: String,
+    /// cosign private key file (cosign.key; its password from COSIGN_PASSWORD)
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// An annotation in the signed payload, KEY=VALUE (repeat for more)
+    #[arg(short = 'a', long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Image: REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST
+    reference: String,
+    /// cosign public key file (cosign.pub)
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
     #[command(flatten)]
     transport: Transport,
 }
@@ -640,6 +672,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 a.registry,
                 file.display()
             );
+        }
+        Command::Sign(a) => {
+            let password = std::env::var("COSIGN_PASSWORD").unwrap_or_default();
+            let key = wasmctl::sign::load_private_key(&a.key, password.as_bytes())?;
+            let annotations = parse_annotations(&a.annotations)?;
+            let opts = options(&a.transport, true, None);
+            let signed = runtime()?.block_on(wasmctl::sign::sign(
+                &a.reference,
+                &key,
+                &annotations,
+                &opts,
+            ))?;
+            println!("signed: {}", signed.digest);
+            println!(
+                "signature: {} ({} signature(s) for this digest)",
+                signed.signature_reference, signed.count
+            );
+        }
+        Command::Verify(a) => {
+            let key = wasmctl::sign::load_public_key(&a.key)?;
+            let opts = options(&a.transport, true, None);
+            let v = runtime()?.block_on(wasmctl::sign::verify(&a.reference, &key, &opts))?;
+            println!(
+                "verified: {} signed by {} ({} signature(s))",
+                v.digest,
+                a.key.display(),
+                v.claims.len()
+            );
+            for c in &v.claims {
+                for (k, val) in &c.annotations {
+                    println!("  {k}={val}");
+                }
+            }
         }
         Command::Inspect(a) => {
             let path = Path::new(&a.target);

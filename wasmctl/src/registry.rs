@@ -94,7 +94,7 @@ pub fn pinned(reference: &Reference, digest: &str) -> String {
 }
 
 /// A connection to one repository of one registry, authenticated for one operation.
-struct Remote {
+pub(crate) struct Remote {
     client: Client,
     reference: Reference,
     text: String,
@@ -138,7 +138,11 @@ fn client_for(opts: &Options, registry: &str) -> Result<Client> {
 }
 
 impl Remote {
-    async fn connect(text: &str, opts: &Options, op: RegistryOperation) -> Result<Remote> {
+    pub(crate) async fn connect(
+        text: &str,
+        opts: &Options,
+        op: RegistryOperation,
+    ) -> Result<Remote> {
         let reference = parse_reference(text)?;
         let registry = reference.registry().to_string();
         let file = opts.credentials_file();
@@ -179,6 +183,108 @@ impl Remote {
             .await
             .map_err(|e| remote.map_err(e, "authentication"))?;
         Ok(remote)
+    }
+
+    /// The reference as the user wrote it (without `oci://`).
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// `REGISTRY/REPOSITORY`.
+    pub(crate) fn repository_name(&self) -> String {
+        format!("{}/{}", self.registry, self.reference.repository())
+    }
+
+    /// The same repository at `tag`.
+    pub(crate) fn at_tag(&self, tag: &str) -> Result<Remote> {
+        let r = parse_reference(&format!("{}:{tag}", self.repository_name()))?;
+        Ok(self.with_reference(r))
+    }
+
+    /// The manifest's bytes and media type, or `None` when the registry has no such manifest;
+    /// refused above `max` bytes.
+    pub(crate) async fn raw_manifest(&self, max: u64) -> Result<Option<(Vec<u8>, String)>> {
+        match self
+            .client
+            .pull_manifest_raw(&self.reference, &self.auth, media::ACCEPTED_MANIFESTS)
+            .await
+        {
+            Ok((bytes, media_type)) => {
+                if bytes.len() as u64 > max {
+                    return Err(Error::TooLarge {
+                        reference: self.text.clone(),
+                        what: "manifest".to_string(),
+                        size: bytes.len() as u64,
+                        limit: max,
+                    });
+                }
+                Ok(Some((bytes.to_vec(), media_type)))
+            }
+            Err(e) => match self.map_err(e, "manifest") {
+                Error::ManifestNotFound { .. } | Error::RepositoryNotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The digest of the manifest the reference names now (of the bytes received, checked
+    /// against a pinned digest).
+    pub(crate) async fn resolve_digest(&self) -> Result<String> {
+        let Some((bytes, _)) = self.raw_manifest(16 << 20).await? else {
+            return Err(self.not_found(None));
+        };
+        let actual = layout::sha256_digest(&bytes);
+        if let Some(pinned) = self.reference.digest()
+            && pinned != actual
+        {
+            return Err(Error::DigestMismatch {
+                reference: self.text.clone(),
+                what: "manifest".to_string(),
+                expected: pinned.to_string(),
+                actual,
+            });
+        }
+        Ok(actual)
+    }
+
+    /// Upload `data` unless the registry has it.
+    pub(crate) async fn put_blob(&self, data: &[u8]) -> Result<()> {
+        let blob = layout::Blob {
+            descriptor: layout::Descriptor {
+                media_type: "application/octet-stream".to_string(),
+                digest: layout::sha256_digest(data),
+                size: data.len() as u64,
+                annotations: BTreeMap::new(),
+            },
+            data: Bytes::copy_from_slice(data),
+        };
+        self.upload(&blob, &Arc::new(Progress::new(false, String::new(), 0)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Download the blob `digest` of `size` bytes (verified), refused above `max`.
+    pub(crate) async fn get_blob(&self, digest: &str, size: u64, max: u64) -> Result<Vec<u8>> {
+        let desc = layout::Descriptor {
+            media_type: String::new(),
+            digest: digest.to_string(),
+            size,
+            annotations: BTreeMap::new(),
+        };
+        self.blob(&desc, "blob", max, &Progress::new(false, String::new(), 0))
+            .await
+    }
+
+    /// Store `manifest` (of `media_type`) under the reference's tag.
+    pub(crate) async fn put_manifest(&self, manifest: Vec<u8>, media_type: &str) -> Result<()> {
+        let header = media_type
+            .parse()
+            .map_err(|_| Error::Usage(format!("bad content type {media_type}")))?;
+        self.client
+            .push_manifest_raw(&self.reference, manifest, header)
+            .await
+            .map_err(|e| self.map_err(e, "manifest upload"))?;
+        Ok(())
     }
 
     fn with_reference(&self, reference: Reference) -> Remote {

@@ -1,0 +1,197 @@
+//! `wasmctl sign` and `verify` against the real cosign CLI (built from its Go module by
+//! `scripts/cosign-build`) and a real registry, offline: no transparency log, no certificate
+//! authority. Each tool verifies what the other signed, with cosign's own key files; and
+//! `verify` refuses, naming why, an unsigned image, another key, a tag moved to a new digest
+//! after signing, and a signature payload changed in the registry's storage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use e2e::agent::push;
+use e2e::registry::Registry;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PASSWORD: &str = "sign-Me-5";
+
+/// cosign, offline and without a home of its own: its TUF cache in `dir`, the key password set.
+fn cosign(dir: &Path, args: &[&str]) -> Output {
+    let bin = e2e::cosign_bin();
+    Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .env("HOME", dir)
+        .env("TUF_ROOT", dir.join("tuf"))
+        .env("SIGSTORE_NO_CACHE", "true")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
+}
+
+fn ok(what: &str, out: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+/// A cosign key pair in `dir/NAME.key` and `dir/NAME.pub`, made by cosign itself.
+fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).unwrap();
+    ok(
+        "cosign generate-key-pair",
+        cosign(&sub, &["generate-key-pair"]),
+    );
+    (sub.join("cosign.key"), sub.join("cosign.pub"))
+}
+
+fn wasmctl(args: &[&str]) -> Output {
+    Command::new(e2e::wasmctl_bin())
+        .args(args)
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .output()
+        .unwrap()
+}
+
+fn verify(reference: &str, key: &Path) -> Output {
+    wasmctl(&[
+        "verify",
+        reference,
+        "--key",
+        key.to_str().unwrap(),
+        "--plain-http",
+    ])
+}
+
+/// `wasmctl verify` fails, and its message contains `reason`.
+fn refused(reference: &str, key: &Path, reason: &str) -> String {
+    let out = verify(reference, key);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "verify accepted {reference}:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains(reason), "expected {reason:?} in:\n{err}");
+    assert!(err.contains("is not verified"), "{err}");
+    err
+}
+
+#[test]
+fn cosign_and_wasmctl_verify_each_others_signatures_and_refusals_say_why() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = key_pair(work.path(), "team");
+    let (_, other_public) = key_pair(work.path(), "other");
+    let cosign_flags = ["--allow-http-registry", "--allow-insecure-registry"];
+
+    // cosign signs, wasmctl verifies.
+    let a = reg.reference("filters/by-cosign:v1");
+    let a_digest = push(&a, &e2e::filter_wasm(), "my_root_id", &[]);
+    let a_pinned = format!("{}@{a_digest}", reg.reference("filters/by-cosign"));
+    let mut args = vec![
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--tlog-upload=false",
+        "--yes",
+        "-a",
+        "built-by=ci",
+    ];
+    args.extend(cosign_flags);
+    args.push(&a_pinned);
+    ok("cosign sign", cosign(work.path(), &args));
+    let out = ok("wasmctl verify", verify(&a, &public));
+    assert!(out.contains(&format!("verified: {a_digest}")), "{out}");
+    assert!(out.contains("built-by=ci"), "{out}");
+
+    // wasmctl signs, cosign verifies (and so does wasmctl).
+    let b = reg.reference("filters/by-wasmctl:v1");
+    let b_digest = push(
+        &b,
+        &e2e::filter_wasm(),
+        "my_root_id",
+        &["--format", "compat"],
+    );
+    let out = ok(
+        "wasmctl sign",
+        wasmctl(&[
+            "sign",
+            &b,
+            "--key",
+            key.to_str().unwrap(),
+            "-a",
+            "team=mesh",
+            "--plain-http",
+        ]),
+    );
+    assert!(out.contains(&format!("signed: {b_digest}")), "{out}");
+    let mut args = vec![
+        "verify",
+        "--key",
+        public.to_str().unwrap(),
+        "--insecure-ignore-tlog=true",
+    ];
+    args.extend(cosign_flags);
+    args.push(&b);
+    let out = ok("cosign verify", cosign(work.path(), &args));
+    assert!(out.contains(&b_digest), "{out}");
+    assert!(out.contains("\"team\":\"mesh\""), "{out}");
+    ok("wasmctl verify", verify(&b, &public));
+    // cosign refuses another key too: the format is the same on both sides.
+    let mut args = vec![
+        "verify",
+        "--key",
+        other_public.to_str().unwrap(),
+        "--insecure-ignore-tlog=true",
+    ];
+    args.extend(cosign_flags);
+    args.push(&b);
+    assert!(!cosign(work.path(), &args).status.success());
+
+    // Refusals.
+    let unsigned = reg.reference("filters/unsigned:v1");
+    push(&unsigned, &e2e::filter_wasm(), "my_root_id", &[]);
+    refused(&unsigned, &public, "no signature");
+    refused(&b, &other_public, "does not verify with this key");
+    // The tag moved to other code after signing: its new digest has no signature.
+    push(&b, &e2e::minimal_wasm(), "", &[]);
+    refused(&b, &public, "no signature");
+    // The old digest still verifies, pinned.
+    let b_pinned = format!("{}@{b_digest}", reg.reference("filters/by-wasmctl"));
+    ok(
+        "wasmctl verify of the old digest",
+        verify(&b_pinned, &public),
+    );
+    // The payload changed in the registry's storage: its bytes no longer match the digest the
+    // signature manifest names, and nothing else verifies.
+    let sig_manifest = ok(
+        "the signature manifest, read with curl",
+        Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+                &format!(
+                    "http://{}/v2/filters/by-cosign/manifests/{}",
+                    reg.host(),
+                    a_digest.replacen(':', "-", 1) + ".sig"
+                ),
+            ])
+            .output()
+            .unwrap(),
+    );
+    let m: serde_json::Value = serde_json::from_str(&sig_manifest).unwrap();
+    let payload = m["layers"][0]["digest"].as_str().unwrap();
+    let file = reg.blob_path(payload);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("built-by", "built-xy")).unwrap();
+    refused(&a, &public, "the payload's bytes do not match its digest");
+}
