@@ -195,3 +195,83 @@ fn cosign_and_wasmctl_verify_each_others_signatures_and_refusals_say_why() {
     std::fs::write(&file, text.replace("built-by", "built-xy")).unwrap();
     refused(&a, &public, "the payload's bytes do not match its digest");
 }
+
+/// The node agent with a verification key: it pulls a signed digest; a tag re-pushed with
+/// unsigned code leaves the last good module in place (and says why in status, log and
+/// metrics); signing the new digest lets it through.
+#[test]
+fn the_agent_pulls_only_signed_digests_and_keeps_the_last_good_module() {
+    use e2e::agent::{Agent, FAST, link_target, sha256_file, write_atomic};
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = key_pair(work.path(), "team");
+    let image = reg.reference("filters/header:v1");
+    push(&image, &e2e::filter_wasm(), "my_root_id", &[]);
+    let sign = || {
+        ok(
+            "wasmctl sign",
+            wasmctl(&[
+                "sign",
+                &image,
+                "--key",
+                key.to_str().unwrap(),
+                "--plain-http",
+            ]),
+        )
+    };
+    sign();
+    let list = work.path().join("images.yaml");
+    write_atomic(
+        &list,
+        &format!(
+            "images:\n  - name: default.signed\n    image: {image}\n    verifyKey: {}\n",
+            public.display()
+        ),
+    );
+    let dir = work.path().join("node");
+    let agent = Agent::start(&list, &dir, &FAST);
+    let wait = std::time::Duration::from_secs(30);
+    let v1 = sha256_file(&e2e::filter_wasm());
+    let sha = |a: &Agent| {
+        a.image("default.signed")["sha256"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    agent.wait_for("the signed module", wait, |a| sha(a) == v1);
+
+    // The tag now names other code, unsigned: refused, the signed module stays.
+    push(&image, &e2e::minimal_wasm(), "", &[]);
+    agent.wait_for("the unsigned digest refused", wait, |a| {
+        let i = a.image("default.signed");
+        i["state"] == "failing"
+            && i["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("is not verified") && e.contains("no signature"))
+    });
+    assert_eq!(sha(&agent), v1);
+    assert_eq!(
+        link_target(&dir, "default.signed").as_deref(),
+        Some(format!("{v1}.wasm").as_str())
+    );
+    assert_eq!(sha256_file(&dir.join("default.signed.wasm")), v1);
+    assert!(
+        agent
+            .metric("wasm_agent_failures_total", "default.signed")
+            .is_some_and(|n| n >= 1.0),
+        "{}",
+        agent.metrics()
+    );
+    assert!(agent.log().contains("is not verified"), "{}", agent.log());
+    assert!(
+        !dir.join(format!("{}.wasm", sha256_file(&e2e::minimal_wasm())))
+            .exists(),
+        "the unsigned module was written to the node directory"
+    );
+
+    // Signed: it goes through.
+    sign();
+    let v2 = sha256_file(&e2e::minimal_wasm());
+    agent.wait_for("the newly signed module", wait, |a| sha(a) == v2);
+    assert_eq!(sha256_file(&dir.join("default.signed.wasm")), v2);
+}

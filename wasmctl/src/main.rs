@@ -115,6 +115,10 @@ struct AgentArgs {
     /// Pull secrets: an entry's `pullSecret: NAME` reads DIR/NAME/.dockerconfigjson
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// A cosign public key: pull only digests signed with it (an entry's `verifyKey` overrides
+    /// it); an unsigned or wrongly signed image keeps the last good module
+    #[arg(long, value_name = "FILE")]
+    verify_key: Option<PathBuf>,
     /// Status HTTP listener: /healthz, /readyz, /metrics (Prometheus text), /status (JSON)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     listen: String,
@@ -724,6 +728,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.backoff_max = a.backoff_max;
             cfg.registry = options(&a.transport, true, a.max_size);
             cfg.secrets_dir = a.secrets_dir;
+            cfg.verify_key = a.verify_key;
             cfg.status_file = a.status_file;
             cfg.node_report = a.node_name.map(|n| (n, a.report_namespace));
             cfg.listen = match a.listen.as_str() {

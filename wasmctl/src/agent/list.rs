@@ -34,6 +34,10 @@ pub struct Entry {
     /// Write an Envoy ECDS file for this module (what istiod pushes in a mesh).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ecds: Option<Ecds>,
+    /// A cosign public key file: only a digest signed with it is pulled (overrides the
+    /// agent's `--verify-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_key: Option<PathBuf>,
 }
 
 /// An ECDS resource the agent writes whenever the entry's module or this block changes: an
@@ -123,6 +127,7 @@ fn plain(text: &str) -> Result<Vec<Entry>, String> {
             image,
             pull_secret: None,
             ecds: None,
+            verify_key: None,
         });
     }
     Ok(out)

@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{Current, State};
@@ -64,6 +64,9 @@ pub struct Config {
     pub registry: Options,
     /// Where pull secrets are mounted: `<secrets-dir>/<pullSecret>/.dockerconfigjson`.
     pub secrets_dir: Option<PathBuf>,
+    /// A cosign public key: every entry without a `verifyKey` of its own is pulled only when
+    /// its digest carries a signature that verifies with it.
+    pub verify_key: Option<PathBuf>,
     /// The status HTTP listener (`/healthz`, `/readyz`, `/metrics`, `/status`); `None`: none.
     pub listen: Option<SocketAddr>,
     /// A file the status JSON is written to (atomically) after each change.
@@ -87,6 +90,7 @@ impl Config {
             backoff_max: Duration::from_secs(300),
             registry: Options::default(),
             secrets_dir: None,
+            verify_key: None,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             status_file: None,
             node_report: None,
@@ -453,12 +457,20 @@ impl Agent {
             }
             let (image, generation, tx) = (slot.entry.image.clone(), slot.generation, tx.clone());
             let want_config = slot.entry.ecds.is_some();
+            let key = slot
+                .entry
+                .verify_key
+                .clone()
+                .or_else(|| self.cfg.verify_key.clone());
             if let Some(slot) = self.slots.get_mut(&name) {
                 slot.in_flight = true;
             }
             tasks.spawn(async move {
                 let result = match opts {
-                    Ok(opts) => fetch_checked(&image, &opts, known.as_deref(), want_config).await,
+                    Ok(opts) => {
+                        fetch_checked(&image, &opts, known.as_deref(), want_config, key.as_deref())
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 let _ = tx.send(Outcome {
@@ -923,13 +935,26 @@ impl Agent {
 }
 
 /// [`registry::fetch`], then check that a new module is valid WebAssembly exporting a
-/// proxy-wasm ABI version (Envoy would refuse anything else).
+/// proxy-wasm ABI version (Envoy would refuse anything else). With `verify_key`, the digest the
+/// image names now must carry a signature that verifies with it, and exactly that digest is
+/// fetched (a tag moved in between is not).
 async fn fetch_checked(
     image: &str,
     opts: &Options,
     known: Option<&str>,
     runtime_config: bool,
+    verify_key: Option<&Path>,
 ) -> Result<Fetched> {
+    let verified;
+    let image = match verify_key {
+        Some(key) => {
+            let key = crate::sign::load_public_key(key)?;
+            let v = crate::sign::verify(image, &key, opts).await?;
+            verified = registry::pinned(&registry::parse_reference(image)?, &v.digest);
+            verified.as_str()
+        }
+        None => image,
+    };
     let fetched = registry::fetch(image, opts, known, runtime_config).await?;
     if let Fetched::Module(m) = &fetched {
         let what = format!("{image}: {}", m.what);
