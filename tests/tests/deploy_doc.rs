@@ -263,7 +263,14 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
     let docker = work.path().join("docker");
     fs::create_dir_all(&docker).unwrap();
     let env: Vec<(String, String)> = [
-        ("PATH", path_with(&[wasmctl.parent().unwrap(), bin_dir()])),
+        (
+            "PATH",
+            path_with(&[
+                wasmctl.parent().unwrap(),
+                bin_dir(),
+                e2e::cosign_bin().parent().unwrap(),
+            ]),
+        ),
         ("KUBECONFIG", cp.kubeconfig.display().to_string()),
         ("REGISTRY", format!("{}/team", registry.host())),
         ("REGISTRY_USER", USER.into()),
@@ -275,6 +282,7 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
             docker.join("config.json").display().to_string(),
         ),
         ("WASMCTL_PLAIN_HTTP", "true".into()),
+        ("COSIGN_PASSWORD", "deploy-Key-7".into()),
         ("PLAIN_HTTP", "1".into()),
         ("TMPDIR", work.path().display().to_string()),
     ]
@@ -323,6 +331,12 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
                 .unwrap_or_else(|e| panic!("the agent's /status is not JSON ({e}): {out}"));
             assert!(v.is_object(), "{out}");
         });
+        check("wasmctl verify", &mut |out| {
+            assert!(
+                out.contains("verified: sha256:") && out.contains("git-sha=0123abc"),
+                "{out}"
+            )
+        });
         check("istioctl analyze", &mut |out| {
             assert!(out.contains("IST0151"), "{out}")
         });
@@ -368,6 +382,7 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
         "get configmap -l filters.envoy-wasm-toolkit.io/node-report",
         "/status",
         "istioctl analyze",
+        "wasmctl verify",
         "istioctl proxy-config listener",
         "kubectl logs deploy/details-v1",
         "deployed",

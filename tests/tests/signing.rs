@@ -275,3 +275,155 @@ fn the_agent_pulls_only_signed_digests_and_keeps_the_last_good_module() {
     agent.wait_for("the newly signed module", wait, |a| sha(a) == v2);
     assert_eq!(sha256_file(&dir.join("default.signed.wasm")), v2);
 }
+
+/// `spec.filter.verification` through the real API server: the controller (with its own
+/// service account and RBAC) applies a signed digest, reports `Ready=False`,
+/// `SignatureNotVerified` for an unsigned re-push while the WasmPlugin keeps the signed digest,
+/// and applies the new digest once it is signed. `render` needs the key given to it.
+#[test]
+fn the_controller_and_render_apply_only_signed_digests() {
+    use e2e::controller::Controller;
+    use e2e::controlplane::ControlPlane;
+    use e2e::mesh::{PROPAGATION, apply_manifests, example};
+    use serde_json::Value;
+
+    let cp = ControlPlane::start();
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = key_pair(work.path(), "team");
+    let image = reg.reference("filters/header-filter:v1");
+    let v1 = push(&image, &e2e::filter_wasm(), "my_root_id", &[]);
+    let sign = || {
+        ok(
+            "wasmctl sign",
+            wasmctl(&[
+                "sign",
+                &image,
+                "--key",
+                key.to_str().unwrap(),
+                "--plain-http",
+            ]),
+        )
+    };
+    sign();
+    let fd = example(
+        "bookinfo-details-wasmplugin",
+        &reg,
+        "filters/header-filter:v1",
+    )
+    .replace(
+        "    rootId: my_root_id\n",
+        "    rootId: my_root_id\n    verification:\n      keyRef: {kind: ConfigMap, name: filter-keys}\n",
+    );
+    let fd_file = work.path().join("fd.yaml");
+    std::fs::write(&fd_file, &fd).unwrap();
+
+    // render: the key is in the cluster, so render must be given it.
+    let render = |extra: &[&str]| {
+        let mut args = vec!["render", fd_file.to_str().unwrap(), "--plain-http"];
+        args.extend(extra);
+        wasmctl(&args)
+    };
+    let out = render(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.filter.verification") && err.contains("--verify-key"),
+        "{err}"
+    );
+    let out = ok(
+        "wasmctl render --verify-key",
+        render(&["--verify-key", public.to_str().unwrap()]),
+    );
+    assert!(out.contains(&format!("@{v1}")), "{out}");
+
+    apply_manifests(&cp);
+    cp.kubectl_ok(&[
+        "create",
+        "configmap",
+        "filter-keys",
+        "-n",
+        "default",
+        &format!("--from-file=cosign.pub={}", public.display()),
+    ]);
+    let controller = Controller::start_with(
+        &cp.kubeconfig_for("wasm-system", "wasmctl-controller"),
+        &["--plain-http", "--resync", "2s", "--backoff-max", "2s"],
+    );
+    cp.apply(&fd).unwrap();
+    let status = |cp: &ControlPlane| -> Value {
+        let text = cp.kubectl_ok(&[
+            "get",
+            "filterdeployment",
+            "-n",
+            "default",
+            "details-v1-wasmplugin",
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str::<Value>(&text).unwrap()["status"].clone()
+    };
+    let ready = |s: &Value| {
+        let c = &s["conditions"][0];
+        (
+            c["status"].as_str().unwrap_or("").to_string(),
+            c["reason"].as_str().unwrap_or("").to_string(),
+            c["message"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let wait = |what: &str, f: &dyn Fn(&Value) -> bool| {
+        let mut last = Value::Null;
+        let seen = e2e::poll_until(std::time::Instant::now() + PROPAGATION, || {
+            last = status(&cp);
+            f(&last).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{what}: {last}\n---- controller ----\n{}",
+            controller.log()
+        );
+        last
+    };
+    let url = |cp: &ControlPlane| {
+        cp.kubectl_ok(&[
+            "get",
+            "wasmplugin",
+            "-n",
+            "default",
+            "details-v1-wasmplugin",
+            "-o",
+            "jsonpath={.spec.url}",
+        ])
+    };
+    wait("the signed digest applied", &|s| {
+        ready(s).0 == "True" && s["digest"] == v1.as_str()
+    });
+    assert!(url(&cp).ends_with(&format!("@{v1}")), "{}", url(&cp));
+
+    // An unsigned re-push of the tag: refused with the reason, the WasmPlugin unchanged.
+    let v2 = push(
+        &image,
+        &e2e::filter_wasm(),
+        "my_root_id",
+        &["--format", "compat"],
+    );
+    assert_ne!(v1, v2);
+    let s = wait("the unsigned digest refused", &|s| {
+        ready(s).1 == "SignatureNotVerified"
+    });
+    let (st, _, message) = ready(&s);
+    assert_eq!(st, "False", "{s}");
+    assert!(
+        message.contains(&v2) && message.contains("no signature"),
+        "{message}"
+    );
+    assert_eq!(s["digest"], v1.as_str(), "the signed digest still serves");
+    assert!(url(&cp).ends_with(&format!("@{v1}")), "{}", url(&cp));
+
+    // Signed: applied.
+    sign();
+    wait("the newly signed digest applied", &|s| {
+        ready(s).0 == "True" && s["digest"] == v2.as_str()
+    });
+    assert!(url(&cp).ends_with(&format!("@{v2}")), "{}", url(&cp));
+}

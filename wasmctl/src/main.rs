@@ -193,6 +193,11 @@ struct RenderArgs {
     /// Write one file per object into this directory instead of a YAML stream on stdout
     #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
+    /// A cosign public key: every image's resolved digest must carry a signature verifying
+    /// with it (needed when a FilterDeployment sets spec.filter.verification, whose keyRef is in
+    /// the cluster)
+    #[arg(long, value_name = "FILE")]
+    verify_key: Option<PathBuf>,
     #[command(flatten)]
     transport: Transport,
 }
@@ -553,13 +558,43 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
             ModeArg::WasmPlugin => render::spec::Delivery::WasmPlugin,
         }),
     };
+    for s in &inputs.deployments {
+        if let Some(v) = &s.deployment.spec.filter.verification {
+            let r = &v.key_ref;
+            if a.no_resolve {
+                bail!(
+                    "{}: spec.filter.verification: a signature is checked on the image's digest, which --no-resolve does not ask for",
+                    s.origin
+                );
+            }
+            if a.verify_key.is_none() {
+                bail!(
+                    "{}: spec.filter.verification: its key is in the cluster ({:?} {}, key {}); pass the same public key with --verify-key FILE (the controller reads it itself)",
+                    s.origin,
+                    r.kind,
+                    r.name,
+                    r.key
+                );
+            }
+        }
+    }
     let pulled_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let (resolved, pulled) = if a.no_resolve {
+        if a.verify_key.is_some() {
+            bail!("--verify-key checks the images' digests, which --no-resolve does not ask for");
+        }
         (render::Resolved::default(), BTreeMap::new())
     } else {
         let ropts = options(&a.transport, true, None);
         let modules = a.module.is_none().then_some(pulled_dir.path());
-        runtime()?.block_on(render::resolve(&inputs, &ropts, modules))?
+        let resolved = runtime()?.block_on(render::resolve(&inputs, &ropts, modules))?;
+        if let Some(path) = &a.verify_key {
+            let key = wasmctl::sign::load_public_key(path)?;
+            for pinned in resolved.0.pinned.values() {
+                runtime()?.block_on(wasmctl::sign::verify(pinned, &key, &ropts))?;
+            }
+        }
+        resolved
     };
     for s in &inputs.deployments {
         let module = match &a.module {

@@ -71,7 +71,13 @@ fn pem_block(text: &str, labels: &[&str], path: &Path) -> Result<(String, Vec<u8
 /// A cosign public key file (`cosign.pub`).
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read key", path, e))?;
-    let (_, der) = pem_block(&text, &["PUBLIC KEY"], path)?;
+    parse_public_key(&text, path)
+}
+
+/// A cosign public key (PEM `PUBLIC KEY`); `origin` names where it came from in errors.
+pub fn parse_public_key(text: &str, origin: &Path) -> Result<VerifyingKey> {
+    let path = origin;
+    let (_, der) = pem_block(text, &["PUBLIC KEY"], path)?;
     VerifyingKey::from_public_key_der(&der).map_err(|e| {
         key_error(
             path,

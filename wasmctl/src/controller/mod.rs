@@ -631,6 +631,52 @@ async fn pull_secret(
     Ok(path)
 }
 
+/// The cosign public key `spec.filter.verification.keyRef` names, as PEM text.
+async fn verification_key(
+    ctx: &Ctx,
+    namespace: &str,
+    r: &crate::render::spec::KeyRef,
+) -> std::result::Result<String, Failure> {
+    use crate::render::spec::KeyKind;
+    let fail = |m: String| {
+        Failure::new(
+            Reason::SignatureNotVerified,
+            format!("spec.filter.verification.keyRef: {m}"),
+        )
+    };
+    let (kind, name, key) = (r.kind, r.name.as_str(), r.key.as_str());
+    let text = match kind {
+        KeyKind::ConfigMap => {
+            let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(ctx.client.clone(), namespace);
+            let cm = api
+                .get_opt(name)
+                .await
+                .map_err(|e| fail(format!("cannot read ConfigMap {namespace}/{name}: {e}")))?
+                .ok_or_else(|| fail(format!("ConfigMap {namespace}/{name} does not exist")))?;
+            cm.data.and_then(|d| d.get(key).cloned())
+        }
+        KeyKind::Secret => {
+            let api: Api<k8s_openapi::api::core::v1::Secret> =
+                Api::namespaced(ctx.client.clone(), namespace);
+            let s = api
+                .get_opt(name)
+                .await
+                .map_err(|e| fail(format!("cannot read Secret {namespace}/{name}: {e}")))?
+                .ok_or_else(|| fail(format!("Secret {namespace}/{name} does not exist")))?;
+            s.data.and_then(|d| {
+                d.get(key)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            })
+        }
+    };
+    let what = match kind {
+        KeyKind::ConfigMap => "ConfigMap",
+        KeyKind::Secret => "Secret",
+    };
+    text.ok_or_else(|| fail(format!("{what} {namespace}/{name} has no key {key:?}")))
+}
+
 async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failure> {
     let inputs = plan::parse(obj)?;
     let source = inputs.deployments[0].clone();
@@ -661,6 +707,38 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
         Err(e) => return Err(Failure::registry(&e)),
     };
     let pinned = registry::pinned(&reference, &digest);
+    if let Some(v) = &d.spec.filter.verification {
+        let pem = verification_key(ctx, &ns, &v.key_ref).await?;
+        let verified = (format!("signature {digest}"), pem.clone(), String::new());
+        if !ctx
+            .checked
+            .lock()
+            .map(|c| c.contains(&verified))
+            .unwrap_or(false)
+        {
+            let origin = PathBuf::from(format!(
+                "{:?} {ns}/{} key {}",
+                v.key_ref.kind, v.key_ref.name, v.key_ref.key
+            ));
+            let key = crate::sign::parse_public_key(&pem, &origin).map_err(|e| {
+                Failure::new(
+                    Reason::SignatureNotVerified,
+                    format!("spec.filter.verification.keyRef: {e}"),
+                )
+            })?;
+            crate::sign::verify(&pinned, &key, &opts)
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        Reason::SignatureNotVerified,
+                        format!("spec.filter.verification: {e}"),
+                    )
+                })?;
+            if let Ok(mut c) = ctx.checked.lock() {
+                c.insert(verified);
+            }
+        }
+    }
     let params = render::parameters_text(d);
     let check = (digest.clone(), d.spec.filter.root_id.clone(), params);
     if !ctx

@@ -35,6 +35,9 @@ pub enum Reason {
     /// Nodes running the workload did not get the new module within the rollout timeout (the
     /// old one keeps serving).
     RolloutStalled,
+    /// `spec.filter.verification` is set and no signature of the digest verifies with its key
+    /// (or the key cannot be read).
+    SignatureNotVerified,
 }
 
 impl Reason {
@@ -49,6 +52,7 @@ impl Reason {
             Reason::AgentNamespaceMissing => "AgentNamespaceMissing",
             Reason::ApplyFailed => "ApplyFailed",
             Reason::RolloutStalled => "RolloutStalled",
+            Reason::SignatureNotVerified => "SignatureNotVerified",
         }
     }
 }

@@ -128,6 +128,43 @@ pub struct Filter {
     /// VM id; default: the filter's id.
     #[serde(default)]
     pub vm_id: Option<String>,
+    /// Apply only a digest that carries a cosign signature verifying with this key.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+}
+
+/// Signature verification of the image (cosign's format, key pairs only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Verification {
+    /// The cosign public key: a ConfigMap or Secret in the FilterDeployment's namespace.
+    pub key_ref: KeyRef,
+}
+
+/// A key in a ConfigMap or Secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyRef {
+    /// `ConfigMap` or `Secret`.
+    pub kind: KeyKind,
+    /// The object's name.
+    pub name: String,
+    /// The data key holding the PEM public key; default `cosign.pub`.
+    #[serde(default = "default_key_name")]
+    pub key: String,
+}
+
+fn default_key_name() -> String {
+    "cosign.pub".to_string()
+}
+
+/// Where a key is kept.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A ConfigMap (a public key is no secret).
+    ConfigMap,
+    /// A Secret.
+    Secret,
 }
 
 /// Which traffic the filter sees.
