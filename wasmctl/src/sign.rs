@@ -254,6 +254,16 @@ pub fn parse_payload(bytes: &[u8]) -> std::result::Result<Claim, String> {
     })
 }
 
+/// Whether two `REGISTRY/REPO` names are the same repository (Docker Hub has two host names:
+/// cosign writes `index.docker.io`, references usually say `docker.io`).
+pub fn same_repository(a: &str, b: &str) -> bool {
+    let norm = |s: &str| match s.strip_prefix("index.docker.io/") {
+        Some(rest) => format!("docker.io/{rest}"),
+        None => s.to_string(),
+    };
+    norm(a) == norm(b)
+}
+
 /// `sha256-<hex>.sig`: the tag of `digest`'s signatures.
 pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
@@ -431,7 +441,7 @@ pub async fn verify(reference: &str, key: &VerifyingKey, opts: &Options) -> Resu
                 "layer {i}: signed for another digest, {} (the tag was moved after signing?)",
                 c.digest
             )),
-            Ok(c) if c.repository != repository => reasons.push(format!(
+            Ok(c) if !same_repository(&c.repository, &repository) => reasons.push(format!(
                 "layer {i}: the payload names another image, {} (not {repository})",
                 c.repository
             )),
@@ -483,6 +493,15 @@ mod tests {
         let changed = payload("r.example/f", "sha256:cd", &BTreeMap::new());
         assert!(verify_payload(k.verifying_key(), &changed, &sig).is_err());
         assert!(verify_payload(k.verifying_key(), &body, "not base64!").is_err());
+    }
+
+    #[test]
+    fn docker_hub_has_two_names() {
+        assert!(same_repository(
+            "index.docker.io/library/f",
+            "docker.io/library/f"
+        ));
+        assert!(!same_repository("r.example/a", "r.example/b"));
     }
 
     #[test]
