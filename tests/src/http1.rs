@@ -295,6 +295,11 @@ impl Client {
         })
     }
 
+    /// This end of the connection (what the server sees as the client's address).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.writer.local_addr()
+    }
+
     /// Send one request on this connection and read the response.
     pub fn request(
         &mut self,

@@ -192,6 +192,40 @@ fn response_ops_conditions_and_placeholders() {
     );
 }
 
+/// The placeholders the other tests leave out, each with the value Envoy 1.40 gives: the request
+/// attributes of the stream and the connection's two addresses.
+#[test]
+fn connection_and_request_placeholders_take_envoys_values() {
+    let upstream = Upstream::start(&[]);
+    let envoy = start(
+        &upstream,
+        r#"{"rules":[
+            {"direction":"response","name":"x-host","value":"${request.host}"},
+            {"direction":"response","name":"x-scheme","value":"${request.scheme}"},
+            {"direction":"response","name":"x-id","value":"${request.id}"},
+            {"direction":"response","name":"x-protocol","value":"${request.protocol}"},
+            {"direction":"response","name":"x-source","value":"${source.address}"},
+            {"direction":"response","name":"x-destination","value":"${destination.address}"}
+        ]}"#,
+    );
+    let mut c = Client::connect(envoy.listener).unwrap();
+    let client = c.local_addr().unwrap();
+    let resp = c.request("GET", "/p", &[]).unwrap();
+    assert_eq!(resp.status(), 200);
+    // The client's Host header (the listener's address), as the upstream received it too.
+    assert_eq!(resp.values("x-host"), [envoy.listener.to_string()]);
+    assert_eq!(upstream.last().values("host"), [envoy.listener.to_string()]);
+    assert_eq!(resp.values("x-scheme"), ["http"]);
+    assert_eq!(resp.values("x-protocol"), ["HTTP/1.1"]);
+    assert_eq!(resp.values("x-source"), [client.to_string()]);
+    assert_eq!(resp.values("x-destination"), [envoy.listener.to_string()]);
+    // Envoy generates the request id and sends it upstream as x-request-id.
+    let sent = upstream.last();
+    let id = sent.header("x-request-id").unwrap_or("");
+    assert_eq!(id.len(), 36, "a UUID: {id:?}");
+    assert_eq!(resp.values("x-id"), [id]);
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_filters_error() {
     let upstream = Upstream::start(&[]);
