@@ -49,7 +49,7 @@ docs: setup ## Rewrite README.md's demo and wasmctl run transcripts and module s
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
 	@scripts/bench-oci
 
-bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 9 min; QUICK=1: under 2 min)
+bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 9 min; QUICK=1: under 2 min, -> target/bench-quick)
 	@scripts/bench-envoy $(if $(QUICK),--quick,)
 
 clean: ## Remove build output

@@ -81,3 +81,33 @@ fn a_tiny_run_writes_results_tables_and_plots() {
     );
     assert!(line.contains("wasm filters in the chain"));
 }
+
+/// A quick run is a regression check: it writes under `target/bench-quick`, never over the
+/// committed full-run results in `docs/bench/`.
+#[test]
+fn a_quick_run_leaves_the_committed_results_alone() {
+    let committed = e2e::workspace_root().join("docs/bench/results.json");
+    let before = std::fs::read(&committed).unwrap();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| e2e::workspace_root().join("target"));
+    let quick = target.join("bench-quick/results.json");
+    let _ = std::fs::remove_file(&quick);
+    let run = Command::new(env!("CARGO_BIN_EXE_bench-envoy"))
+        .args(["--quick", "--configs", "route"])
+        .args(["--rounds", "1", "--duration", "1", "--warmup", "1"])
+        .output()
+        .expect("run bench-envoy");
+    assert!(
+        run.status.success(),
+        "bench-envoy failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&committed).unwrap(),
+        before,
+        "docs/bench/results.json changed"
+    );
+    let results: Value = serde_json::from_slice(&std::fs::read(&quick).unwrap()).unwrap();
+    assert_eq!(results["quick"], true);
+}

@@ -10,7 +10,8 @@
 //! medians and of ratios paired within a round.
 //!
 //! Writes `results.json`, `results.md` (the tables) and two SVG plots (`added-us.svg`,
-//! `wasm-filters.svg`) into `--out` (default `docs/bench`).
+//! `wasm-filters.svg`) into `--out`: by default `docs/bench` for a full run, and
+//! `target/bench-quick` for `--quick` (a regression check, not a result to commit).
 //!
 //! ```sh
 //! cargo run --release -p e2e --bin bench-envoy -- [--quick] [--rounds N] [--duration SECS]
@@ -216,6 +217,7 @@ fn parse_args() -> Result<Args, String> {
         vm_starts: 5,
     };
     let mut it = std::env::args().skip(1);
+    let mut out_given = false;
     let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
         v.and_then(|s| s.parse().ok())
             .filter(|n| *n > 0)
@@ -236,6 +238,7 @@ fn parse_args() -> Result<Args, String> {
             "--warmup" => a.warmup = num(it.next(), "--warmup")?,
             "--connections" => a.connections = num(it.next(), "--connections")? as u32,
             "--out" => {
+                out_given = true;
                 a.out = it
                     .next()
                     .map(PathBuf::from)
@@ -276,6 +279,12 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.compare.is_none() {
         a.configs.retain(|s| !s.key.starts_with("compare"));
+    }
+    if a.quick && !out_given {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| e2e::workspace_root().join("target"));
+        a.out = target.join("bench-quick");
     }
     Ok(a)
 }
