@@ -58,12 +58,14 @@ struct Pods {
     sidecar: Option<Sidecar>,
 }
 
+/// Fields drop in order: the processes standing in for Pods stop first, then the control plane,
+/// then the working directory goes.
 struct Walk {
+    pods: Pods,
     cp: ControlPlane,
     work: tempfile::TempDir,
     node_dir: PathBuf,
     secrets: PathBuf,
-    pods: Pods,
     env: Vec<(String, String)>,
     state: PathBuf,
     transcript: String,
