@@ -9,6 +9,17 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+/// Controller options for tests: a local plain-HTTP registry, resync every 2 s, quick retries.
+pub const FAST: [&str; 7] = [
+    "--plain-http",
+    "--resync",
+    "2s",
+    "--backoff-initial",
+    "200ms",
+    "--backoff-max",
+    "2s",
+];
+
 /// A running controller.
 pub struct Controller {
     proc: Option<Proc>,

@@ -508,6 +508,28 @@ impl ControlPlane {
         child.wait_with_output().expect("kubectl output")
     }
 
+    /// `kubectl create secret docker-registry NAME` in `namespace` for `server`.
+    pub fn create_pull_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        server: &str,
+        user: &str,
+        password: &str,
+    ) {
+        self.kubectl_ok(&[
+            "create",
+            "secret",
+            "docker-registry",
+            name,
+            "-n",
+            namespace,
+            &format!("--docker-server={server}"),
+            &format!("--docker-username={user}"),
+            &format!("--docker-password={password}"),
+        ]);
+    }
+
     /// `kubectl ARGS`, failing the test with its error output unless it succeeds; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);

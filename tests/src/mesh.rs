@@ -112,6 +112,25 @@ pub fn agent_from_configmap(cp: &ControlPlane, work: &Path, node_dir: &Path) -> 
     Agent::start(&file, node_dir, &agent::FAST)
 }
 
+/// The bookinfo-details example served on one node: the agent fed from the ConfigMap holds the
+/// module (`default.details-v1-wasmfiltering.wasm` in `node_dir`), and details-v1's sidecar on
+/// that node serves the filter (`old` in [`classify`]).
+pub fn details_from_the_agent(cp: &ControlPlane, work: &Path, node_dir: &Path) -> (Agent, Sidecar) {
+    let agent = agent_from_configmap(cp, work, node_dir);
+    agent.wait_for("the module in the node directory", PROPAGATION, |_| {
+        node_dir
+            .join("default.details-v1-wasmfiltering.wasm")
+            .exists()
+    });
+    let details = Sidecar::start(
+        cp,
+        crate::sidecar::Workload::new("default", "details-v1-0", DETAILS),
+        node_dir,
+    );
+    details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
+    (agent, details)
+}
+
 /// The `kubectl` arguments that print the agent's image list (ConfigMap `wasm-agent-images`).
 pub const IMAGE_LIST_ARGS: [&str; 7] = [
     "get",

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use e2e::agent;
-use e2e::controller::Controller;
+use e2e::controller::{Controller, FAST};
 use e2e::controlplane::ControlPlane;
 use e2e::mesh::*;
 use e2e::registry::Registry;
@@ -16,17 +16,6 @@ use e2e::sidecar::{Sidecar, Workload};
 use serde_json::Value;
 use std::fs;
 use std::time::{Duration, Instant};
-
-/// Controller options for tests: a local plain-HTTP registry, resync every 2 s, quick retries.
-const FAST: [&str; 7] = [
-    "--plain-http",
-    "--resync",
-    "2s",
-    "--backoff-initial",
-    "200ms",
-    "--backoff-max",
-    "2s",
-];
 
 /// bookinfo's details-v1 as the cluster holds it, with an annotation of its owners.
 fn details_deployment() -> String {
@@ -190,16 +179,7 @@ fn envoy_filter_delivery_update_and_deletion() {
     ]);
     assert!(events.contains("Applied"), "{events}");
 
-    let agent = agent_from_configmap(&cp, work.path(), &node);
-    agent.wait_for("the module in the node directory", PROPAGATION, |_| {
-        node.join("default.details-v1-wasmfiltering.wasm").exists()
-    });
-    let details = Sidecar::start(
-        &cp,
-        Workload::new("default", "details-v1-0", DETAILS),
-        &node,
-    );
-    details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
+    let (_agent, details) = details_from_the_agent(&cp, work.path(), &node);
     let pid = details.envoy_pid().unwrap();
 
     // New parameters with kubectl apply: the same Envoy serves them, no request fails.

@@ -135,10 +135,7 @@ impl Walk {
         }
         if command.contains("rollout status deployment/wasmctl-controller") {
             let kc = cp.kubeconfig_for("wasm-system", "wasmctl-controller");
-            self.pods.controller = Some(Controller::start_with(
-                &kc,
-                &["--plain-http", "--resync", "2s", "--backoff-max", "2s"],
-            ));
+            self.pods.controller = Some(Controller::start_with(&kc, &e2e::controller::FAST));
             return "true".into();
         }
         if command.contains("port-forward daemonset/wasm-agent") {

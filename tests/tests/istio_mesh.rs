@@ -135,17 +135,8 @@ fn envoy_filter_delivery_through_istiod() {
         &example("bookinfo-details", &registry, "filters/header-filter:v1"),
     );
     cp.apply(&rendered).unwrap();
-    let agent = agent_from_configmap(&cp, work.path(), &node);
-    agent.wait_for("the module in the node directory", PROPAGATION, |_| {
-        node.join("default.details-v1-wasmfiltering.wasm").exists()
-    });
-
-    let details = Sidecar::start(
-        &cp,
-        Workload::new("default", "details-v1-0", DETAILS),
-        &node,
-    );
-    let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
+    let (_agent, details) = details_from_the_agent(&cp, work.path(), &node);
+    let r = details.get("/details/0");
     assert_eq!(r.status(), 200);
     assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
 
@@ -277,17 +268,7 @@ fn wasm_plugin_delivery_with_an_image_pull_secret() {
             "my_root_id".into(),
         ],
     );
-    cp.kubectl_ok(&[
-        "create",
-        "secret",
-        "docker-registry",
-        "regcred",
-        "-n",
-        "default",
-        &format!("--docker-server={}", registry.host()),
-        &format!("--docker-username={user}"),
-        &format!("--docker-password={password}"),
-    ]);
+    cp.create_pull_secret("default", "regcred", &registry.host(), user, password);
     let node = work.path().join("node");
     let details = Sidecar::start(
         &cp,
@@ -377,16 +358,7 @@ fn new_parameters_reach_the_same_sidecar_with_no_failed_request() {
     apply_manifests(&cp);
     let fd = example("bookinfo-details", &registry, "filters/header-filter:v1");
     cp.apply(&render_details(work.path(), &fd)).unwrap();
-    let agent = agent_from_configmap(&cp, work.path(), &node);
-    agent.wait_for("the module in the node directory", PROPAGATION, |_| {
-        node.join("default.details-v1-wasmfiltering.wasm").exists()
-    });
-    let details = Sidecar::start(
-        &cp,
-        Workload::new("default", "details-v1-0", DETAILS),
-        &node,
-    );
-    details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
+    let (_agent, details) = details_from_the_agent(&cp, work.path(), &node);
     let pid = details.envoy_pid().expect("envoy runs");
 
     let load = load_on(&details);
@@ -421,16 +393,7 @@ fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
     let fd = example("bookinfo-details", &registry, "filters/header-filter:v1");
     let good = render_details(work.path(), &fd);
     cp.apply(&good).unwrap();
-    let agent = agent_from_configmap(&cp, work.path(), &node);
-    agent.wait_for("the module in the node directory", PROPAGATION, |_| {
-        node.join("default.details-v1-wasmfiltering.wasm").exists()
-    });
-    let details = Sidecar::start(
-        &cp,
-        Workload::new("default", "details-v1-0", DETAILS),
-        &node,
-    );
-    details.get_until("/details/0", PROPAGATION, |r| classify(r) == "old");
+    let (_agent, details) = details_from_the_agent(&cp, work.path(), &node);
     let pid = details.envoy_pid().expect("envoy runs");
     let rejected = |s: &Sidecar| s.stat("listener_manager.lds.update_rejected").unwrap_or(0);
     assert_eq!(rejected(&details), 0);

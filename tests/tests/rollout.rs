@@ -188,17 +188,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
     let v1 = push(&e2e::filter_wasm(), "as_filter");
 
     apply_manifests(&cp);
-    cp.kubectl_ok(&[
-        "create",
-        "secret",
-        "docker-registry",
-        "regcred",
-        "-n",
-        "default",
-        &format!("--docker-server={host}"),
-        &format!("--docker-username={USER}"),
-        &format!("--docker-password={PASSWORD}"),
-    ]);
+    cp.create_pull_secret("default", "regcred", &host, USER, PASSWORD);
     let mut nodes: Vec<Node> = ["node-a", "node-b"]
         .into_iter()
         .map(|name| Node {
@@ -249,17 +239,7 @@ fn rollouts_wait_for_every_node_and_never_break_a_request() {
     for n in nodes.iter_mut() {
         n.start_agent(&list, &agent_kc);
     }
-    let args = [
-        "--plain-http",
-        "--resync",
-        "2s",
-        "--backoff-initial",
-        "200ms",
-        "--backoff-max",
-        "2s",
-        "--rollout-timeout",
-        "8s",
-    ];
+    let args = [&e2e::controller::FAST[..], &["--rollout-timeout", "8s"]].concat();
     let mut controller = Controller::start(&cp, &args);
     let fd = example_with(
         "bookinfo-details",

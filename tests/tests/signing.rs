@@ -70,6 +70,19 @@ fn verify(reference: &str, key: &Path) -> Output {
     ])
 }
 
+/// `wasmctl sign --plain-http IMAGE --key KEY EXTRA`, which must succeed; its output.
+fn wasmctl_sign(image: &str, key: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "sign",
+        image,
+        "--key",
+        key.to_str().unwrap(),
+        "--plain-http",
+    ];
+    args.extend(extra);
+    ok("wasmctl sign", wasmctl(&args))
+}
+
 /// `wasmctl verify` fails, and its message contains `reason`.
 fn refused(reference: &str, key: &Path, reason: &str) -> String {
     let out = verify(reference, key);
@@ -120,18 +133,7 @@ fn cosign_and_wasmctl_verify_each_others_signatures_and_refusals_say_why() {
         "my_root_id",
         &["--format", "compat"],
     );
-    let out = ok(
-        "wasmctl sign",
-        wasmctl(&[
-            "sign",
-            &b,
-            "--key",
-            key.to_str().unwrap(),
-            "-a",
-            "team=mesh",
-            "--plain-http",
-        ]),
-    );
+    let out = wasmctl_sign(&b, &key, &["-a", "team=mesh"]);
     assert!(out.contains(&format!("signed: {b_digest}")), "{out}");
     let mut args = vec![
         "verify",
@@ -207,18 +209,7 @@ fn the_agent_pulls_only_signed_digests_and_keeps_the_last_good_module() {
     let (key, public) = key_pair(work.path(), "team");
     let image = reg.reference("filters/header:v1");
     push(&image, &e2e::filter_wasm(), "my_root_id", &[]);
-    let sign = || {
-        ok(
-            "wasmctl sign",
-            wasmctl(&[
-                "sign",
-                &image,
-                "--key",
-                key.to_str().unwrap(),
-                "--plain-http",
-            ]),
-        )
-    };
+    let sign = || wasmctl_sign(&image, &key, &[]);
     sign();
     let list = work.path().join("images.yaml");
     write_atomic(
@@ -293,18 +284,7 @@ fn the_controller_and_render_apply_only_signed_digests() {
     let (key, public) = key_pair(work.path(), "team");
     let image = reg.reference("filters/header-filter:v1");
     let v1 = push(&image, &e2e::filter_wasm(), "my_root_id", &[]);
-    let sign = || {
-        ok(
-            "wasmctl sign",
-            wasmctl(&[
-                "sign",
-                &image,
-                "--key",
-                key.to_str().unwrap(),
-                "--plain-http",
-            ]),
-        )
-    };
+    let sign = || wasmctl_sign(&image, &key, &[]);
     sign();
     let fd = example(
         "bookinfo-details-wasmplugin",
@@ -348,7 +328,7 @@ fn the_controller_and_render_apply_only_signed_digests() {
     ]);
     let controller = Controller::start_with(
         &cp.kubeconfig_for("wasm-system", "wasmctl-controller"),
-        &["--plain-http", "--resync", "2s", "--backoff-max", "2s"],
+        &e2e::controller::FAST,
     );
     cp.apply(&fd).unwrap();
     let status = |cp: &ControlPlane| -> Value {

@@ -233,7 +233,13 @@ impl Remote {
         let Some((bytes, _)) = self.raw_manifest(16 << 20).await? else {
             return Err(self.not_found(None));
         };
-        let actual = layout::sha256_digest(&bytes);
+        self.manifest_digest(&bytes)
+    }
+
+    /// The sha256 digest of manifest `bytes`, which must be the pinned one if the reference
+    /// pins a digest.
+    fn manifest_digest(&self, bytes: &[u8]) -> Result<String> {
+        let actual = layout::sha256_digest(bytes);
         if let Some(pinned) = self.reference.digest()
             && pinned != actual
         {
@@ -452,17 +458,7 @@ impl Remote {
             }
         };
         // Verify ourselves too: the manifest's bytes must hash to the pinned digest.
-        let actual = layout::sha256_digest(&bytes);
-        if let Some(pinned) = self.reference.digest()
-            && pinned != actual
-        {
-            return Err(Error::DigestMismatch {
-                reference: self.text.clone(),
-                what: "manifest".to_string(),
-                expected: pinned.to_string(),
-                actual,
-            });
-        }
+        let actual = self.manifest_digest(&bytes)?;
         let manifest = Manifest::parse(&bytes).map_err(|reason| Error::NotWasmImage {
             reference: self.text.clone(),
             reason,

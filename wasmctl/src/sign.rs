@@ -16,6 +16,7 @@
 //! connection other than to the image's registry.
 
 use crate::error::{Error, Result};
+use crate::layout::sha256_digest;
 use crate::registry::{Options, Remote};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -301,10 +302,6 @@ pub struct Signed {
     pub count: usize,
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    crate::layout::sha256_digest(bytes)
-}
-
 /// Resolve `reference` to its manifest digest, sign it with `key` and store the signature
 /// beside it, keeping the signatures already there.
 pub async fn sign(
@@ -327,7 +324,7 @@ pub async fn sign(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let payload_digest = sha256(&body);
+    let payload_digest = sha256_digest(&body);
     let mine = json!({
         "mediaType": PAYLOAD_MEDIA_TYPE,
         "size": body.len(),
@@ -352,7 +349,7 @@ pub async fn sign(
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "size": config.len(), "digest": sha256(&config)},
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "size": config.len(), "digest": sha256_digest(&config)},
         "layers": layers,
     }))
     .unwrap_or_default();
