@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
-WASM := target/wasm32-wasip1/release/header_filter.wasm
+WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
 .PHONY: help setup control-plane cosign build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy clean
 
@@ -18,8 +18,8 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, 
 cosign: ## Build cosign from its Go module (the signature tests' independent client; cached)
 	@scripts/cosign-build >/dev/null
 
-build: setup ## Build the filter: target/wasm32-wasip1/release/header_filter.wasm
-	$(CARGO) build --release --target wasm32-wasip1 -p header-filter
+build: setup ## Build the filter: target/wasm32-wasip1/wasm/header_filter.wasm
+	$(CARGO) build --profile wasm --target wasm32-wasip1 -p header-filter
 	@ls -l $(WASM) | awk '{print "built", $$NF, $$5, "bytes"}'
 
 image: setup ## The wasmctl image (static binary, FROM scratch) with buildah; PUSH=REF [PLAIN_HTTP=1] pushes it

@@ -53,7 +53,8 @@ fn filter_wasm() -> PathBuf {
         .current_dir(workspace_root())
         .args([
             "build",
-            "--release",
+            "--profile",
+            "wasm",
             "--target",
             "wasm32-wasip1",
             "-p",

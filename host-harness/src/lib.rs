@@ -10,7 +10,7 @@
 //! ```no_run
 //! use proxy_wasm_harness::{Host, Module, Runtime};
 //!
-//! let module = Module::from_file(&Runtime::shared(), "target/wasm32-wasip1/release/header_filter.wasm")?;
+//! let module = Module::from_file(&Runtime::shared(), "target/wasm32-wasip1/wasm/header_filter.wasm")?;
 //! let host = Host::new();
 //! let plugin = host.start_plugin(&module, "my_root_id",
 //!     r#"{"name":"resp-header-demo","value":"added by our filter"}"#)?;

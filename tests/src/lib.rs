@@ -49,7 +49,7 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Build a workspace package to `wasm32-wasip1` (release) and return `artifact`'s path. Cargo's
+/// Build a workspace package to `wasm32-wasip1` (profile `wasm`) and return `artifact`'s path. Cargo's
 /// own lock serialises concurrent builds from several test binaries; an up-to-date build costs a
 /// fraction of a second.
 fn build_wasm(package: &str, artifact: &str) -> PathBuf {
@@ -58,7 +58,8 @@ fn build_wasm(package: &str, artifact: &str) -> PathBuf {
         .current_dir(workspace_root())
         .args([
             "build",
-            "--release",
+            "--profile",
+            "wasm",
             "--target",
             "wasm32-wasip1",
             "-p",
@@ -67,7 +68,7 @@ fn build_wasm(package: &str, artifact: &str) -> PathBuf {
         .status()
         .expect("run cargo");
     assert!(status.success(), "building {artifact} failed: {status}");
-    let path = target_dir().join("wasm32-wasip1/release").join(artifact);
+    let path = target_dir().join("wasm32-wasip1/wasm").join(artifact);
     assert!(path.exists(), "{} missing after build", path.display());
     path
 }

@@ -657,7 +657,7 @@ fn harness_readme_example_runs_as_written() -> Result<(), Box<dyn std::error::Er
     use proxy_wasm_harness::{Host, Module, Runtime};
     use std::time::Duration;
 
-    let module = Module::from_file(&Runtime::shared(), "target/wasm32-wasip1/release/header_filter.wasm")?;
+    let module = Module::from_file(&Runtime::shared(), "target/wasm32-wasip1/wasm/header_filter.wasm")?;
     let host = Host::new();                                   // clock, logs, metrics, shared data, queues
     let plugin = host.start_plugin(&module, "my_root_id",
         r#"{"name":"resp-header-demo","value":"added by our filter"}"#)?;

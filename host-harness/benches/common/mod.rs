@@ -45,9 +45,9 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Where `cargo build --release --target wasm32-wasip1 -p header-filter` writes the filter.
+/// Where `cargo build --profile wasm --target wasm32-wasip1 -p header-filter` writes the filter.
 pub fn filter_path() -> PathBuf {
-    target_dir().join("wasm32-wasip1/release/header_filter.wasm")
+    target_dir().join("wasm32-wasip1/wasm/header_filter.wasm")
 }
 
 /// A host as Envoy starts by default: the `wasm` log level is `info`, so the filter's
