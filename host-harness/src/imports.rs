@@ -745,6 +745,7 @@ pub(crate) fn define(
                 body,
                 trailers,
                 timeout_ms: timeout as u32,
+                made_at_nanos: shared.now,
                 vm_index: d.vm_index,
                 context: root,
             };
@@ -1016,7 +1017,7 @@ pub(crate) fn define(
             let s = c.data().shared.borrow();
             match id {
                 0 => s.now,
-                1 => s.monotonic(),
+                1 => MONOTONIC_ORIGIN + s.monotonic(),
                 _ => return Ok(ERRNO_NOTSUP),
             }
         };
@@ -1072,6 +1073,12 @@ fn metric_id(d: &VmState, id: u32) -> Result<usize, Status> {
     }
     Ok(*stat)
 }
+
+/// What the monotonic clock (`clock_time_get` id 1) reads when a [`Host`](crate::Host) starts:
+/// Envoy answers with its steady clock, which counts from the machine's boot and is never zero
+/// (Go's runtime refuses to start on a monotonic clock that reads zero: "nanotime returning
+/// zero"). As if the machine had booted an hour before.
+const MONOTONIC_ORIGIN: u64 = 3_600_000_000_000;
 
 const ERRNO_NOENT: i32 = 44;
 const ERRNO_NOSYS: i32 = 52;

@@ -226,3 +226,40 @@ fn network_data_passes_through_the_filter() {
     assert_eq!(n.downstream_forwarded(), b"data!");
     n.close(proxy_wasm_harness::abi::PeerType::Remote).unwrap();
 }
+
+/// WASI's monotonic clock reads as Envoy's steady clock does: never zero (Go's runtime refuses to
+/// start on one that reads zero, "nanotime returning zero"), also while the VM starts, and moving
+/// with the host clock.
+const CLOCKS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "tick")
+  (global $t0 (mut i64) (i64.const 0))
+  (func $check (param $ok i32) (if (i32.eqz (local.get $ok)) (then unreachable)))
+  (func $monotonic (result i64)
+    (call $check (i32.eqz (call $clock (i32.const 1) (i64.const 1) (i32.const 0))))
+    (i64.load (i32.const 0)))
+  (func (export "malloc") (param i32) (result i32) i32.const 1024)
+  (func (export "_initialize")
+    (global.set $t0 (call $monotonic))
+    (call $check (i64.ne (global.get $t0) (i64.const 0))))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $check (i32.eqz (call $tick (i32.const 1000))))
+    i32.const 1)
+  (func (export "proxy_on_tick") (param i32)
+    (call $check (i64.eq (i64.sub (call $monotonic) (global.get $t0)) (i64.const 1000000000)))
+    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 4))))
+)"#;
+
+#[test]
+fn the_monotonic_clock_never_reads_zero_and_follows_the_host_clock() {
+    let host = Host::new();
+    let m = Module::from_bytes(&Runtime::shared(), CLOCKS.as_bytes()).unwrap();
+    let _plugin = host.start_plugin(&m, "r", "").unwrap();
+    host.advance(std::time::Duration::from_secs(1)).unwrap();
+    assert_eq!(info(&host), ["tick"]);
+}
