@@ -86,6 +86,8 @@ pub struct HttpCall {
     pub trailers: HeaderMap,
     /// Timeout the module asked for.
     pub timeout_ms: u32,
+    /// The host clock when the call was made (nanoseconds since the Unix epoch).
+    pub made_at_nanos: u64,
     pub(crate) vm_index: usize,
     pub(crate) context: u32,
 }
@@ -172,6 +174,8 @@ pub(crate) struct Shared {
     rng: u64,
     pub vms: Vec<Weak<RefCell<VmInner>>>,
     pub deferred: Vec<Deferred>,
+    /// `proxy_on_tick` calls made so far.
+    ticks: u64,
 }
 
 impl Shared {
@@ -510,9 +514,11 @@ impl Host {
     /// node id `test-node` in cluster `test-cluster`, and any upstream cluster name accepted
     /// for HTTP calls.
     pub fn new() -> Host {
+        // Whole microseconds, as Envoy's clocks read (a module formatting the time shows six
+        // fractional digits in both).
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
+            .map(|d| d.as_micros() as u64 * 1000)
             .unwrap_or(0);
         let shared = Shared {
             now,
@@ -534,6 +540,7 @@ impl Host {
             rng: 0x9E37_79B9_7F4A_7C15,
             vms: Vec::new(),
             deferred: Vec::new(),
+            ticks: 0,
         };
         let host = Host {
             shared: Rc::new(RefCell::new(shared)),
@@ -657,6 +664,36 @@ impl Host {
             .cloned()
     }
 
+    /// Every shared-data entry: (VM id, key, value, CAS), sorted by VM id and key.
+    pub fn shared_data_entries(&self) -> Vec<(String, String, Vec<u8>, u32)> {
+        let mut all: Vec<_> = self
+            .shared
+            .borrow()
+            .shared_data
+            .iter()
+            .map(|((vm, key), (value, cas))| (vm.clone(), key.clone(), value.clone(), *cas))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Every registered shared queue, in registration order: (VM id, name, items not yet
+    /// dequeued).
+    pub fn queues(&self) -> Vec<(String, String, Vec<Vec<u8>>)> {
+        self.shared
+            .borrow()
+            .queues
+            .iter()
+            .map(|q| {
+                (
+                    q.vm_id.clone(),
+                    q.name.clone(),
+                    q.items.iter().cloned().collect(),
+                )
+            })
+            .collect()
+    }
+
     /// HTTP calls modules made that have not been answered yet.
     pub fn pending_http_calls(&self) -> Vec<HttpCall> {
         self.shared.borrow().http_calls.clone()
@@ -677,36 +714,50 @@ impl Host {
         self.shared.borrow().now
     }
 
-    /// Advance the clock; every plugin whose tick period elapsed gets `proxy_on_tick` (once per
-    /// elapsed period, in time order).
-    pub fn advance(&self, by: Duration) -> Result<()> {
-        let target = self.shared.borrow().now + by.as_nanos() as u64;
-        loop {
-            // The earliest due tick across all VMs.
-            let mut due: Option<(u64, Rc<RefCell<VmInner>>, u32)> = None;
-            let vms: Vec<_> = self
-                .shared
-                .borrow()
-                .vms
-                .iter()
-                .filter_map(Weak::upgrade)
-                .collect();
-            for vm in vms {
-                let v = vm.borrow();
-                if v.failed.is_some() {
-                    continue;
-                }
-                for (id, r) in &v.store.data().roots {
-                    if r.tick_period.is_some()
-                        && r.next_tick <= target
-                        && due.as_ref().is_none_or(|d| r.next_tick < d.0)
-                    {
-                        due = Some((r.next_tick, vm.clone(), *id));
-                    }
+    /// When the next `proxy_on_tick` is due (host clock, nanoseconds), if any plugin ticks.
+    pub fn next_tick_nanos(&self) -> Option<u64> {
+        self.earliest_tick(u64::MAX).map(|(at, _, _)| at)
+    }
+
+    /// `proxy_on_tick` calls made so far, across every plugin of this host.
+    pub fn ticks(&self) -> u64 {
+        self.shared.borrow().ticks
+    }
+
+    /// The earliest tick due at or before `limit`: (when, VM, root context).
+    fn earliest_tick(&self, limit: u64) -> Option<(u64, Rc<RefCell<VmInner>>, u32)> {
+        let mut due: Option<(u64, Rc<RefCell<VmInner>>, u32)> = None;
+        let vms: Vec<_> = self
+            .shared
+            .borrow()
+            .vms
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for vm in vms {
+            let v = vm.borrow();
+            if v.failed.is_some() {
+                continue;
+            }
+            for (id, r) in &v.store.data().roots {
+                if r.tick_period.is_some()
+                    && r.next_tick <= limit
+                    && due.as_ref().is_none_or(|d| r.next_tick < d.0)
+                {
+                    due = Some((r.next_tick, vm.clone(), *id));
                 }
             }
-            let Some((at, vm, ctx)) = due else { break };
+        }
+        due
+    }
+
+    /// Advance the clock; every plugin whose tick period elapsed gets `proxy_on_tick` (once per
+    /// elapsed period, in time order), and the work each tick queued runs before the next.
+    pub fn advance(&self, by: Duration) -> Result<()> {
+        let target = self.shared.borrow().now + by.as_nanos() as u64;
+        while let Some((at, vm, ctx)) = self.earliest_tick(target) {
             self.shared.borrow_mut().now = at;
+            self.shared.borrow_mut().ticks += 1;
             {
                 let mut v = vm.borrow_mut();
                 if let Some(r) = v.store.data_mut().roots.get_mut(&ctx) {

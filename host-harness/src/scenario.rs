@@ -41,6 +41,9 @@ pub struct Scenario {
     /// The plugin configuration.
     #[serde(default)]
     pub configuration: String,
+    /// The VM configuration (`vm_config.configuration`), read in `proxy_on_vm_start`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vm_configuration: String,
     /// What the client sends.
     #[serde(default)]
     pub request: Request,
@@ -296,6 +299,26 @@ impl Scenario {
         }
         s.complete()?;
         Ok(outcome)
+    }
+
+    /// Run a bootstrap service (Envoy's `WasmService`: a plugin with a root context and no
+    /// stream) for `advance` of host time: ticks fire in time order, the work each tick queued
+    /// runs before the next, and its HTTP calls are answered from [`Scenario::clusters`] at once,
+    /// before the next tick, as a nearby cluster answers in Envoy. Calls made while the plugin
+    /// started are answered first.
+    pub fn run_service(&self, plugin: &Plugin, advance: std::time::Duration) -> Result<()> {
+        let host = plugin.host();
+        self.answer_calls(&host)?;
+        let target = host.now_nanos() + advance.as_nanos() as u64;
+        while let Some(at) = host.next_tick_nanos().filter(|t| *t <= target) {
+            host.advance(std::time::Duration::from_nanos(
+                at.saturating_sub(host.now_nanos()),
+            ))?;
+            self.answer_calls(&host)?;
+        }
+        host.advance(std::time::Duration::from_nanos(
+            target.saturating_sub(host.now_nanos()),
+        ))
     }
 
     fn answer_calls(&self, host: &Host) -> Result<()> {

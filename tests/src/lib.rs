@@ -140,6 +140,15 @@ pub fn minimal_wasm() -> PathBuf {
         .clone()
 }
 
+/// `ticker_service.wasm` (examples/ticker-service, a bootstrap service), built once per test
+/// process.
+pub fn ticker_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_wasm("ticker-service", "ticker_service.wasm"))
+        .clone()
+}
+
 /// A compiled module in the process-wide harness runtime.
 pub fn harness_module(path: &Path) -> proxy_wasm_harness::Module {
     proxy_wasm_harness::Module::from_file(&proxy_wasm_harness::Runtime::shared(), path)

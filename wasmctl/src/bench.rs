@@ -79,7 +79,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn start(module: &Module, scenario: &Scenario) -> std::result::Result<(Host, Plugin), String> {
     // Envoy's default `wasm` log level: per-request debug lines are not formatted.
-    let (host, plugin) = crate::run::start(module, scenario, LogLevel::Info);
+    let (host, plugin) = crate::run::start(module, scenario, LogLevel::Info, false);
     Ok((host, plugin.map_err(|e| e.to_string())?))
 }
 

@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one request through a filter in the proxy-wasm harness and show what it did
-    Run(RunArgs),
+    /// Run one request through a filter in the proxy-wasm harness and show what it did (or, with
+    /// --service, run a bootstrap service and advance its clock)
+    Run(RunCmd),
     /// Measure a filter in the harness: compile, plugin start, cost per request, memory growth
     Bench(BenchArgs),
     /// Push a wasm module as an image; prints the manifest digest and the digest-pinned reference
@@ -327,6 +328,9 @@ struct RunArgs {
     /// A scenario file (YAML): request, upstream and cluster answers, expectations
     #[arg(long, value_name = "FILE")]
     scenario: Option<PathBuf>,
+    /// VM configuration (vm_config.configuration, read in proxy_on_vm_start): the text, or @FILE
+    #[arg(long, value_name = "TEXT|@FILE")]
+    vm_config: Option<String>,
     /// Request method
     #[arg(long, default_value = "GET")]
     method: String,
@@ -351,6 +355,20 @@ struct RunArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct RunCmd {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Run the module as a bootstrap service (Envoy's envoy.bootstrap.wasm WasmService,
+    /// singleton): VM start and configure, no request
+    #[arg(long)]
+    service: bool,
+    /// With --service: advance the simulated clock by DURATION (250ms, 3s, 1m30s), firing
+    /// ticks, queued work and the answers to HTTP calls in time order
+    #[arg(long, value_name = "DURATION", value_parser = duration, requires = "service")]
+    advance: Option<std::time::Duration>,
 }
 
 #[derive(Args)]
@@ -484,6 +502,15 @@ fn header_pairs(flag: &str, raw: &[String]) -> anyhow::Result<Vec<(String, Strin
 }
 
 /// The scenario `wasmctl run` executes: the file if given, with flags on top.
+/// A flag's value: the text itself, or the contents of FILE for `@FILE`.
+fn text_or_file(flag: &str, value: &str) -> anyhow::Result<String> {
+    match value.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("{flag} @{file}: cannot read the file")),
+        None => Ok(value.to_string()),
+    }
+}
+
 fn scenario(a: &RunArgs) -> anyhow::Result<proxy_wasm_harness::scenario::Scenario> {
     use proxy_wasm_harness::scenario::Scenario;
     let mut s = match &a.scenario {
@@ -501,11 +528,10 @@ fn scenario(a: &RunArgs) -> anyhow::Result<proxy_wasm_harness::scenario::Scenari
         s.root_id = id.clone();
     }
     if let Some(c) = &a.config {
-        s.configuration = match c.strip_prefix('@') {
-            Some(file) => std::fs::read_to_string(file)
-                .with_context(|| format!("--config @{file}: cannot read the file"))?,
-            None => c.clone(),
-        };
+        s.configuration = text_or_file("--config", c)?;
+    }
+    if let Some(c) = &a.vm_config {
+        s.vm_configuration = text_or_file("--vm-config", c)?;
     }
     if a.scenario.is_none() || a.method != "GET" {
         s.request.method = a.method.clone();
@@ -623,7 +649,23 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(a) => return render(a),
-        Command::Run(a) => {
+        Command::Run(RunCmd {
+            run: a,
+            service: true,
+            advance,
+        }) => {
+            let s = scenario(&a)?;
+            let advance = advance.unwrap_or_default();
+            let report = wasmctl::run::run_service(&a.module, &s, advance)?;
+            if a.json {
+                let text =
+                    serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
+                print_out(&format!("{text}\n"))?;
+            } else {
+                print_out(&report.to_string())?;
+            }
+        }
+        Command::Run(RunCmd { run: a, .. }) => {
             let s = scenario(&a)?;
             let report = wasmctl::run::run(&a.module, &s)?;
             if a.json {

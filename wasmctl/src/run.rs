@@ -111,11 +111,13 @@ pub fn diff(before: &[(String, String)], after: &[(String, String)]) -> Vec<Chan
 }
 
 /// A fresh host that knows `scenario`'s clusters (and `upstream`), with the `wasm` log level
-/// `level`, and the scenario's plugin started in it.
+/// `level`, and the scenario's plugin started in it (after Envoy's configuration canary when
+/// `canary`, see [`proxy_wasm_harness::PluginBuilder::canary`]).
 pub(crate) fn start(
     module: &Module,
     scenario: &Scenario,
     level: LogLevel,
+    canary: bool,
 ) -> (Host, proxy_wasm_harness::Result<proxy_wasm_harness::Plugin>) {
     let host = Host::new();
     host.set_log_level(level);
@@ -126,6 +128,8 @@ pub(crate) fn start(
         .plugin(module)
         .root_id(&scenario.root_id)
         .configuration(&scenario.configuration)
+        .vm_configuration(&scenario.vm_configuration)
+        .canary(canary)
         .start();
     (host, plugin)
 }
@@ -136,7 +140,7 @@ pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
         file: module.to_path_buf(),
         message: e.to_string(),
     })?;
-    let (host, plugin) = start(&m, scenario, LogLevel::Trace);
+    let (host, plugin) = start(&m, scenario, LogLevel::Trace, false);
     let logs = |host: &Host| {
         host.logs()
             .into_iter()
@@ -156,9 +160,21 @@ pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
             });
         }
     };
-    let outcome = scenario.run(&plugin).map_err(|e| Error::Harness {
-        file: module.to_path_buf(),
-        message: e.to_string(),
+    let outcome = scenario.run(&plugin).map_err(|e| {
+        let mut message = e.to_string();
+        if message.starts_with("proxy_on_context_create") {
+            // The plugin started; only the stream's context failed: what a bootstrap service
+            // (a root context and no HTTP context, such as the Rust SDK's hello_world) does.
+            message.push_str(
+                "\nhint: the module started but could not create an HTTP stream's context; \
+                 if it is a bootstrap service (Envoy's WasmService), run it with --service \
+                 [--advance DURATION]",
+            );
+        }
+        Error::Harness {
+            file: module.to_path_buf(),
+            message,
+        }
     })?;
     // Stop the plugin as Envoy does when its filter is removed (`proxy_on_done`, then
     // `proxy_on_delete` of the root context), so that what a filter keeps in the VM and reports
@@ -215,6 +231,214 @@ pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
         outcome,
         failed_expectations,
     })
+}
+
+/// One shared-data entry a service left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedEntry {
+    /// The VM id it is scoped by.
+    pub vm_id: String,
+    /// Key.
+    pub key: String,
+    /// Value (lossy UTF-8).
+    pub value: String,
+    /// Its CAS.
+    pub cas: u32,
+}
+
+/// One shared queue and what is still in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueState {
+    /// The VM id it is scoped by.
+    pub vm_id: String,
+    /// Its name.
+    pub name: String,
+    /// Items not dequeued (lossy UTF-8), oldest first.
+    pub pending: Vec<String>,
+}
+
+/// One HTTP call a service made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallMade {
+    /// When, from the start of the run (milliseconds of host time).
+    pub at_ms: u64,
+    /// The cluster.
+    pub cluster: String,
+    /// `:method`.
+    pub method: String,
+    /// `:path`.
+    pub path: String,
+    /// The body sent (lossy UTF-8).
+    pub body: String,
+}
+
+/// What `wasmctl run --service` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Host time advanced after the start, milliseconds.
+    pub advanced_ms: u64,
+    /// `proxy_on_tick` calls.
+    pub ticks: u64,
+    /// The tick period the service has at the end, milliseconds (`None`: not ticking).
+    pub tick_period_ms: Option<u64>,
+    /// Log lines: (level, message), in order.
+    pub logs: Vec<(String, String)>,
+    /// Metrics: (name, kind, value).
+    pub metrics: Vec<(String, String, i64)>,
+    /// HTTP calls the service made, in order.
+    pub http_calls: Vec<CallMade>,
+    /// Shared data at the end.
+    pub shared_data: Vec<SharedEntry>,
+    /// Shared queues at the end.
+    pub queues: Vec<QueueState>,
+}
+
+fn log_lines(host: &Host) -> Vec<(String, String)> {
+    host.logs()
+        .into_iter()
+        .map(|l| (l.level.to_string(), l.message))
+        .collect()
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Load `module` and run it as Envoy runs a bootstrap service (`envoy.bootstrap.wasm`,
+/// `WasmService` with `singleton: true`): the configuration canary VM runs
+/// `proxy_on_vm_start` and `proxy_on_configure` and is dropped, the service's own VM runs them
+/// again, and no stream is ever opened. Then the host clock advances by `advance`: ticks,
+/// queued work and answers to HTTP calls (from `scenario`'s clusters) come in time order.
+pub fn run_service(
+    module: &Path,
+    scenario: &Scenario,
+    advance: std::time::Duration,
+) -> Result<ServiceReport> {
+    let harness = |message: String| Error::Harness {
+        file: module.to_path_buf(),
+        message,
+    };
+    let m = Module::from_file(&Runtime::shared(), module).map_err(|e| harness(e.to_string()))?;
+    let (host, plugin) = start(&m, scenario, LogLevel::Trace, true);
+    let with_log = |host: &Host, what: String| {
+        let lines: Vec<String> = log_lines(host)
+            .into_iter()
+            .map(|(l, m)| format!("  [{l}] {m}"))
+            .collect();
+        harness(format!("{what}\nmodule log:\n{}", lines.join("\n")))
+    };
+    let plugin = plugin.map_err(|e| with_log(&host, e.to_string()))?;
+    let started = host.now_nanos();
+    scenario
+        .run_service(&plugin, advance)
+        .map_err(|e| with_log(&host, e.to_string()))?;
+    let tick_period_ms = host
+        .next_tick_nanos()
+        .and(plugin.tick_period())
+        .map(|p| p.as_millis() as u64);
+    Ok(ServiceReport {
+        scenario: scenario.name.clone(),
+        advanced_ms: advance.as_millis() as u64,
+        ticks: host.ticks(),
+        tick_period_ms,
+        logs: log_lines(&host),
+        metrics: host
+            .metrics()
+            .into_iter()
+            .map(|m| (m.name, format!("{:?}", m.kind).to_lowercase(), m.value))
+            .collect(),
+        http_calls: host
+            .http_calls_made()
+            .into_iter()
+            .map(|c| CallMade {
+                at_ms: c.made_at_nanos.saturating_sub(started) / 1_000_000,
+                method: c.headers.get(":method").unwrap_or_default(),
+                path: c.headers.get(":path").unwrap_or_default(),
+                body: lossy(&c.body),
+                cluster: c.upstream,
+            })
+            .collect(),
+        shared_data: host
+            .shared_data_entries()
+            .into_iter()
+            .map(|(vm_id, key, value, cas)| SharedEntry {
+                vm_id,
+                key,
+                value: lossy(&value),
+                cas,
+            })
+            .collect(),
+        queues: host
+            .queues()
+            .into_iter()
+            .map(|(vm_id, name, items)| QueueState {
+                vm_id,
+                name,
+                pending: items.iter().map(|i| lossy(i)).collect(),
+            })
+            .collect(),
+    })
+}
+
+impl fmt::Display for ServiceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "service: {}", self.scenario)?;
+        writeln!(
+            f,
+            "started: the configuration canary VM, then the service VM (vm start, configure)"
+        )?;
+        let period = match self.tick_period_ms {
+            Some(ms) => format!("tick period now {ms} ms"),
+            None => "not ticking now".to_string(),
+        };
+        writeln!(
+            f,
+            "advanced: {} ms, {} ticks, {period}",
+            self.advanced_ms, self.ticks
+        )?;
+        writeln!(f, "http calls: {}", self.http_calls.len())?;
+        for c in &self.http_calls {
+            let body = if c.body.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", c.body)
+            };
+            writeln!(
+                f,
+                "  at {} ms {}: {} {}{body}",
+                c.at_ms, c.cluster, c.method, c.path
+            )?;
+        }
+        writeln!(f, "logs:")?;
+        for (level, msg) in &self.logs {
+            writeln!(f, "  [{level}] {msg}")?;
+        }
+        writeln!(f, "metrics:")?;
+        for (name, kind, value) in &self.metrics {
+            writeln!(f, "  {name} ({kind}) = {value}")?;
+        }
+        writeln!(f, "shared data:")?;
+        for e in &self.shared_data {
+            writeln!(
+                f,
+                "  {:?} {:?} = {:?} (cas {})",
+                e.vm_id, e.key, e.value, e.cas
+            )?;
+        }
+        writeln!(f, "queues:")?;
+        for q in &self.queues {
+            writeln!(
+                f,
+                "  {:?} {:?}: {} pending",
+                q.vm_id,
+                q.name,
+                q.pending.len()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Change {
