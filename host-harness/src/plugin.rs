@@ -281,6 +281,8 @@ impl Plugin {
             failure_reply: None,
             finished: None,
             local_reply_sent: false,
+            response_started: false,
+            reset: false,
         };
         if failed {
             match policy {
@@ -404,6 +406,10 @@ pub struct HttpStream {
     /// The stream's state once completed (the VM forgets it).
     finished: Option<Box<StreamCtx>>,
     local_reply_sent: bool,
+    /// The response headers went on to the client (the filter continued them).
+    response_started: bool,
+    /// The VM failed after that: Envoy resets the stream, too late for its 503.
+    reset: bool,
 }
 
 impl Drop for HttpStream {
@@ -445,8 +451,14 @@ impl HttpStream {
     }
 
     fn fail(&mut self, e: Error) -> Error {
-        // Whatever the policy, the stream in flight when the VM fails gets the 503.
-        self.fail_closed();
+        // Whatever the policy, the stream in flight when the VM fails gets the 503, unless its
+        // response headers already went to the client: then Envoy can only reset it.
+        if self.response_started {
+            self.bypass = true;
+            self.reset = true;
+        } else {
+            self.fail_closed();
+        }
         self.error = Some(Box::new(e.clone()));
         e
     }
@@ -632,6 +644,7 @@ impl HttpStream {
         };
         let action = self.after(side, out)?;
         if action == Action::Continue {
+            self.response_started |= side == Side::Response;
             // Envoy releases the map once the filter continues.
             self.with(|s| match side {
                 Side::Request => s.request_headers_held = false,
@@ -907,6 +920,13 @@ impl HttpStream {
     /// Directions the filter closed (reset) with `proxy_close_stream`.
     pub fn closed(&self) -> Vec<i32> {
         self.read(|s| s.closed.clone()).unwrap_or_default()
+    }
+
+    /// Envoy reset the stream: its VM failed after the response headers had gone on to the
+    /// client, too late for the failure reply. The client gets the headers (and any body let
+    /// through) and then a reset, never a complete response.
+    pub fn was_reset(&self) -> bool {
+        self.reset
     }
 
     /// The error a callback of this stream failed with, if any.
