@@ -344,7 +344,18 @@ pub(crate) fn define(
                                     size: i32|
      -> R {
         let data = tri!(read(&mut c, ptr, size));
+        let raw = t;
         let t = tri!(BufferType::from_i32(t).ok_or(Status::BadArgument));
+        // A buffer Envoy does not hold right now is NotFound, as when reading it (the plugin
+        // configuration outside configure, a call response outside its callback); one it holds
+        // but will not change is BadArgument, below.
+        if matches!(
+            t,
+            BufferType::PluginConfiguration | BufferType::HttpCallResponseBody
+        ) && let Err(e) = buffer(c.data(), raw)
+        {
+            return st(e);
+        }
         let s = match stream(c.data_mut()) {
             Ok(s) => s,
             // Configuration, call responses and call data are immutable.
