@@ -34,7 +34,7 @@ use crate::json::{self, CharName, Json, Node, Quoted};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use alloc::{format, vec};
-use core::fmt;
+use core::fmt::{self, Write as _};
 
 /// The most rules one configuration may hold (the per-stream state is one 64-bit set).
 pub const MAX_RULES: usize = 64;
@@ -601,6 +601,54 @@ impl Config {
         self.response_rules != 0
     }
 
+    /// The configuration in canonical form: the full `{"rules":[..]}` form with every field that
+    /// matters written out (`op` always, `value` unless `remove`), names lower-cased, constant
+    /// placeholders filled in and a literal `$` written `$$`. Compiling it gives an equal
+    /// [`Config`] (whatever `constant` answers): it says what a configuration means, and the
+    /// fuzz targets hold the compiler to it.
+    pub fn to_json(&self) -> String {
+        let mut out = String::from("{\"rules\":[");
+        for (i, r) in self.rules.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"direction\":");
+            json_string(&mut out, &r.direction.to_string());
+            out.push_str(",\"op\":");
+            json_string(&mut out, &r.op.to_string());
+            out.push_str(",\"name\":");
+            json_string(&mut out, &r.name);
+            if r.op != Op::Remove {
+                out.push_str(",\"value\":");
+                json_string(&mut out, &template_text(&r.value));
+            }
+            if let Some(c) = &r.when {
+                out.push_str(",\"when\":{");
+                let tests = [
+                    ("path_prefix", &c.path_prefix),
+                    ("method", &c.method),
+                    ("header_present", &c.header_present),
+                ];
+                let mut first = true;
+                for (key, value) in tests {
+                    if let Some(v) = value {
+                        if !first {
+                            out.push(',');
+                        }
+                        first = false;
+                        json_string(&mut out, key);
+                        out.push(':');
+                        json_string(&mut out, v);
+                    }
+                }
+                out.push('}');
+            }
+            out.push('}');
+        }
+        out.push_str("]}");
+        out
+    }
+
     /// The state a stream starts with when its request phase was skipped: every response rule
     /// active, nothing rendered.
     pub fn initial_state(&self) -> StreamState {
@@ -769,7 +817,11 @@ impl RequestCache {
                 Segment::Lit(t) => out.push_str(t),
                 Segment::Attr(Attr::RequestHeader(h)) => {
                     if let Some(v) = s.request_header(h) {
-                        out.push_str(&v);
+                        // Envoy refuses a request whose header holds CR, LF or NUL; a host that
+                        // lets one through still must not get it into another header.
+                        if valid_value(&v).is_ok() {
+                            out.push_str(&v);
+                        }
                     }
                 }
                 Segment::Attr(Attr::Property(path)) => {
@@ -912,6 +964,68 @@ fn template(v: &str, constant: &dyn Fn(&[&str]) -> Option<String>) -> Result<Tem
         segs.push(Segment::Lit(lit));
     }
     Ok(Template::Dynamic(segs))
+}
+
+/// A value template as configuration text: literal `$` doubled, stream attributes as their
+/// placeholders (the inverse of [`template`] for what it produced).
+fn template_text(t: &Template) -> String {
+    let mut out = String::new();
+    let lit = |out: &mut String, s: &str| {
+        for c in s.chars() {
+            if c == '$' {
+                out.push('$');
+            }
+            out.push(c);
+        }
+    };
+    match t {
+        Template::Static(s) => lit(&mut out, s),
+        Template::Dynamic(segs) => {
+            for seg in segs {
+                match seg {
+                    Segment::Lit(s) => lit(&mut out, s),
+                    Segment::Attr(Attr::RequestHeader(h)) => {
+                        out.push_str("${");
+                        match h.as_str() {
+                            ":path" => out.push_str("request.path"),
+                            ":method" => out.push_str("request.method"),
+                            h => {
+                                out.push_str("request.header.");
+                                out.push_str(h);
+                            }
+                        }
+                        out.push('}');
+                    }
+                    Segment::Attr(Attr::Property(path)) => {
+                        out.push_str("${");
+                        for (i, part) in path.iter().enumerate() {
+                            if i > 0 {
+                                out.push('.');
+                            }
+                            out.push_str(part);
+                        }
+                        out.push('}');
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Append `s` as a JSON string: quotes, backslashes and control characters escaped.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            // Writing to a String cannot fail.
+            c if (c as u32) < 0x20 => _ = write!(out, "\\u{:04x}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 enum Placeholder {
@@ -1165,6 +1279,44 @@ mod tests {
         assert_eq!(
             s.values(Direction::Response, "x-who"),
             ["my_root_id@node-1 costs $5 or $"]
+        );
+    }
+
+    #[test]
+    fn a_request_value_that_would_break_a_header_renders_as_nothing() {
+        let cfg = compile(
+            r#"{"rules":[{"direction":"response","name":"x-user","value":"user=${request.header.x-user}"}]}"#,
+        )
+        .unwrap();
+        let mut s = Fake::request(&[(":path", "/"), ("x-user", "ann\r\nx-evil: 1")]);
+        run(&cfg, &mut s);
+        assert_eq!(s.values(Direction::Response, "x-user"), ["user="]);
+    }
+
+    #[test]
+    fn the_canonical_form_compiles_to_the_same_configuration() {
+        let cfg = compile(
+            r#"{"rules":[
+            {"direction":"request","op":"set","name":"X-Route","value":"${request.method} ${request.path} $$ ${request.url_path}","when":{"path_prefix":"/a\u0001","method":"GET"}},
+            {"direction":"response","op":"remove","name":"server","when":{"header_present":"X-Debug"}},
+            {"direction":"response","name":"x-who","value":"${plugin.root_id}@${node.id}: ${request.header.x-user} \"q\" \\"}
+        ]}"#,
+        )
+        .unwrap();
+        let canonical = cfg.to_json();
+        assert!(canonical.contains(r#""name":"x-route","value":"${request.method} ${request.path} $$ ${request.url_path}""#), "{canonical}");
+        assert!(
+            canonical.contains(r#""path_prefix":"/a\u0001""#),
+            "{canonical}"
+        );
+        assert_eq!(
+            Config::compile(canonical.as_bytes(), &|_| None).unwrap(),
+            cfg
+        );
+        let short = compile(r#"{"name":"A","value":"$5"}"#).unwrap();
+        assert_eq!(
+            short.to_json(),
+            r#"{"rules":[{"direction":"response","op":"append","name":"a","value":"$$5"}]}"#
         );
     }
 
