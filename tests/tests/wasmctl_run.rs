@@ -192,6 +192,23 @@ const LEAKY_WAT: &str = r#"(module
     (drop (memory.grow (i32.const 1)))
     (i32.const 0)))"#;
 
+/// A module whose heap grows a page on each of its first five requests, then holds: what a
+/// garbage-collected runtime's heap looks like until its first collections.
+const SETTLING_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (global $grown (mut i32) (i32.const 0))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.lt_u (global.get $grown) (i32.const 5))
+      (then
+        (drop (memory.grow (i32.const 1)))
+        (global.set $grown (i32.add (global.get $grown) (i32.const 1)))))
+    (i32.const 0)))"#;
+
 #[test]
 fn bench_measures_a_filter_and_flags_memory_growth() {
     let wasm = e2e::filter_wasm();
@@ -215,6 +232,7 @@ fn bench_measures_a_filter_and_flags_memory_growth() {
         assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {out}");
     }
     assert_eq!(r["memory_before"], r["memory_after"], "{out}");
+    assert_eq!(r["memory_mid"], r["memory_after"], "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     let leaky = dir.path().join("leaky.wasm");
@@ -222,6 +240,13 @@ fn bench_measures_a_filter_and_flags_memory_growth() {
     let (code, out, err) = wasmctl(&["bench", leaky.to_str().unwrap(), "--requests", "50"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("GREW"), "{out}");
+    // Growth that stops in the first half of the run is a heap settling, not a leak.
+    let settling = dir.path().join("settling.wasm");
+    std::fs::write(&settling, wat::parse_str(SETTLING_WAT).unwrap()).unwrap();
+    let (code, out, err) = wasmctl(&["bench", settling.to_str().unwrap(), "--requests", "50"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("GREW"), "{out}");
+    assert!(out.contains("grew in the first half, then held"), "{out}");
     // A filter whose configuration is refused is an error naming the file, not a figure.
     let (code, _, err) = wasmctl(&["bench", wasm.to_str().unwrap(), "--config", "{"]);
     assert_ne!(code, 0);
