@@ -29,10 +29,12 @@ pub const FAIL_CLOSED_STATUS: u32 = 503;
 /// `reload_config.backoff.base_interval`); measured on the host clock.
 pub const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Default per-callback deadline.
+/// Default per-callback deadline. Envoy has none (a callback that never returns holds its
+/// worker for good); the harness stops it so that a test ends.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
-/// Default memory cap per VM (Envoy's V8 default heap is larger; 256 MiB is plenty for filters).
-pub const DEFAULT_MEMORY_CAP: usize = 256 << 20;
+/// Default memory cap per VM: 1 GiB, where Envoy 1.40's V8 refuses `memory.grow` (the request
+/// returns -1 and the module goes on, in both).
+pub const DEFAULT_MEMORY_CAP: usize = 1 << 30;
 
 /// Builds a [`Plugin`]: root id, configuration, VM id and configuration, name, failure policy,
 /// limits. Start it with [`PluginBuilder::start`].
