@@ -907,10 +907,12 @@ pub(crate) fn define(
             out.extend(tri_errno!(read(&mut c, p, l)));
         }
         let n = out.len() as u32;
-        // stdout logs at info, stderr at error, one trailing newline dropped, empty skipped.
-        let text = String::from_utf8_lossy(&out);
-        let text = text.strip_suffix('\n').unwrap_or(&text);
-        if !text.is_empty() {
+        // As cpp-host's writevImpl: stdout logs at info, stderr at error, one trailing newline
+        // dropped; a write of no bytes logs nothing, but a lone newline logs an empty line (Go's
+        // runtime writes a panic's message in pieces, blank lines among them).
+        if !out.is_empty() {
+            let text = String::from_utf8_lossy(&out);
+            let text = text.strip_suffix('\n').unwrap_or(&text);
             c.data().log(
                 if fd == 1 {
                     LogLevel::Info

@@ -263,3 +263,33 @@ fn the_monotonic_clock_never_reads_zero_and_follows_the_host_clock() {
     host.advance(std::time::Duration::from_secs(1)).unwrap();
     assert_eq!(info(&host), ["tick"]);
 }
+
+/// `fd_write` to stderr: a line, a lone newline, no bytes, a piece without a newline.
+const STDERR: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "first\n")
+  (data (i32.const 110) "\n")
+  (data (i32.const 120) "last")
+  (func $stderr (param $p i32) (param $n i32)
+    (i32.store (i32.const 0) (local.get $p))
+    (i32.store (i32.const 4) (local.get $n))
+    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "malloc") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $stderr (i32.const 100) (i32.const 6))
+    (call $stderr (i32.const 110) (i32.const 1))
+    (call $stderr (i32.const 110) (i32.const 0))
+    (call $stderr (i32.const 120) (i32.const 4))
+    i32.const 1)
+)"#;
+
+#[test]
+fn a_lone_newline_on_stderr_logs_an_empty_line_and_no_bytes_log_nothing() {
+    let host = Host::new();
+    let m = Module::from_bytes(&Runtime::shared(), STDERR.as_bytes()).unwrap();
+    let _plugin = host.start_plugin(&m, "r", "").unwrap();
+    assert_eq!(host.logs_at(LogLevel::Error), ["first", "", "last"]);
+}
