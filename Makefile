@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
-.PHONY: help setup control-plane cosign build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy clean
+.PHONY: help setup control-plane cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, 
 
 cosign: ## Build cosign from its Go module (the signature tests' independent client; cached)
 	@scripts/cosign-build >/dev/null
+
+go-example: ## Build the Go example filter (proxy-wasm Go SDK, wasip1): target/go-filter/go_filter.wasm
+	@w=$$(scripts/go-filter-build) && ls -l "$$w" | awk '{print "built", $$NF, $$5, "bytes"}'
 
 build: setup ## Build the filter: target/wasm32-wasip1/wasm/header_filter.wasm
 	$(CARGO) build --profile wasm --target wasm32-wasip1 -p header-filter

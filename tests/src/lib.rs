@@ -1,6 +1,6 @@
-//! End-to-end test support: builds the filter to wasm (and, to prove the harness is SDK-neutral, an
-//! AssemblyScript filter from `examples/assemblyscript`), and runs it in a real Envoy in front of a
-//! recording upstream.
+//! End-to-end test support: builds the filter to wasm (and, to prove the harness is SDK-neutral,
+//! an AssemblyScript filter from `examples/assemblyscript` and a Go one from `examples/go-filter`),
+//! and runs it in a real Envoy in front of a recording upstream.
 //!
 //! ```no_run
 //! use e2e::{envoy, http1};
@@ -272,6 +272,33 @@ pub fn assemblyscript_wasm() -> PathBuf {
                 "{} missing after `npm run asbuild`",
                 wasm.display()
             );
+            wasm
+        })
+        .clone()
+}
+
+/// The Go example filter (`examples/go-filter`, proxy-wasm Go SDK), built by
+/// `scripts/go-filter-build` with the standard Go toolchain (`GOOS=wasip1 GOARCH=wasm
+/// -buildmode=c-shared`) into `<target dir>/go-filter/go_filter.wasm`, once per test process.
+/// The script skips the build while the Go version, go.mod, go.sum and the sources are
+/// unchanged. Needs `go` 1.24 or newer on `PATH`.
+pub fn go_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let wasm = target_dir().join("go-filter/go_filter.wasm");
+            let script = workspace_root().join("scripts/go-filter-build");
+            let out = Command::new(&script)
+                .arg(&wasm)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            assert!(
+                out.status.success(),
+                "scripts/go-filter-build failed with {}:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(wasm.is_file(), "{} missing after the build", wasm.display());
             wasm
         })
         .clone()

@@ -18,6 +18,7 @@ fn module_file(name: &str) -> PathBuf {
     match name {
         "" | "header_filter" => e2e::filter_wasm(),
         "callout_filter" => e2e::callout_wasm(),
+        "go_filter" => e2e::go_wasm(),
         other => panic!("unknown module {other:?} in a scenario"),
     }
 }
