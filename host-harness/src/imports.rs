@@ -191,14 +191,24 @@ fn header_map(d: &mut VmState, t: i32, write: bool) -> Result<&mut HeaderMap, St
 }
 
 /// Add or replace a header read straight from the module's memory (no copies).
+/// The headers Envoy keeps as one entry in a map of this type (its inline headers): request
+/// headers (0) and response headers (2); none elsewhere (trailers, metadata, call answers).
+fn joined_headers(t: i32) -> &'static [&'static str] {
+    match t {
+        0 => crate::headers::JOINED_REQUEST_HEADERS,
+        2 => crate::headers::JOINED_RESPONSE_HEADERS,
+        _ => &[],
+    }
+}
+
 fn edit_header(
     c: &mut C<'_>,
     t: i32,
     (kp, ks): (i32, i32),
     (vp, vs): (i32, i32),
-    edit: fn(&mut HeaderMap, &str, &[u8]),
+    edit: impl FnOnce(&mut HeaderMap, &str, &[u8]),
 ) -> i32 {
-    let mut run = || -> Result<(), Status> {
+    let run = || -> Result<(), Status> {
         let (data, d) = memory_and_data(c)?;
         let key = text(slice(data, kp, ks)?);
         let value = slice(data, vp, vs)?;
@@ -405,9 +415,11 @@ pub(crate) fn define(
      -> R {
         let raw = tri!(read(&mut c, ptr, size));
         // cpp-host reads malformed pairs as an empty list: the map is cleared, and Ok.
+        // Envoy clears the map and adds each pair (`addCopy`), joining inline headers.
+        let joined = joined_headers(t);
         let mut new = HeaderMap::new();
         for (k, v) in deserialize_pairs(&raw).unwrap_or_default() {
-            new.add(&text(k), v);
+            new.add_or_join(&text(k), v, joined);
         }
         *tri!(header_map(c.data_mut(), t, true)) = new;
         Ok(OK)
@@ -437,8 +449,9 @@ pub(crate) fn define(
                                         vp: i32,
                                         vs: i32|
      -> R {
+        let joined = joined_headers(t);
         Ok(edit_header(&mut c, t, (kp, ks), (vp, vs), |m, k, v| {
-            m.add(k, v)
+            m.add_or_join(k, v, joined)
         }))
     });
     env!("proxy_replace_header_map_value", |mut c: C<'_>,

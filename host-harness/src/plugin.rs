@@ -49,6 +49,7 @@ pub struct PluginBuilder {
     memory_cap: usize,
     share: Option<Vm>,
     canary: bool,
+    main_thread: bool,
 }
 
 impl PluginBuilder {
@@ -64,6 +65,7 @@ impl PluginBuilder {
             memory_cap: DEFAULT_MEMORY_CAP,
             share: None,
             canary: false,
+            main_thread: false,
         }
     }
 
@@ -133,6 +135,17 @@ impl PluginBuilder {
         self
     }
 
+    /// Envoy's main-thread copy: Envoy 1.40 runs an HTTP filter's plugin on every thread, its
+    /// main thread included, though streams only reach the workers' copies. With this, a second
+    /// VM of the module is started and configured before the plugin's own, and kept: it logs its
+    /// start-up, defines its metrics and ticks like Envoy's, and never sees a stream. (A
+    /// `WasmService` with `singleton: true` runs on the main thread only: that is the plugin's
+    /// own VM, without this.) Off by default. Ignored with [`PluginBuilder::in_vm_of`].
+    pub fn main_thread(mut self, on: bool) -> Self {
+        self.main_thread = on;
+        self
+    }
+
     /// Start the VM (unless shared), create the root context and configure it. Fails with the
     /// module's error, or [`Error::ConfigureFailed`] when `proxy_on_configure` returns false.
     pub fn start(self) -> Result<Plugin> {
@@ -143,6 +156,14 @@ impl PluginBuilder {
             // Work the canary queued has nowhere to go now: it is skipped, as Envoy drops it.
             self.host.run_deferred()?;
         }
+        let main_thread = if self.main_thread && self.share.is_none() {
+            let vm = self.new_vm()?;
+            configure(&vm, &self.root)?;
+            self.host.run_deferred()?;
+            Some(vm)
+        } else {
+            None
+        };
         let vm = match &self.share {
             Some(vm) => vm.clone(),
             None => self.new_vm()?,
@@ -155,6 +176,7 @@ impl PluginBuilder {
                 vm,
                 root_ctx,
                 builder: self,
+                _main_thread: main_thread,
             })),
         })
     }
@@ -219,6 +241,8 @@ struct PluginInner {
     vm: Vm,
     root_ctx: u32,
     builder: PluginBuilder,
+    /// Envoy's main-thread copy ([`PluginBuilder::main_thread`]): kept alive so that it ticks.
+    _main_thread: Option<Vm>,
 }
 
 /// A configured plugin: a root context in a VM. Clone it freely; streams keep it alive.
@@ -557,12 +581,13 @@ impl HttpStream {
         let Some(reply) = self.read(|s| s.local_response.clone()).flatten() else {
             return Ok(());
         };
+        // Envoy's order: the status, the filter's own headers, then the framing it adds.
         let mut headers: Vec<(String, String)> = vec![(":status".into(), reply.status.to_string())];
+        headers.extend(reply.headers.to_pairs());
         if !reply.body.is_empty() {
             headers.push(("content-length".into(), reply.body.len().to_string()));
             headers.push(("content-type".into(), "text/plain".into()));
         }
-        headers.extend(reply.headers.to_pairs());
         let pairs: Vec<(&str, &str)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))

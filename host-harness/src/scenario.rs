@@ -125,23 +125,119 @@ pub struct Expect {
     pub body: Option<String>,
 }
 
-/// What came out of a scenario, comparable between the harness and Envoy.
+/// What came out of a scenario, comparable between the harness and Envoy: everything a client,
+/// the upstream and a called cluster observe, in order, duplicates kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Outcome {
     /// Status the client got.
     pub status: u16,
-    /// Response headers (name, value) in order, without the ones the proxy itself generates.
+    /// Every response header the client got, in order (as HTTP/1 writes them, after the status
+    /// line), the proxy's own (`date`, `server`, ...) included.
     pub response_headers: Vec<(String, String)>,
     /// Body the client got.
     pub body: String,
-    /// Headers the upstream received, or `None` when it was not reached.
-    pub upstream_headers: Option<Vec<(String, String)>>,
+    /// What the upstream received, or `None` when it was not reached.
+    pub upstream: Option<WireRequest>,
     /// Local response the filter sent: (status, details).
     pub local_response: Option<(u16, String)>,
 }
 
-/// Headers a proxy adds or rewrites on its own (Envoy: routing, tracing, timing, framing);
-/// left out when outcomes are compared, since the harness is not a router.
+/// A request as it crossed the wire to an upstream or a called cluster (HTTP/1): method and
+/// path from the request line, every header in order (`:authority` written as `host`), body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct WireRequest {
+    /// Method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Headers in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl WireRequest {
+    /// How Envoy's HTTP/1 codec writes a header map: `:method` and `:path` go to the request
+    /// line, `:authority` becomes `host` where it stands, other pseudo-headers are dropped.
+    pub fn from_map(map: &HeaderMap, body: &[u8]) -> WireRequest {
+        let mut w = WireRequest {
+            body: String::from_utf8_lossy(body).into_owned(),
+            ..WireRequest::default()
+        };
+        for (k, v) in pair_iter(map) {
+            match k {
+                ":method" => w.method = v.to_string(),
+                ":path" => w.path = v.to_string(),
+                ":authority" => w.headers.push(("host".into(), v.to_string())),
+                k if k.starts_with(':') => {}
+                k => w.headers.push((k.to_string(), v.to_string())),
+            }
+        }
+        w
+    }
+
+    /// What Envoy's HTTP/1 codec adds while writing a request: `content-length: 0`, at the
+    /// end, for a request with no body and none given whose method usually carries one (all
+    /// but GET, HEAD, DELETE, TRACE and CONNECT).
+    pub fn framed(mut self) -> WireRequest {
+        let bodiless_method = matches!(
+            self.method.as_str(),
+            "GET" | "HEAD" | "DELETE" | "TRACE" | "CONNECT"
+        );
+        if self.body.is_empty()
+            && !bodiless_method
+            && !self.headers.iter().any(|(k, _)| k == "content-length")
+        {
+            self.headers.push(("content-length".into(), "0".into()));
+        }
+        self
+    }
+
+    /// How Envoy's async client sends an HTTP call (`proxy_http_call`): the module's map in wire
+    /// form, then `x-envoy-internal: true` and `x-envoy-expected-rq-timeout-ms` (the call's
+    /// timeout), which it adds.
+    pub fn of_call(call: &crate::host::HttpCall) -> WireRequest {
+        let mut w = WireRequest::from_map(&call.headers, &call.body);
+        w.headers.push(("x-envoy-internal".into(), "true".into()));
+        w.headers.push((
+            "x-envoy-expected-rq-timeout-ms".into(),
+            call.timeout_ms.to_string(),
+        ));
+        w.framed()
+    }
+}
+
+pub use crate::headers::{JOINED_REQUEST_HEADERS, JOINED_RESPONSE_HEADERS};
+
+/// Headers as Envoy's codec stores them: a repeat of a name in `joined` is appended to the first
+/// value with a comma; any other repeat stays a pair of its own.
+pub fn join_repeated(headers: Vec<(String, String)>, joined: &[&str]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        if joined.contains(&k.as_str())
+            && let Some(first) = out.iter_mut().find(|(n, _)| *n == k)
+        {
+            first.1.push(',');
+            first.1.push_str(&v);
+        } else {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+/// `x-envoy-expected-rq-timeout-ms`: Envoy's router adds it to every upstream request, after
+/// the filters (the route's default timeout, 15 s).
+pub const EXPECTED_TIMEOUT_MS: &str = "15000";
+
+/// The value the harness gives the proxy's per-run headers (`x-request-id`,
+/// `x-envoy-upstream-service-time` is `0` as no time passes), and `date`, which it derives from
+/// the host clock.
+pub const REQUEST_ID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// Headers a proxy adds or rewrites on its own (Envoy: routing, tracing, timing, framing). A
+/// report of what a *filter* changed (`wasmctl run`) leaves them out; outcomes are compared with
+/// them.
 pub const PROXY_HEADERS: &[&str] = &[
     ":authority",
     ":scheme",
@@ -159,7 +255,7 @@ pub const PROXY_HEADERS: &[&str] = &[
     "x-envoy-upstream-service-time",
 ];
 
-/// Keep the headers a filter is responsible for.
+/// Keep the headers a filter is responsible for (for showing what a filter changed).
 pub fn filtered<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
     pairs
         .filter(|(k, _)| !PROXY_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
@@ -173,20 +269,56 @@ impl Scenario {
         serde_norway::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// The request headers Envoy's connection manager hands the first filter.
+    /// What the client sends, in order, as curl would: `host` (the request's own, else
+    /// `example.test`) first, the request's headers, and a `content-length` for a body.
+    pub fn client_headers(&self) -> Vec<(String, String)> {
+        let mut h = Vec::new();
+        if !self
+            .request
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+        {
+            h.push(("host".to_string(), "example.test".to_string()));
+        }
+        h.extend(
+            self.request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+        );
+        if !self.request.body.is_empty() {
+            h.push((
+                "content-length".to_string(),
+                self.request.body.len().to_string(),
+            ));
+        }
+        h
+    }
+
+    /// The request headers Envoy's connection manager hands the first filter: the pseudo-headers
+    /// first (`:authority` from `host`, `:path`, `:method`, `:scheme`), the client's other
+    /// headers in order, then `x-forwarded-proto` and `x-request-id`, which the connection
+    /// manager adds.
     pub fn request_headers(&self) -> Vec<(String, String)> {
+        let client = self.client_headers();
+        let authority = client
+            .iter()
+            .find(|(k, _)| k == "host")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         let mut h = vec![
-            (":authority".to_string(), "example.test".to_string()),
+            (":authority".to_string(), authority),
             (":path".to_string(), self.request.path.clone()),
             (":method".to_string(), self.request.method.clone()),
             (":scheme".to_string(), "http".to_string()),
         ];
-        h.extend(self.request.headers.iter().cloned());
-        h.push(("x-forwarded-proto".into(), "http".into()));
-        h.push((
-            "x-request-id".into(),
-            "00000000-0000-4000-8000-000000000000".into(),
+        h.extend(join_repeated(
+            client.into_iter().filter(|(k, _)| k != "host").collect(),
+            JOINED_REQUEST_HEADERS,
         ));
+        h.push(("x-forwarded-proto".into(), "http".into()));
+        h.push(("x-request-id".into(), REQUEST_ID.into()));
         h
     }
 
@@ -220,11 +352,15 @@ impl Scenario {
             }
         }
         if let Some(reached) = e.upstream_reached
-            && reached != o.upstream_headers.is_some()
+            && reached != o.upstream.is_some()
         {
             bad.push(format!("upstream reached: expected {reached}"));
         }
-        let up = o.upstream_headers.clone().unwrap_or_default();
+        let up = o
+            .upstream
+            .as_ref()
+            .map(|u| u.headers.clone())
+            .unwrap_or_default();
         for (name, want) in &e.upstream_headers {
             let got = values(&up, name);
             if &got != want {
@@ -266,37 +402,65 @@ impl Scenario {
         let resumed = s.resumed().contains(&0);
         let mut outcome = Outcome::default();
         if let Some(local) = s.local_response() {
-            let resp = s.response_headers();
             outcome.status = local.status as u16;
             outcome.local_response = Some((local.status as u16, local.details.clone()));
-            outcome.response_headers = filtered(pair_iter(&resp));
-            outcome.body = String::from_utf8_lossy(&s.response_body()).into_owned();
         } else if action == Action::Continue || resumed {
-            outcome.upstream_headers = Some(filtered(pair_iter(&s.request_headers())));
-            let mut up = vec![(":status".to_string(), self.upstream.status.to_string())];
-            up.extend(self.upstream.headers.iter().cloned());
-            up.push((
-                "content-length".into(),
-                self.upstream.body.len().to_string(),
+            let mut wire = WireRequest::from_map(&s.request_headers(), &s.request_body());
+            // The router, after every filter.
+            wire.headers.push((
+                "x-envoy-expected-rq-timeout-ms".into(),
+                EXPECTED_TIMEOUT_MS.into(),
             ));
+            outcome.upstream = Some(wire.framed());
+            // What Envoy's codec makes of the upstream's answer, and the router's timing header,
+            // which the filters see.
+            let mut up = vec![(":status".to_string(), self.upstream.status.to_string())];
+            up.extend(join_repeated(
+                self.upstream
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect(),
+                JOINED_RESPONSE_HEADERS,
+            ));
+            // A 204 carries no content-length: Envoy drops the upstream's.
+            if self.upstream.status != 204 {
+                up.push((
+                    "content-length".into(),
+                    self.upstream.body.len().to_string(),
+                ));
+            }
+            up.push(("x-envoy-upstream-service-time".into(), "0".into()));
             let has_resp_body = !self.upstream.body.is_empty();
             s.send_response_headers(&as_pairs(&up), !has_resp_body)?;
             if has_resp_body {
                 s.send_response_body(self.upstream.body.as_bytes(), true)?;
             }
-            let resp = s.response_headers();
-            outcome.status = resp
+            outcome.status = s
+                .response_headers()
                 .get(":status")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            outcome.response_headers = filtered(pair_iter(&resp));
-            outcome.body = String::from_utf8_lossy(&s.response_body()).into_owned();
         } else {
             return Err(Error::Usage(format!(
                 "scenario {:?}: the filter paused the request and never resumed it",
                 self.name
             )));
         }
+        // What the client gets: the final map without `:status`, then what the connection
+        // manager adds to every response after the filters.
+        let resp = s.response_headers();
+        outcome.response_headers = pair_iter(&resp)
+            .filter(|(k, _)| *k != ":status")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        outcome
+            .response_headers
+            .push(("date".into(), http_date(host.now_nanos())));
+        outcome
+            .response_headers
+            .push(("server".into(), "envoy".into()));
+        outcome.body = String::from_utf8_lossy(&s.response_body()).into_owned();
         s.complete()?;
         Ok(outcome)
     }
@@ -331,7 +495,13 @@ impl Scenario {
             match self.clusters.get(&call.upstream) {
                 Some(a) => {
                     let mut h = vec![(":status".to_string(), a.status.to_string())];
-                    h.extend(a.headers.iter().cloned());
+                    h.extend(join_repeated(
+                        a.headers
+                            .iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                            .collect(),
+                        JOINED_RESPONSE_HEADERS,
+                    ));
                     h.push(("content-length".into(), a.body.len().to_string()));
                     host.respond_http_call(call.token, &as_pairs(&h), a.body.as_bytes(), &[])?;
                 }
@@ -346,6 +516,35 @@ impl Scenario {
     }
 }
 
+/// An HTTP date (RFC 9110 IMF-fixdate) of a host-clock reading.
+pub fn http_date(unix_nanos: u64) -> String {
+    let secs = unix_nanos / 1_000_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 fn as_pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -353,4 +552,39 @@ fn as_pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
 fn pair_iter(h: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     h.iter()
         .map(|(k, v)| (k, std::str::from_utf8(v).unwrap_or("")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            http_date(1_700_000_000_000_000_000),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
+        assert_eq!(
+            http_date(951_782_400_000_000_000),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+    }
+
+    #[test]
+    fn the_wire_form_moves_pseudo_headers_to_the_request_line_and_host() {
+        let map = HeaderMap::from_pairs(&[
+            (":authority", "a.test"),
+            (":path", "/p"),
+            (":method", "PUT"),
+            (":scheme", "http"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+        ]);
+        let w = WireRequest::from_map(&map, b"body");
+        assert_eq!((w.method.as_str(), w.path.as_str()), ("PUT", "/p"));
+        let names: Vec<&str> = w.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-a", "x-a"]);
+        assert_eq!(w.body, "body");
+    }
 }

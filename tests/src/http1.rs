@@ -310,7 +310,9 @@ impl Client {
         self.send(method, path, headers, b"")
     }
 
-    /// Send one request with a body on this connection and read the response.
+    /// Send one request with a body on this connection and read the response. The request
+    /// carries `host: ADDRESS` unless `headers` has a `host`, and `content-length` only with a
+    /// body.
     pub fn send(
         &mut self,
         method: &str,
@@ -318,14 +320,23 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> io::Result<Message> {
-        let mut h: Vec<(String, String)> = vec![("host".into(), self.addr.to_string())];
-        h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        write_message(
-            &mut self.writer,
-            &format!("{method} {path} HTTP/1.1"),
-            &h,
-            body,
-        )?;
+        // As curl does: `host` first (the address, unless the caller gives one), and a
+        // content-length only for a body.
+        let mut out = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            out.push_str(&format!("host: {}\r\n", self.addr));
+        }
+        for (k, v) in headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            out.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(body);
+        self.writer.write_all(&bytes)?;
+        self.writer.flush()?;
         read_message(&mut self.reader, method == "HEAD")?
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))
     }

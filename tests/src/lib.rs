@@ -21,6 +21,7 @@ pub mod agent;
 pub mod controller;
 pub mod controlplane;
 pub mod envoy;
+pub mod fidelity;
 pub mod http1;
 pub mod kubelet;
 pub mod load;

@@ -1,17 +1,49 @@
 //! Fidelity: every scenario under `tests/scenarios/` runs in the harness and in a real Envoy 1.40
-//! with the same module, in front of upstreams that answer as the scenario says. Both must meet
-//! the scenario's expectations and agree with each other on status, body, response headers and
-//! the headers the upstream received (the proxy's own headers, `scenario::PROXY_HEADERS`, aside).
+//! with the same module, in front of upstreams and called clusters that answer as the scenario
+//! says. Both must meet the scenario's expectations and agree on everything observable, in
+//! order and with duplicates: the status, every response header and the body the client got;
+//! the method, path, every header and the body the upstream received; each call the module made
+//! as the called cluster received it; and every line the module logged (level and text, the
+//! configuration canary's start-up lines included). The only values masked are the ones that
+//! differ on every run (`e2e::fidelity::PER_RUN`).
 
 // Helpers outside #[test] functions fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use e2e::envoy::{Envoy, bootstrap_with_clusters, wasm_filter};
+use e2e::fidelity::{envoy_wasm_logs, mask, wire};
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::Host;
-use proxy_wasm_harness::scenario::{Outcome, Scenario, filtered};
+use proxy_wasm_harness::abi::LogLevel;
+use proxy_wasm_harness::scenario::{Outcome, Scenario, WireRequest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+/// Everything a scenario lets one observe, from either side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    outcome: Outcome,
+    /// Each HTTP call as its cluster received it: (cluster, request).
+    calls: Vec<(String, WireRequest)>,
+    /// The module's log lines: (level, message), in order.
+    logs: Vec<(String, String)>,
+}
+
+impl Observed {
+    fn masked(mut self) -> Observed {
+        // The local response's details are the harness's own account: a client sees only the
+        // status, headers and body, compared above.
+        self.outcome.local_response = None;
+        mask(&mut self.outcome.response_headers);
+        if let Some(u) = &mut self.outcome.upstream {
+            mask(&mut u.headers);
+        }
+        for (_, c) in &mut self.calls {
+            mask(&mut c.headers);
+        }
+        self
+    }
+}
 
 /// The module a scenario names.
 fn module_file(name: &str) -> PathBuf {
@@ -41,10 +73,13 @@ fn scenarios() -> Vec<(String, Scenario)> {
         .collect()
 }
 
-fn in_harness(s: &Scenario) -> Result<Outcome, String> {
+fn in_harness(s: &Scenario) -> Result<Observed, String> {
     let module = e2e::harness_module(&module_file(&s.module));
     let host = Host::new();
-    // As in the Envoy run: the upstream cluster and the scenario's clusters exist, no others.
+    // As Envoy runs it: `--component-log-level wasm:debug`, the configuration canary and the
+    // main thread's copy besides the worker's, the upstream cluster and the scenario's
+    // clusters, no others.
+    host.set_log_level(LogLevel::Debug);
     let mut known: Vec<&str> = vec!["upstream"];
     known.extend(s.clusters.keys().map(String::as_str));
     host.set_clusters(&known);
@@ -54,12 +89,30 @@ fn in_harness(s: &Scenario) -> Result<Outcome, String> {
         .vm_id("scenario")
         .root_id(&s.root_id)
         .configuration(&s.configuration)
+        .canary(true)
+        .main_thread(true)
         .start()
         .map_err(|e| format!("plugin did not start: {e}; logs: {:?}", host.logs()))?;
-    s.run(&plugin).map_err(|e| e.to_string())
+    let outcome = s.run(&plugin).map_err(|e| e.to_string())?;
+    let calls = host
+        .http_calls_made()
+        .iter()
+        .map(|c| (c.upstream.clone(), WireRequest::of_call(c)))
+        .collect();
+    let logs = host
+        .logs()
+        .into_iter()
+        .filter(|l| l.level >= LogLevel::Debug)
+        .map(|l| (l.level.to_string(), l.message))
+        .collect();
+    Ok(Observed {
+        outcome,
+        calls,
+        logs,
+    })
 }
 
-fn in_envoy(s: &Scenario) -> Result<Outcome, String> {
+fn in_envoy(s: &Scenario) -> Result<Observed, String> {
     let answer = |a: &proxy_wasm_harness::scenario::Answer| {
         let h: Vec<(&str, &str)> = a
             .headers
@@ -90,12 +143,13 @@ fn in_envoy(s: &Scenario) -> Result<Outcome, String> {
         &extra,
     ))
     .map_err(|f| format!("{}\n{}", f.reason, f.log))?;
-    let headers: Vec<(&str, &str)> = s
-        .request
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+    // What the client sends, as the harness models it (Client adds content-length itself).
+    let sent: Vec<(String, String)> = s
+        .client_headers()
+        .into_iter()
+        .filter(|(k, _)| k != "content-length")
         .collect();
+    let headers: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut c = Client::connect(envoy.listener).map_err(|e| e.to_string())?;
     let resp = c
         .send(
@@ -105,23 +159,48 @@ fn in_envoy(s: &Scenario) -> Result<Outcome, String> {
             s.request.body.as_bytes(),
         )
         .map_err(|e| format!("request failed: {e}\n{}", envoy.log()))?;
-    let received = upstream.received();
-    Ok(Outcome {
+    let outcome = Outcome {
         status: resp.status(),
-        response_headers: filtered(resp.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        response_headers: resp.headers.clone(),
         body: resp.text(),
-        upstream_headers: received
-            .last()
-            .map(|m| filtered(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))),
+        upstream: upstream.received().last().map(wire),
         local_response: None,
+    };
+    let mut calls = Vec::new();
+    for (name, u) in &clusters {
+        calls.extend(u.received().iter().map(|m| (name.clone(), wire(m))));
+    }
+    Ok(Observed {
+        outcome,
+        calls,
+        logs: envoy_wasm_logs(&envoy.log()),
     })
 }
 
-/// Headers grouped by name (values in order): what a client can observe of a header map.
-fn by_name(h: &[(String, String)]) -> Vec<(String, String)> {
-    let mut v = h.to_vec();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+/// What differs, part by part, each side's part on one line.
+fn differences(h: &Observed, e: &Observed) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut part = |name: &str, h: String, e: String| {
+        if h != e {
+            out.push(format!("{name}:\n  harness {h}\n  envoy   {e}"));
+        }
+    };
+    let (ho, eo) = (&h.outcome, &e.outcome);
+    part("status", format!("{}", ho.status), format!("{}", eo.status));
+    part(
+        "response headers",
+        format!("{:?}", ho.response_headers),
+        format!("{:?}", eo.response_headers),
+    );
+    part("body", format!("{:?}", ho.body), format!("{:?}", eo.body));
+    part(
+        "upstream request",
+        format!("{:?}", ho.upstream),
+        format!("{:?}", eo.upstream),
+    );
+    part("calls", format!("{:?}", h.calls), format!("{:?}", e.calls));
+    part("logs", format!("{:?}", h.logs), format!("{:?}", e.logs));
+    out
 }
 
 #[test]
@@ -129,39 +208,22 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
     let all = scenarios();
     assert!(all.len() >= 20, "only {} scenarios", all.len());
     let mut failures = Vec::new();
+    let mut compared = 0;
     for (file, s) in &all {
         let harness = in_harness(s);
         let envoy = in_envoy(s);
         let mut problems = Vec::new();
-        match (&harness, &envoy) {
+        match (harness, envoy) {
             (Ok(h), Ok(e)) => {
-                if let Err(bad) = s.check(h) {
+                if let Err(bad) = s.check(&h.outcome) {
                     problems.push(format!("harness: {bad:?}"));
                 }
-                if let Err(bad) = s.check(e) {
+                if let Err(bad) = s.check(&e.outcome) {
                     problems.push(format!("envoy: {bad:?}"));
                 }
-                if h.status != e.status {
-                    problems.push(format!("status: harness {} envoy {}", h.status, e.status));
-                }
-                if h.body != e.body {
-                    problems.push(format!("body: harness {:?} envoy {:?}", h.body, e.body));
-                }
-                if by_name(&h.response_headers) != by_name(&e.response_headers) {
-                    problems.push(format!(
-                        "response headers:\n  harness {:?}\n  envoy   {:?}",
-                        by_name(&h.response_headers),
-                        by_name(&e.response_headers)
-                    ));
-                }
-                let up = |o: &Outcome| o.upstream_headers.as_deref().map(by_name);
-                if up(h) != up(e) {
-                    problems.push(format!(
-                        "upstream headers:\n  harness {:?}\n  envoy   {:?}",
-                        up(h),
-                        up(e)
-                    ));
-                }
+                let (h, e) = (h.masked(), e.masked());
+                compared += 1;
+                problems.extend(differences(&h, &e));
             }
             (h, e) => problems.push(format!("harness: {h:?}\nenvoy: {e:?}")),
         }
@@ -172,6 +234,7 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
             failures.push(format!("{file}: {}", problems.join("\n")));
         }
     }
+    println!("{compared} scenarios compared in full");
     assert!(
         failures.is_empty(),
         "{} of {} scenarios failed:\n{}",

@@ -195,17 +195,21 @@ pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
+    // What the filter changed: the proxy's own headers (host, framing, ids, timing) aside.
+    let own = |pairs: &[(String, String)]| {
+        proxy_wasm_harness::scenario::filtered(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    };
     let request_changes = outcome
-        .upstream_headers
+        .upstream
         .as_ref()
-        .map(|up| diff(&client_sent, up))
+        .map(|up| diff(&client_sent, &own(&up.headers)))
         .unwrap_or_default();
     let response_base = if outcome.local_response.is_some() {
         Vec::new()
     } else {
         upstream_sent
     };
-    let response_changes = diff(&response_base, &outcome.response_headers);
+    let response_changes = diff(&response_base, &own(&outcome.response_headers));
     let failed_expectations = scenario.check(&outcome).err().unwrap_or_default();
     Ok(Report {
         scenario: scenario.name.clone(),
@@ -470,7 +474,7 @@ impl fmt::Display for Report {
             None => writeln!(f, "status: {}", o.status)?,
         }
         writeln!(f, "request headers (client -> upstream):")?;
-        if o.upstream_headers.is_none() {
+        if o.upstream.is_none() {
             writeln!(f, "  (not sent upstream)")?;
         } else if self.request_changes.is_empty() {
             writeln!(f, "  (unchanged)")?;
