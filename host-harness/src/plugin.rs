@@ -939,6 +939,32 @@ impl HttpStream {
             .or_else(|| self.read(|s| s.local_response.clone()).flatten())
     }
 
+    /// Headers the proxy's router appends to the request after the filters (Envoy adds
+    /// `x-envoy-expected-rq-timeout-ms`): the upstream gets them and `proxy_on_log` reads them;
+    /// no filter callback sees them.
+    pub fn proxy_request_headers(&mut self, pairs: &[(&str, &str)]) {
+        self.with(|s| {
+            if let Some(m) = &mut s.request_headers {
+                for (k, v) in pairs {
+                    m.add(k, v);
+                }
+            }
+        });
+    }
+
+    /// Headers the proxy itself appends to the response after the filters (Envoy's connection
+    /// manager adds `date` and `server`): the client gets them and `proxy_on_log` reads them;
+    /// no filter callback sees them.
+    pub fn proxy_response_headers(&mut self, pairs: &[(&str, &str)]) {
+        self.with(|s| {
+            if let Some(m) = &mut s.response_headers {
+                for (k, v) in pairs {
+                    m.add(k, v);
+                }
+            }
+        });
+    }
+
     /// Directions the filter resumed with `proxy_continue_stream` (0 request, 1 response).
     pub fn resumed(&self) -> Vec<i32> {
         self.read(|s| s.resumed.clone()).unwrap_or_default()

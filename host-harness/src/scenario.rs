@@ -388,6 +388,11 @@ impl Scenario {
     pub fn run(&self, plugin: &Plugin) -> Result<Outcome> {
         let host = plugin.host();
         let mut s = plugin.http_stream()?;
+        // What Envoy's configuration tells a filter, as a scenario's Envoy is configured: one
+        // unnamed route to the cluster `upstream`, on a listener of no set direction.
+        s.set_property(&["xds", "cluster_name"], "upstream");
+        s.set_property(&["xds", "route_name"], "");
+        s.set_property(&["xds", "listener_direction"], 0i64.to_le_bytes());
         let req = self.request_headers();
         let pairs = as_pairs(&req);
         let has_body = !self.request.body.is_empty();
@@ -405,12 +410,9 @@ impl Scenario {
             outcome.status = local.status as u16;
             outcome.local_response = Some((local.status as u16, local.details.clone()));
         } else if action == Action::Continue || resumed {
-            let mut wire = WireRequest::from_map(&s.request_headers(), &s.request_body());
             // The router, after every filter.
-            wire.headers.push((
-                "x-envoy-expected-rq-timeout-ms".into(),
-                EXPECTED_TIMEOUT_MS.into(),
-            ));
+            s.proxy_request_headers(&[("x-envoy-expected-rq-timeout-ms", EXPECTED_TIMEOUT_MS)]);
+            let wire = WireRequest::from_map(&s.request_headers(), &s.request_body());
             outcome.upstream = Some(wire.framed());
             // What Envoy's codec makes of the upstream's answer, and the router's timing header,
             // which the filters see.
@@ -449,17 +451,12 @@ impl Scenario {
         }
         // What the client gets: the final map without `:status`, then what the connection
         // manager adds to every response after the filters.
+        s.proxy_response_headers(&[("date", &http_date(host.now_nanos())), ("server", "envoy")]);
         let resp = s.response_headers();
         outcome.response_headers = pair_iter(&resp)
             .filter(|(k, _)| *k != ":status")
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        outcome
-            .response_headers
-            .push(("date".into(), http_date(host.now_nanos())));
-        outcome
-            .response_headers
-            .push(("server".into(), "envoy".into()));
         outcome.body = String::from_utf8_lossy(&s.response_body()).into_owned();
         s.complete()?;
         Ok(outcome)

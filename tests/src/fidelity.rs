@@ -20,6 +20,40 @@ pub const PER_RUN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Attributes (`proxy_get_property`) whose values differ on every run: compared by shape only
+/// (the same status and the same length), each for the reason given. The harness gives each a
+/// value of Envoy's type and size.
+pub const PER_RUN_ATTRIBUTES: &[(&str, &str)] = &[
+    (
+        "request.id",
+        "the x-request-id, a random UUID per request in Envoy",
+    ),
+    ("request.time", "the wall-clock time the request arrived"),
+    ("request.duration", "the time the request took"),
+    (
+        "connection.id",
+        "Envoy's count of connections accepted so far",
+    ),
+    (
+        "source.address",
+        "the client's port, chosen by the kernel (the address is 127.0.0.1 in both)",
+    ),
+    ("source.port", "the client's port, chosen by the kernel"),
+    (
+        "destination.address",
+        "the listener's port, chosen by the kernel",
+    ),
+    (
+        "destination.port",
+        "the listener's port, chosen by the kernel",
+    ),
+    (
+        "upstream.address",
+        "the upstream's port, chosen by the kernel",
+    ),
+    ("upstream.port", "the upstream's port, chosen by the kernel"),
+];
+
 /// What a masked value reads.
 pub const MASKED: &str = "<per run>";
 
