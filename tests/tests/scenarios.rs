@@ -18,6 +18,7 @@ use proxy_wasm_harness::abi::LogLevel;
 use proxy_wasm_harness::scenario::{Outcome, Scenario, WireRequest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything a scenario lets one observe, from either side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +28,14 @@ struct Observed {
     calls: Vec<(String, WireRequest)>,
     /// The module's log lines: (level, message), in order.
     logs: Vec<(String, String)>,
+    /// The module's metrics once its tick has flushed what it sums: (name, kind, value), by
+    /// name; a histogram's value is not compared (Envoy shows quantiles, not samples).
+    metrics: Vec<(String, String, i64)>,
 }
+
+/// Longer than the slowest tick of the scenario modules (the header filter flushes its
+/// counters every second), so both sides report what the request added.
+const SETTLE: Duration = Duration::from_millis(1300);
 
 impl Observed {
     fn masked(mut self) -> Observed {
@@ -99,16 +107,28 @@ fn in_harness(s: &Scenario) -> Result<Observed, String> {
         .iter()
         .map(|c| (c.upstream.clone(), WireRequest::of_call(c)))
         .collect();
+    host.advance(SETTLE).map_err(|e| e.to_string())?;
     let logs = host
         .logs()
         .into_iter()
         .filter(|l| l.level >= LogLevel::Debug)
         .map(|l| (l.level.to_string(), l.message))
         .collect();
+    let mut metrics: Vec<(String, String, i64)> = host
+        .metrics()
+        .into_iter()
+        .map(|m| {
+            let kind = format!("{:?}", m.kind).to_lowercase();
+            let value = if kind == "histogram" { 0 } else { m.value };
+            (m.name, kind, value)
+        })
+        .collect();
+    metrics.sort();
     Ok(Observed {
         outcome,
         calls,
         logs,
+        metrics,
     })
 }
 
@@ -170,10 +190,40 @@ fn in_envoy(s: &Scenario) -> Result<Observed, String> {
     for (name, u) in &clusters {
         calls.extend(u.received().iter().map(|m| (name.clone(), wire(m))));
     }
+    std::thread::sleep(SETTLE);
+    let mut metrics = Vec::new();
+    for (kind, query) in [
+        ("counter", "Counters"),
+        ("gauge", "Gauges"),
+        ("histogram", "Histograms"),
+    ] {
+        let r = e2e::http1::get(
+            envoy.admin,
+            &format!("/stats?type={query}&filter=^wasmcustom\\."),
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+        for line in r.text().lines() {
+            let Some((name, value)) = line.split_once(": ") else {
+                continue;
+            };
+            let Some(name) = name.strip_prefix("wasmcustom.") else {
+                continue;
+            };
+            let value = if kind == "histogram" {
+                0
+            } else {
+                value.trim().parse().map_err(|_| format!("stat {line:?}"))?
+            };
+            metrics.push((name.to_string(), kind.to_string(), value));
+        }
+    }
+    metrics.sort();
     Ok(Observed {
         outcome,
         calls,
         logs: envoy_wasm_logs(&envoy.log()),
+        metrics,
     })
 }
 
@@ -200,6 +250,11 @@ fn differences(h: &Observed, e: &Observed) -> Vec<String> {
     );
     part("calls", format!("{:?}", h.calls), format!("{:?}", e.calls));
     part("logs", format!("{:?}", h.logs), format!("{:?}", e.logs));
+    part(
+        "metrics",
+        format!("{:?}", h.metrics),
+        format!("{:?}", e.metrics),
+    );
     out
 }
 
@@ -209,6 +264,7 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
     assert!(all.len() >= 20, "only {} scenarios", all.len());
     let mut failures = Vec::new();
     let mut compared = 0;
+    let mut metrics_seen = 0;
     for (file, s) in &all {
         let harness = in_harness(s);
         let envoy = in_envoy(s);
@@ -222,6 +278,7 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
                     problems.push(format!("envoy: {bad:?}"));
                 }
                 let (h, e) = (h.masked(), e.masked());
+                metrics_seen += e.metrics.len();
                 compared += 1;
                 problems.extend(differences(&h, &e));
             }
@@ -234,7 +291,8 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
             failures.push(format!("{file}: {}", problems.join("\n")));
         }
     }
-    println!("{compared} scenarios compared in full");
+    println!("{compared} scenarios compared in full ({metrics_seen} metric values)");
+    assert!(metrics_seen > 0, "no scenario module reported a metric");
     assert!(
         failures.is_empty(),
         "{} of {} scenarios failed:\n{}",
