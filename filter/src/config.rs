@@ -201,8 +201,18 @@ fn object<'a>(n: &'a Node, path: &str, known: &[&str]) -> Result<&'a Fields, Con
         ));
     };
     if let Some((k, v)) = fields.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        // The key is the user's: quoted (and escaped) unless it is a plain name, so that the
+        // error stays one line and the path stays readable.
+        let plain = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let key = if plain {
+            k.clone()
+        } else {
+            Quoted(k).to_string()
+        };
         return Err(shape(
-            field_path(path, k),
+            field_path(path, &key),
             format!(
                 "unknown field at {}, expected one of: {}",
                 v.at,
@@ -1405,6 +1415,10 @@ mod tests {
             (
                 r#"{"rules":[{"direction":"request","name":"x","value":"v","when":{"paths":"/"}}]}"#,
                 "rules[0].when.paths: unknown field",
+            ),
+            (
+                r#"{"name":"a","value":"b","x\ny.z":1}"#,
+                r#""x\ny.z": unknown field at line 1 column 34"#,
             ),
             (
                 r#"{"rules":[{"direction":"request","name":"x","value":"${nope}"}]}"#,
