@@ -2,7 +2,7 @@
 //! (`filter_headers`), run natively: the same code the wasm module runs.
 
 use header_filter::config::{Config, ConfigError, Direction, Outcome, PLACEHOLDERS, Stream};
-use header_filter::json::{self, Json, Node, Pos};
+use header_filter::json::{self, Json, Node, Pos, Quoted};
 use std::collections::HashMap;
 
 /// Constant attributes as Envoy would answer them; some hold `$` and braces, so that the
@@ -206,71 +206,97 @@ fn position_in(data: &[u8], at: Pos, message: &str) {
     );
 }
 
-/// Every `line L column C` that `message` names is a position of `data`.
-fn positions_named(data: &[u8], message: &str) -> usize {
-    let mut found = 0;
-    let mut rest = message;
-    while let Some(i) = rest.find("line ") {
-        rest = &rest[i + 5..];
-        let line: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let Some(after) = rest[line.len()..].strip_prefix(" column ") else {
-            continue;
-        };
-        let column: String = after.chars().take_while(char::is_ascii_digit).collect();
-        if let (Ok(line), Ok(column)) = (line.parse(), column.parse()) {
-            position_in(data, Pos { line, column }, message);
-            found += 1;
-        }
-    }
-    found
-}
-
-/// The number of rules in the document, when it has a `rules` array.
-fn rule_count(data: &[u8]) -> Option<usize> {
-    let doc = json::parse(data).ok()?;
-    let Json::Object(fields) = doc.value else {
-        return None;
-    };
-    fields.iter().find_map(|(k, v)| match &v.value {
-        Json::Array(items) if k == "rules" => Some(items.len()),
-        _ => None,
+/// The position a message ends on: the last `at line L column C` in it (user text quoted
+/// earlier in the message may look like one too).
+fn last_position(message: &str) -> Option<Pos> {
+    let i = message.rfind("at line ")?;
+    let rest = &message[i + "at line ".len()..];
+    let line: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let after = rest[line.len()..].strip_prefix(" column ")?;
+    let column: String = after.chars().take_while(char::is_ascii_digit).collect();
+    Some(Pos {
+        line: line.parse().ok()?,
+        column: column.parse().ok()?,
     })
 }
 
+/// The value at `path` (object keys) in the document, if there is one.
+fn lookup<'a>(node: &'a Node, path: &[&str]) -> Option<&'a Node> {
+    let mut n = node;
+    for key in path {
+        n = match &n.value {
+            Json::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)?,
+            _ => return None,
+        };
+    }
+    Some(n)
+}
+
+/// Rule `i` of the document.
+fn rule(doc: &Node, i: usize) -> Option<&Node> {
+    match &lookup(doc, &["rules"])?.value {
+        Json::Array(items) => items.get(i),
+        _ => None,
+    }
+}
+
+/// Whether the object `at` has a field `key` (as written in a path: plain, or quoted).
+fn has_key(at: Option<&Node>, key: &str) -> bool {
+    matches!(
+        at.map(|n| &n.value),
+        Some(Json::Object(f)) if f.iter().any(|(k, _)| k == key || Quoted(k).to_string() == key)
+    )
+}
+
 /// A field path of the configuration: `.`, a top-level key, `rules[i]`, `rules[i].key`,
-/// `rules[i].when.key`; the last key may be an unknown one the document has.
+/// `rules[i].when.key`, naming a rule the document has; for an unknown field, the path of a
+/// key the document has.
 fn check_field(data: &[u8], field: &str, message: &str) {
     assert!(!field.is_empty(), "{message}: empty field");
     if field == "." {
         return;
     }
+    let doc = json::parse(data).ok();
+    if message.contains("unknown field") {
+        let doc = doc.unwrap_or_else(|| panic!("{message}: no document"));
+        let mut found = has_key(Some(&doc), field);
+        for i in 0..64 {
+            let prefix = format!("rules[{i}].");
+            if let Some(key) = field.strip_prefix(&prefix) {
+                let r = rule(&doc, i);
+                found |= has_key(r, key);
+                if let Some(key) = key.strip_prefix("when.") {
+                    found |= has_key(r.and_then(|r| lookup(r, &["when"])), key);
+                }
+            }
+        }
+        assert!(found, "{message}: the document has no field {field:?}");
+        return;
+    }
     let Some(rest) = field.strip_prefix("rules[") else {
-        // A top-level field: one of ours, or the unknown one the message is about.
         assert!(
-            ["name", "value", "rules"].contains(&field) || message.contains("unknown field"),
+            ["name", "value", "rules"].contains(&field),
             "{message}: no such field {field:?}"
         );
         return;
     };
-    let Some((index, rest)) = rest.split_once(']') else {
-        panic!("{message}: malformed field {field:?}");
-    };
+    let (index, rest) = rest
+        .split_once(']')
+        .unwrap_or_else(|| panic!("{message}: malformed field {field:?}"));
     let index: usize = index
         .parse()
         .unwrap_or_else(|_| panic!("{message}: malformed index in {field:?}"));
-    let count = rule_count(data).unwrap_or_else(|| panic!("{message}: no rules array"));
-    assert!(index < count, "{message}: rule {index} of {count}");
+    let doc = doc.unwrap_or_else(|| panic!("{message}: no document"));
+    assert!(rule(&doc, index).is_some(), "{message}: no rule {index}");
     if rest.is_empty() {
         return;
     }
     let key = rest
         .strip_prefix('.')
         .unwrap_or_else(|| panic!("{message}: malformed field {field:?}"));
-    let known = ["direction", "op", "name", "value", "when"];
-    let when_known = ["path_prefix", "method", "header_present"];
     let ok = match key.strip_prefix("when.") {
-        Some(k) => when_known.contains(&k) || message.contains("unknown field"),
-        None => known.contains(&key) || message.contains("unknown field"),
+        Some(k) => ["path_prefix", "method", "header_present"].contains(&k),
+        None => ["direction", "op", "name", "value", "when"].contains(&key),
     };
     assert!(ok, "{message}: no such field {field:?}");
 }
@@ -283,14 +309,16 @@ fn check_error(data: &[u8], e: &ConfigError) {
             data.iter().all(u8::is_ascii_whitespace),
             "{message}: the configuration is not empty"
         ),
-        ConfigError::Syntax(m) => assert!(
-            positions_named(data, m) >= 1,
-            "{message}: names no position"
-        ),
-        ConfigError::Shape { field, .. } | ConfigError::Invalid { field, .. } => {
+        ConfigError::Syntax(m) => match last_position(m) {
+            Some(at) => position_in(data, at, &message),
+            None => panic!("{message}: names no position"),
+        },
+        ConfigError::Shape { field, message: m } | ConfigError::Invalid { field, message: m } => {
             check_field(data, field, &message);
             assert!(message.starts_with(field.as_str()), "{message}");
-            positions_named(data, &message);
+            if let Some(at) = last_position(m) {
+                position_in(data, at, &message);
+            }
         }
     }
 }

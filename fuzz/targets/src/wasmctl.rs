@@ -243,7 +243,9 @@ pub fn render_deployment(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let inputs = match render::parse_str(text, "in.yaml") {
+    // As `wasmctl render` reads its files: each parsed, then merged (which refuses a
+    // FilterDeployment defined twice).
+    let inputs = match render::parse_str(text, "in.yaml").and_then(|i| render::merge(vec![i])) {
         Ok(i) => i,
         Err(e) => return render_error(&e),
     };
@@ -281,11 +283,13 @@ pub fn render_deployment(data: &[u8]) {
                 Ok(y) => y,
                 Err(e) => panic!("cannot print what was rendered: {e}"),
             };
+            // (Nothing rendered prints nothing, which reads as one empty document.)
             let read: Vec<Value> = serde_norway::Deserializer::from_str(&yaml)
                 .map(|doc| {
                     Value::deserialize(doc)
                         .unwrap_or_else(|e| panic!("printed YAML does not read: {e}\n{yaml}"))
                 })
+                .filter(|v| !(objects.is_empty() && v.is_null()))
                 .collect();
             let values: Vec<&Value> = objects.iter().map(|o| &o.value).collect();
             assert_eq!(
