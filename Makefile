@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
-.PHONY: help setup control-plane cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy clean
+.PHONY: help setup control-plane cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -54,6 +54,12 @@ bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules
 
 bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 9 min; QUICK=1: under 2 min, -> target/bench-quick)
 	@scripts/bench-envoy $(if $(QUICK),--quick,)
+
+fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 60) with cargo-fuzz on nightly (both installed if missing); FUZZ_SANITIZER=address for ASan
+	@FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) FUZZ_SANITIZER=$(or $(FUZZ_SANITIZER),none) scripts/fuzz $(FUZZ_TARGETS)
+
+fuzz-merge: ## Fold the inputs `make fuzz` found (fuzz/corpus-new) into the committed corpora, where they add coverage
+	@FUZZ_SANITIZER=$(or $(FUZZ_SANITIZER),none) scripts/fuzz --merge $(FUZZ_TARGETS)
 
 clean: ## Remove build output
 	$(CARGO) clean
