@@ -18,6 +18,8 @@ pub struct Message {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+    /// When a test server finished reading it (requests an [`Upstream`] received).
+    pub received_at: Option<std::time::Instant>,
 }
 
 impl Message {
@@ -90,6 +92,7 @@ pub fn read_message(
         start,
         headers,
         body: Vec::new(),
+        received_at: None,
     };
     if is_response_to_head {
         return Ok(Some(msg));
@@ -256,6 +259,10 @@ fn serve(
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}\n"))
                 .collect(),
+        };
+        let req = Message {
+            received_at: Some(std::time::Instant::now()),
+            ..req
         };
         rec.lock().expect("upstream lock").push(req);
         if write_message(&mut w, status_line, headers, body.as_bytes()).is_err() {

@@ -186,10 +186,20 @@ fn in_envoy(s: &Scenario) -> Result<Observed, String> {
         upstream: upstream.received().last().map(wire),
         local_response: None,
     };
-    let mut calls = Vec::new();
+    // Every cluster's requests, in the order they arrived.
+    let mut arrived = Vec::new();
     for (name, u) in &clusters {
-        calls.extend(u.received().iter().map(|m| (name.clone(), wire(m))));
+        arrived.extend(
+            u.received()
+                .into_iter()
+                .map(|m| (m.received_at, name.clone(), m)),
+        );
     }
+    arrived.sort_by_key(|(at, _, _)| *at);
+    let calls = arrived
+        .iter()
+        .map(|(_, name, m)| (name.clone(), wire(m)))
+        .collect();
     std::thread::sleep(SETTLE);
     let mut metrics = Vec::new();
     for (kind, query) in [

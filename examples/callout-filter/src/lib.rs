@@ -2,11 +2,13 @@
 //! authorizes each request, a tick timer, shared data with CAS, a shared queue and the three
 //! metric kinds. The harness and Envoy must agree on everything it does.
 //!
-//! Plugin configuration: the name of the cluster to call (default `auth`).
+//! Plugin configuration: the name of the cluster to call (default `auth`), or several names
+//! separated by commas, called one after another.
 //!
 //! - request with `x-skip-auth`: continues at once, counted in `callout.skipped`;
-//! - otherwise `GET /check` with the request's `x-user` goes to the cluster; a 200 answer adds
-//!   request header `x-auth: <answer body>` and resumes; anything else (or a failed call) answers
+//! - otherwise `GET /check` with the request's `x-user` goes to the cluster; a 200 answer sets
+//!   request header `x-auth: <answer body>` (each further cluster's 200 adds another value) and
+//!   calls the next cluster, or resumes after the last; anything else (or a failed call) answers
 //!   403 `denied` with header `x-denied-by: callout` (counted in `callout.allowed` / `denied`,
 //!   and the answer's size recorded in the histogram `callout.answer_bytes`);
 //! - every response gets `x-ticks: <n>` from shared data `ticks` (written by the root on each
@@ -42,7 +44,7 @@ mod glue {
 
     #[derive(Default)]
     struct Root {
-        cluster: String,
+        clusters: Vec<String>,
         metrics: Metrics,
         queue: u32,
     }
@@ -56,12 +58,14 @@ mod glue {
     impl RootContext for Root {
         fn on_configure(&mut self, _: usize) -> bool {
             let cfg = self.get_plugin_configuration().unwrap_or_default();
-            self.cluster = String::from_utf8(cfg)
+            self.clusters = String::from_utf8(cfg)
                 .unwrap_or_default()
-                .trim()
-                .to_string();
-            if self.cluster.is_empty() {
-                self.cluster = "auth".into();
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect();
+            if self.clusters.is_empty() {
+                self.clusters = vec!["auth".into()];
             }
             self.metrics = Metrics {
                 requests: define(MetricType::Counter, "callout.requests"),
@@ -76,7 +80,7 @@ mod glue {
             self.set_tick_period(TICK);
             log::info!(
                 "callout: calling cluster {} for every request",
-                self.cluster
+                self.clusters.join(", ")
             );
             true
         }
@@ -104,7 +108,8 @@ mod glue {
 
         fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
             Some(Box::new(Stream {
-                cluster: self.cluster.clone(),
+                clusters: self.clusters.clone(),
+                answered: 0,
                 metrics: self.metrics,
                 queue: self.queue,
             }))
@@ -116,9 +121,37 @@ mod glue {
     }
 
     struct Stream {
-        cluster: String,
+        clusters: Vec<String>,
+        /// Clusters that allowed the request so far.
+        answered: usize,
         metrics: Metrics,
         queue: u32,
+    }
+
+    impl Stream {
+        /// Call the next cluster; false (after answering 503) when the call cannot be made.
+        fn call_next(&mut self) -> bool {
+            let cluster = self.clusters[self.answered].clone();
+            let user = self.get_http_request_header("x-user").unwrap_or_default();
+            let headers = vec![
+                (":method", "GET"),
+                (":path", "/check"),
+                (":authority", cluster.as_str()),
+                ("x-user", user.as_str()),
+            ];
+            match self.dispatch_http_call(&cluster, headers, None, vec![], Duration::from_secs(5)) {
+                Ok(_) => true,
+                Err(e) => {
+                    log::error!("callout: cannot call {cluster}: {e:?}");
+                    self.send_http_response(
+                        503,
+                        vec![("x-denied-by", "callout")],
+                        Some(b"no auth cluster"),
+                    );
+                    false
+                }
+            }
+        }
     }
 
     impl Context for Stream {
@@ -137,8 +170,18 @@ mod glue {
             if status.as_deref() == Some("200") {
                 let _ = hostcalls::increment_metric(self.metrics.allowed, 1);
                 let who = String::from_utf8_lossy(&body).into_owned();
-                self.set_http_request_header("x-auth", Some(&who));
-                self.resume_http_request();
+                if self.answered == 0 {
+                    // Whatever the client claimed is replaced.
+                    self.set_http_request_header("x-auth", Some(&who));
+                } else {
+                    self.add_http_request_header("x-auth", &who);
+                }
+                self.answered += 1;
+                if self.answered == self.clusters.len() {
+                    self.resume_http_request();
+                } else {
+                    self.call_next();
+                }
             } else {
                 let _ = hostcalls::increment_metric(self.metrics.denied, 1);
                 log::info!("callout: denied (status {status:?})");
@@ -157,31 +200,9 @@ mod glue {
                 let _ = hostcalls::increment_metric(self.metrics.skipped, 1);
                 return Action::Continue;
             }
-            let user = self.get_http_request_header("x-user").unwrap_or_default();
-            let headers = vec![
-                (":method", "GET"),
-                (":path", "/check"),
-                (":authority", "auth"),
-                ("x-user", user.as_str()),
-            ];
-            match self.dispatch_http_call(
-                &self.cluster,
-                headers,
-                None,
-                vec![],
-                Duration::from_secs(5),
-            ) {
-                Ok(_) => Action::Pause,
-                Err(e) => {
-                    log::error!("callout: cannot call {}: {e:?}", self.cluster);
-                    self.send_http_response(
-                        503,
-                        vec![("x-denied-by", "callout")],
-                        Some(b"no auth cluster"),
-                    );
-                    Action::Pause
-                }
-            }
+            // Pause in both cases: for the answer, or after the local 503.
+            self.call_next();
+            Action::Pause
         }
 
         fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
