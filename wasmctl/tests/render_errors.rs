@@ -62,6 +62,18 @@ fn unknown_field_is_named_with_its_path() {
 }
 
 #[test]
+fn malformed_yaml_fails_at_once_naming_the_document() {
+    // A syntax error used to make the document reader repeat it until memory ran out.
+    let (file, e) = fails(&format!("{GOOD}---\nkind: [\n"));
+    assert!(
+        e.contains(&format!("{file} (document 2): (document): ")),
+        "{e}"
+    );
+    let (file, e) = fails("metadata: \"a\0b\"\n");
+    assert!(e.contains(&format!("{file}: (document): ")), "{e}");
+}
+
+#[test]
 fn bad_image_reference() {
     let (file, e) = fails(&GOOD.replace(
         "registry.example.com/filters/header-filter:v1",

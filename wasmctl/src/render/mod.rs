@@ -143,16 +143,25 @@ pub fn parse_file(path: &Path) -> Result<Inputs> {
 pub fn parse_str(text: &str, name: &str) -> Result<Inputs> {
     use serde::Deserialize as _;
     let mut out = Inputs::default();
-    let docs: Vec<_> = serde_norway::Deserializer::from_str(text).collect();
+    // serde_norway's document iterator repeats a syntax error without end (its parser stays
+    // failed): read up to the first document that fails, never collect the iterator itself.
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc);
+        let failed = value.is_err();
+        docs.push(value);
+        if failed {
+            break;
+        }
+    }
     let many = docs.len() > 1;
-    for (i, doc) in docs.into_iter().enumerate() {
+    for (i, value) in docs.into_iter().enumerate() {
         let origin = if many {
             format!("{name} (document {})", i + 1)
         } else {
             name.to_string()
         };
-        let value =
-            Value::deserialize(doc).map_err(|e| err(&origin, "(document)", e.to_string()))?;
+        let value = value.map_err(|e| err(&origin, "(document)", e.to_string()))?;
         if value.is_null() {
             continue;
         }
