@@ -413,8 +413,13 @@ fn layer_list(m: &Manifest) -> String {
     format!("layers [{}]", types.join(", "))
 }
 
-/// Find the module in a manifest, in any layout pull accepts.
+/// Find the module in a manifest, in any layout pull accepts. An image Istio's fetcher loads is
+/// read from the layer Istio reads, so the agent and a `WasmPlugin` deliver the same module;
+/// other images from their one raw wasm layer, else a last tar.gz layer.
 pub fn locate(m: &Manifest) -> std::result::Result<Located, String> {
+    if let Some(found) = istio_layer(m) {
+        return Ok(found);
+    }
     let raw: Vec<usize> = (0..m.layers.len())
         .filter(|&i| is_raw_wasm(&m.layers[i].media_type))
         .collect();
@@ -462,6 +467,37 @@ pub fn locate(m: &Manifest) -> std::result::Result<Located, String> {
         media::OCI_LAYER_TAR_GZIP,
         media::COMPAT_FILE_NAME
     ))
+}
+
+/// The layer Istio's fetcher (`pkg/wasm/imagefetcher.go`) reads the module from, when it loads
+/// the image (a tar.gz layer taken to hold `plugin.wasm`): a Docker manifest's last layer; an
+/// OCI tar+gzip last layer (the compat variant, tried first); else, of exactly two layers, the
+/// first solo wasm layer (the oci variant).
+fn istio_layer(m: &Manifest) -> Option<Located> {
+    let last = m.layers.len().checked_sub(1)?;
+    let compat = |docker| Located {
+        layout: Layout::Compat { docker },
+        layer: last,
+        tar_gz: true,
+    };
+    if m.media_type.as_deref() == Some(media::DOCKER_MANIFEST) {
+        return (m.layers[last].media_type == media::DOCKER_LAYER_TAR_GZIP).then(|| compat(true));
+    }
+    if m.layers[last].media_type == media::OCI_LAYER_TAR_GZIP {
+        return Some(compat(false));
+    }
+    if m.layers.len() != 2 {
+        return None;
+    }
+    let layer = m
+        .layers
+        .iter()
+        .position(|l| l.media_type == media::SOLO_WASM_LAYER)?;
+    Some(Located {
+        layout: Layout::Solo { layers: 2 },
+        layer,
+        tar_gz: false,
+    })
 }
 
 /// Whether one consumer loads an image, and why not when it does not.
@@ -694,6 +730,25 @@ mod tests {
         img.manifest.layers[0].media_type = "application/octet-stream".into();
         let e = locate(&img.manifest).unwrap_err();
         assert!(e.contains("0: application/octet-stream"), "{e}");
+    }
+
+    #[test]
+    fn pull_reads_the_layer_istio_reads() {
+        let mut img = build(Format::Solo, &wasm(), "f.wasm", &cfg(), &BTreeMap::new()).unwrap();
+        // Two wasm layers: Istio takes the solo one, and so does pull.
+        img.manifest.layers[0].media_type = media::CNCF_WASM_LAYER.into();
+        assert!(istio_verdict(&img.manifest, None).loads);
+        assert_eq!(locate(&img.manifest).unwrap().layer, 1);
+        // A wasm layer and a last tar.gz: Istio reads plugin.wasm from the tar.gz first.
+        img.manifest.layers[0].media_type = media::SOLO_WASM_LAYER.into();
+        img.manifest.layers[1].media_type = media::OCI_LAYER_TAR_GZIP.into();
+        let found = locate(&img.manifest).unwrap();
+        assert_eq!((found.layer, found.tar_gz), (1, true));
+        // Istio refuses three layers; pull still reads the one wasm layer.
+        img.manifest.layers[1].media_type = media::SOLO_CONFIG.into();
+        img.manifest.layers.push(img.manifest.layers[1].clone());
+        assert!(!istio_verdict(&img.manifest, None).loads);
+        assert_eq!(locate(&img.manifest).unwrap().layer, 0);
     }
 
     #[test]
