@@ -54,6 +54,54 @@ pub const PER_RUN_ATTRIBUTES: &[(&str, &str)] = &[
     ("upstream.port", "the upstream's port, chosen by the kernel"),
 ];
 
+/// What every hand-written test module shares, in WAT (after its imports): `pages` of exported
+/// memory, a bump `malloc` from `heap` (the host hands the module data through it), the ABI
+/// 0.2.1 marker, and a context create and configure that accept everything. The bump pointer is
+/// the global `$next`.
+pub fn abi_prelude(pages: u32, heap: u32) -> String {
+    format!(
+        r#"
+  (memory (export "memory") {pages})
+  (global $next (mut i32) (i32.const {heap}))
+  (func (export "malloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $next))
+    (global.set $next (i32.add (global.get $next) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+"#
+    )
+}
+
+/// The `tests/scenarios/*.yaml` files in name order: (file name, scenario).
+pub fn scenarios() -> Vec<(String, proxy_wasm_harness::scenario::Scenario)> {
+    let dir = crate::workspace_root().join("tests/scenarios");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let s = proxy_wasm_harness::scenario::Scenario::from_yaml(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                s,
+            )
+        })
+        .collect()
+}
+
 /// What a masked value reads.
 pub const MASKED: &str = "<per run>";
 

@@ -7,11 +7,11 @@
 // Helpers outside #[test] functions fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use e2e::envoy::{Envoy, bootstrap};
+use e2e::envoy::{Envoy, bootstrap, wasm_filter};
+use e2e::fidelity::abi_prelude;
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::abi::LogLevel;
 use proxy_wasm_harness::{Host, Module, Runtime};
-use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -539,20 +539,11 @@ fn module_wat() -> (String, usize) {
         .unwrap();
     }
     let data: String = k.bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+    let prelude = abi_prelude(2, 65536);
     let wat = format!(
         r#"(module
-{IMPORTS}
-  (memory (export "memory") 2)
+{IMPORTS}{prelude}
   (data (i32.const {DATA}) "{data}")
-  (global $next (mut i32) (i32.const 65536))
-  (func (export "malloc") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32))
   ;; Log "NAME=VALUE", VALUE in decimal (signed).
   (func $report (param $name i32) (param $len i32) (param $v i32)
@@ -609,21 +600,7 @@ fn bad_arguments_get_the_same_statuses_in_envoy_and_the_harness() {
     std::fs::write(&wasm, wat::parse_str(&wat).unwrap()).unwrap();
 
     let upstream = Upstream::answering(200, &[], Some("up"));
-    let filter = json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "calls",
-                "root_id": "",
-                "vm_config": {
-                    "vm_id": "calls",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.to_str().unwrap()}},
-                },
-            },
-        },
-    });
+    let filter = wasm_filter("calls", "", &wasm, "");
     let envoy = Envoy::must_start(&bootstrap(upstream.addr(), vec![filter]));
     let resp = Client::connect(envoy.listener)
         .unwrap()

@@ -6,7 +6,8 @@
 // Helpers outside #[test] functions fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use e2e::envoy::{Envoy, bootstrap};
+use e2e::envoy::{Envoy, bootstrap, wasm_filter};
+use e2e::fidelity::abi_prelude;
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::{FailurePolicy, Host, Module, RELOAD_BACKOFF, Runtime};
 use serde_json::json;
@@ -37,22 +38,13 @@ fn wat(trapping: &str) -> String {
         r#"(module
   (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
+{prelude}
   (data (i32.const 16) "x-trap")
   (data (i32.const 32) "x-filter")
   (data (i32.const 48) "on")
-  (global $next (mut i32) (i32.const 1024))
   (global $armed (mut i32) (i32.const 0))
-  (func (export "malloc") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
   (func $trap_asked (result i32)
     (i32.eqz (call $get (i32.const 0) (i32.const 16) (i32.const 6) (i32.const 64) (i32.const 68))))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (global.set $armed (call $trap_asked))
     {rqh} (i32.const 0))
@@ -67,6 +59,7 @@ fn wat(trapping: &str) -> String {
   (func (export "proxy_on_log") (param i32)
     {log})
 )"#,
+        prelude = abi_prelude(2, 1024),
         rqh = trap("proxy_on_request_headers"),
         rqb = trap("proxy_on_request_body"),
         rsh = trap("proxy_on_response_headers"),
@@ -94,22 +87,8 @@ const POLICIES: &[(&str, FailurePolicy)] = &[
 /// backoff. Each on its own connection (a reset one is not reused).
 fn in_envoy(wasm: &Path, policy: &str) -> Vec<Seen> {
     let upstream = Upstream::answering(200, &[], Some("pong"));
-    let filter = json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "failing",
-                "root_id": "",
-                "failure_policy": policy,
-                "vm_config": {
-                    "vm_id": "failing",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.to_str().unwrap()}},
-                },
-            },
-        },
-    });
+    let mut filter = wasm_filter("failing", "", wasm, "");
+    filter["typed_config"]["config"]["failure_policy"] = json!(policy);
     let envoy = Envoy::must_start(&bootstrap(upstream.addr(), vec![filter]));
     let send = |trap: bool| {
         let mut c = Client::connect(envoy.listener).unwrap();

@@ -6,28 +6,20 @@
 // Helpers outside test functions fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use e2e::envoy::{Envoy, bootstrap};
-use e2e::fidelity::{envoy_wasm_logs, mask};
+use e2e::envoy::{Envoy, bootstrap, wasm_filter};
+use e2e::fidelity::{abi_prelude, envoy_wasm_logs, mask, scenarios};
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::abi::LogLevel;
-use proxy_wasm_harness::scenario::{JOINED_REQUEST_HEADERS, JOINED_RESPONSE_HEADERS, Scenario};
+use proxy_wasm_harness::scenario::{JOINED_REQUEST_HEADERS, JOINED_RESPONSE_HEADERS};
 use proxy_wasm_harness::{Host, Module, Runtime};
-use serde_json::json;
 
 /// Logs `TAG|name=value|name=value...` for map `type` (0 request, 2 response headers).
-const PROBE: &str = r#"(module
+fn probe() -> String {
+    format!(
+        r#"(module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 4)
-  (global $next (mut i32) (i32.const 65536))
-  (func (export "malloc") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  {prelude}
   (func $dump (param $type i32) (param $tag i32)
     (local $p i32) (local $n i32) (local $i i32) (local $lens i32) (local $data i32)
     (local $out i32) (local $kl i32) (local $vl i32)
@@ -61,23 +53,17 @@ const PROBE: &str = r#"(module
     (call $dump (i32.const 0) (i32.const 81)) (i32.const 0))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
     (call $dump (i32.const 2) (i32.const 83)) (i32.const 0))
-)"#;
+)"#,
+        prelude = abi_prelude(4, 65536)
+    )
+}
 
-fn scenarios() -> Vec<(String, Scenario)> {
-    let dir = e2e::workspace_root().join("tests/scenarios");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let s = Scenario::from_yaml(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), s)
-        })
-        .collect()
+/// Envoy with the probe as its only filter, in front of `upstream`.
+fn envoy_with_probe(wasm: &std::path::Path, upstream: &Upstream) -> Envoy {
+    Envoy::must_start(&bootstrap(
+        upstream.addr(),
+        vec![wasm_filter("probe", "", wasm, "")],
+    ))
 }
 
 /// A probe line as (map tag, pairs), per-run values masked.
@@ -98,8 +84,8 @@ fn parse(line: &str) -> (String, Vec<(String, String)>) {
 fn a_filter_sees_the_same_header_maps() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("probe.wasm");
-    std::fs::write(&wasm, wat::parse_str(PROBE).unwrap()).unwrap();
-    let module = Module::from_bytes(&Runtime::shared(), PROBE.as_bytes()).unwrap();
+    std::fs::write(&wasm, wat::parse_str(probe()).unwrap()).unwrap();
+    let module = Module::from_bytes(&Runtime::shared(), probe().as_bytes()).unwrap();
     let mut differ = Vec::new();
     let all = scenarios();
     for (file, s) in &all {
@@ -110,17 +96,7 @@ fn a_filter_sees_the_same_header_maps() {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let upstream = Upstream::answering(s.upstream.status, &h, Some(&s.upstream.body));
-        let filter = json!({
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {"name": "probe", "root_id": "", "vm_config": {
-                    "vm_id": "probe", "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.to_str().unwrap()}},
-                }},
-            },
-        });
-        let envoy = Envoy::must_start(&bootstrap(upstream.addr(), vec![filter]));
+        let envoy = envoy_with_probe(&wasm, &upstream);
         let sent: Vec<(String, String)> = s
             .client_headers()
             .into_iter()
@@ -225,24 +201,14 @@ const CANDIDATES: &[&str] = &[
 fn envoy_joins_exactly_the_repeated_headers_the_harness_joins() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("probe.wasm");
-    std::fs::write(&wasm, wat::parse_str(PROBE).unwrap()).unwrap();
+    std::fs::write(&wasm, wat::parse_str(probe()).unwrap()).unwrap();
     let mut twice: Vec<(&str, &str)> = Vec::new();
     for name in CANDIDATES {
         twice.push((name, "a"));
         twice.push((name, "b"));
     }
     let upstream = Upstream::answering(200, &twice, Some(""));
-    let filter = json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {"name": "probe", "root_id": "", "vm_config": {
-                "vm_id": "probe", "runtime": "envoy.wasm.runtime.v8",
-                "code": {"local": {"filename": wasm.to_str().unwrap()}},
-            }},
-        },
-    });
-    let envoy = Envoy::must_start(&bootstrap(upstream.addr(), vec![filter]));
+    let envoy = envoy_with_probe(&wasm, &upstream);
     let mut req = vec![("host", "example.test")];
     req.extend(twice.iter().copied());
     Client::connect(envoy.listener)

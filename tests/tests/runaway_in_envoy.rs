@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use e2e::envoy::{Envoy, bootstrap};
+use e2e::fidelity::abi_prelude;
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::abi::{Action, LogLevel};
 use proxy_wasm_harness::{Error, Host, Module, Runtime};
@@ -16,25 +17,20 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-const HEAD: &str = r#"
-  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $next (mut i32) (i32.const 1024))
-  (func (export "malloc") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-"#;
+/// The imports and the shared part of both modules.
+fn head() -> String {
+    format!(
+        r#"(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32))){}"#,
+        abi_prelude(1, 1024)
+    )
+}
 
 /// Grows by 16 MiB at a time until `memory.grow` fails, then logs the size reached in MiB (five
 /// digits) and continues.
 fn grow_wat() -> String {
+    let head = head();
     format!(
-        r#"(module {HEAD}
+        r#"(module {head}
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (local $mib i32) (local $i i32) (local $at i32)
     (block $done (loop $more
@@ -53,8 +49,9 @@ fn grow_wat() -> String {
 }
 
 fn loop_wat() -> String {
+    let head = head();
     format!(
-        r#"(module {HEAD}
+        r#"(module {head}
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (loop $forever (br $forever))
     (i32.const 0)))"#

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use e2e::envoy::{Envoy, bootstrap_with_clusters, wasm_filter};
-use e2e::fidelity::{envoy_wasm_logs, mask, wire};
+use e2e::fidelity::{envoy_wasm_logs, mask, scenarios, wire};
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::Host;
 use proxy_wasm_harness::abi::LogLevel;
@@ -61,24 +61,6 @@ fn module_file(name: &str) -> PathBuf {
         "go_filter" => e2e::go_wasm(),
         other => panic!("unknown module {other:?} in a scenario"),
     }
-}
-
-fn scenarios() -> Vec<(String, Scenario)> {
-    let dir = e2e::workspace_root().join("tests/scenarios");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            let s = Scenario::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (p.file_name().unwrap().to_string_lossy().into_owned(), s)
-        })
-        .collect()
 }
 
 fn in_harness(s: &Scenario) -> Result<Observed, String> {

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use e2e::envoy::{Envoy, bootstrap_with_clusters};
+use e2e::fidelity::envoy_wasm_logs;
 use e2e::http1::Upstream;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -33,23 +34,6 @@ fn wasm_service(wasm: &Path, root_id: &str, configuration: &str, vm_configuratio
             },
         },
     })
-}
-
-/// The module's log lines in Envoy's log: (level, message), in order. Envoy writes them as
-/// `[time][thread][level][wasm] [file:line] wasm log PLUGIN VM_ID: message`.
-fn envoy_wasm_logs(log: &str) -> Vec<(String, String)> {
-    log.lines()
-        .filter_map(|l| {
-            let (head, rest) = l.split_once(" wasm log ")?;
-            let level = match head.split('[').nth(3)?.trim_end_matches(']') {
-                // Envoy names the proxy-wasm `warn` level `warning`.
-                "warning" => "warn".to_string(),
-                other => other.to_string(),
-            };
-            let (_, message) = rest.split_once(": ")?;
-            Some((level, message.to_string()))
-        })
-        .collect()
 }
 
 /// `wasmctl run --service` with these arguments, its JSON report.

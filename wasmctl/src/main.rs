@@ -646,6 +646,19 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A report on stdout: pretty JSON with `--json`, else as text.
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    json: bool,
+    report: &R,
+) -> anyhow::Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(report).context("cannot serialize the report")?;
+        print_out(&format!("{text}\n"))
+    } else {
+        print_out(&report.to_string())
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(a) => return render(a),
@@ -657,24 +670,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let s = scenario(&a)?;
             let advance = advance.unwrap_or_default();
             let report = wasmctl::run::run_service(&a.module, &s, advance)?;
-            if a.json {
-                let text =
-                    serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
-                print_out(&format!("{text}\n"))?;
-            } else {
-                print_out(&report.to_string())?;
-            }
+            print_report(a.json, &report)?;
         }
         Command::Run(RunCmd { run: a, .. }) => {
             let s = scenario(&a)?;
             let report = wasmctl::run::run(&a.module, &s)?;
-            if a.json {
-                let text =
-                    serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
-                print_out(&format!("{text}\n"))?;
-            } else {
-                print_out(&report.to_string())?;
-            }
+            print_report(a.json, &report)?;
             if !report.failed_expectations.is_empty() {
                 EXPECTATIONS_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -682,13 +683,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => {
             let s = scenario(&a.run)?;
             let report = wasmctl::bench::bench(&a.run.module, &s, a.requests)?;
-            if a.run.json {
-                let text =
-                    serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
-                print_out(&format!("{text}\n"))?;
-            } else {
-                print_out(&report.to_string())?;
-            }
+            print_report(a.run.json, &report)?;
         }
         Command::Push(a) => {
             let req = PushRequest {

@@ -216,11 +216,7 @@ pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
         request_changes,
         response_changes,
         logs: logs(&host),
-        metrics: host
-            .metrics()
-            .into_iter()
-            .map(|m| (m.name, format!("{:?}", m.kind).to_lowercase(), m.value))
-            .collect(),
+        metrics: metric_rows(&host),
         http_calls: host
             .http_calls_made()
             .into_iter()
@@ -306,6 +302,14 @@ fn log_lines(host: &Host) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The host's metrics as report rows: (name, kind, value).
+fn metric_rows(host: &Host) -> Vec<(String, String, i64)> {
+    host.metrics()
+        .into_iter()
+        .map(|m| (m.name, format!("{:?}", m.kind).to_lowercase(), m.value))
+        .collect()
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -348,11 +352,7 @@ pub fn run_service(
         ticks: host.ticks(),
         tick_period_ms,
         logs: log_lines(&host),
-        metrics: host
-            .metrics()
-            .into_iter()
-            .map(|m| (m.name, format!("{:?}", m.kind).to_lowercase(), m.value))
-            .collect(),
+        metrics: metric_rows(&host),
         http_calls: host
             .http_calls_made()
             .into_iter()
