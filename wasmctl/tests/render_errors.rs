@@ -74,6 +74,23 @@ fn malformed_yaml_fails_at_once_naming_the_document() {
 }
 
 #[test]
+fn a_workload_manifest_needs_a_valid_name_and_namespace() {
+    // Its name and namespace make an output file name (render -o DIR).
+    let workload = "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ../../x, namespace: default}\nspec: {template: {metadata: {labels: {app: details}}}}\n";
+    let (file, e) = fails(&format!("{GOOD}{workload}"));
+    assert!(
+        e.contains(&format!("{file} (document 2): metadata.name: ")),
+        "{e}"
+    );
+    let workload = workload.replace(
+        "name: ../../x, namespace: default",
+        "name: details-v1, namespace: Default",
+    );
+    let (_, e) = fails(&format!("{GOOD}{workload}"));
+    assert!(e.contains("metadata.namespace: "), "{e}");
+}
+
+#[test]
 fn bad_image_reference() {
     let (file, e) = fails(&GOOD.replace(
         "registry.example.com/filters/header-filter:v1",

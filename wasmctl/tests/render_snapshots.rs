@@ -78,6 +78,21 @@ fn output_does_not_depend_on_input_order() {
 }
 
 #[test]
+fn a_workload_manifest_without_namespace_is_patched_in_default() {
+    // As render selects it: kubectl would apply it wherever its context points.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: filters.envoy-wasm-toolkit.io/v1alpha1\nkind: FilterDeployment\nmetadata: {name: f}\nspec:\n  workload: {labels: {app: cart}}\n  filter: {image: r.example/f:v1, rootId: r}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cart}\nspec: {template: {metadata: {labels: {app: cart}}}}\n",
+    )
+    .unwrap();
+    let out = docs(&render_cli(&[path], &[]));
+    let patched = out.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(patched["metadata"]["namespace"], "default");
+}
+
+#[test]
 fn output_dir_holds_one_file_per_object() {
     let ex = examples()
         .into_iter()

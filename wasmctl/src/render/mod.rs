@@ -176,10 +176,30 @@ pub fn parse_str(text: &str, name: &str) -> Result<Inputs> {
                 check(&deployment, &origin)?;
                 out.deployments.push(Source { origin, deployment });
             }
-            "Deployment" | "StatefulSet" | "DaemonSet" => out.workloads.push(WorkloadManifest {
-                origin,
-                object: value,
-            }),
+            "Deployment" | "StatefulSet" | "DaemonSet" => {
+                // Its name and namespace become the patched object's file name under `-o DIR`.
+                let name = value.pointer("/metadata/name").and_then(Value::as_str);
+                if !name.is_some_and(is_dns_subdomain) {
+                    return Err(err(
+                        &origin,
+                        "metadata.name",
+                        format!("{name:?} is not a valid object name"),
+                    ));
+                }
+                if let Some(ns) = value.pointer("/metadata/namespace")
+                    && !ns.as_str().is_some_and(|ns| is_dns_label(ns, 63))
+                {
+                    return Err(err(
+                        &origin,
+                        "metadata.namespace",
+                        format!("{ns} is not a DNS label"),
+                    ));
+                }
+                out.workloads.push(WorkloadManifest {
+                    origin,
+                    object: value,
+                })
+            }
             "" => {
                 return Err(err(
                     &origin,
@@ -727,9 +747,15 @@ fn selects(d: &FilterDeployment, w: &Value) -> bool {
         .all(|(k, v)| pod.and_then(|p| p.get(k)).and_then(Value::as_str) == Some(v))
 }
 
-fn patch_workload(w: &WorkloadManifest) -> Result<Value> {
+/// The workload manifest with the volume annotations added, in `namespace` (the one it was
+/// selected in: `default`) when it names none, so that kubectl applies it there whatever its
+/// context's namespace.
+fn patch_workload(w: &WorkloadManifest, namespace: &str) -> Result<Value> {
     let (volume, mount) = volume_annotations();
     let mut obj = w.object.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.entry("namespace").or_insert_with(|| json!(namespace));
+    }
     let Some(template) = obj.pointer_mut("/spec/template") else {
         return Err(err(&w.origin, "spec.template", "missing"));
     };
@@ -844,7 +870,7 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
                     .filter(|w| selects(d, &w.object))
                     .collect();
                 for w in matched {
-                    let patched = patch_workload(w)?;
+                    let patched = patch_workload(w, workload_namespace(d))?;
                     let key = (
                         d.spec.workload.kind.as_str().to_string(),
                         workload_namespace(d).to_string(),
