@@ -386,80 +386,36 @@ impl Scenario {
     /// calls answered from [`Scenario::clusters`], the upstream's answer unless the filter
     /// answered locally, then the end of the stream.
     pub fn run(&self, plugin: &Plugin) -> Result<Outcome> {
-        let host = plugin.host();
-        let mut s = plugin.http_stream()?;
-        // What Envoy's configuration tells a filter, as a scenario's Envoy is configured: one
-        // unnamed route to the cluster `upstream`, on a listener of no set direction.
-        s.set_property(&["xds", "cluster_name"], "upstream");
-        s.set_property(&["xds", "route_name"], "");
-        s.set_property(&["xds", "listener_direction"], 0i64.to_le_bytes());
-        let req = self.request_headers();
-        let pairs = as_pairs(&req);
-        let has_body = !self.request.body.is_empty();
-        let mut action = s.send_request_headers(&pairs, !has_body)?;
-        self.answer_calls(&host)?;
-        s.sync()?;
-        if has_body && s.local_response().is_none() {
-            action = s.send_request_body(self.request.body.as_bytes(), true)?;
-            self.answer_calls(&host)?;
-            s.sync()?;
-        }
-        let resumed = s.resumed().contains(&0);
-        let mut outcome = Outcome::default();
-        if let Some(local) = s.local_response() {
-            outcome.status = local.status as u16;
-            outcome.local_response = Some((local.status as u16, local.details.clone()));
-        } else if action == Action::Continue || resumed {
-            // The router, after every filter.
-            s.proxy_request_headers(&[("x-envoy-expected-rq-timeout-ms", EXPECTED_TIMEOUT_MS)]);
-            let wire = WireRequest::from_map(&s.request_headers(), &s.request_body());
-            outcome.upstream = Some(wire.framed());
-            // What Envoy's codec makes of the upstream's answer, and the router's timing header,
-            // which the filters see.
-            let mut up = vec![(":status".to_string(), self.upstream.status.to_string())];
-            up.extend(join_repeated(
-                self.upstream
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                    .collect(),
-                JOINED_RESPONSE_HEADERS,
+        self.prepare().run(plugin)
+    }
+
+    /// The scenario ready to run many times: the maps the proxy hands the filter are built
+    /// once (`wasmctl bench` runs it thousands of times).
+    pub fn prepare(&self) -> Prepared<'_> {
+        let mut response = vec![(":status".to_string(), self.upstream.status.to_string())];
+        response.extend(join_repeated(
+            self.upstream
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            JOINED_RESPONSE_HEADERS,
+        ));
+        // A 204 carries no content-length: Envoy drops the upstream's.
+        if self.upstream.status != 204 {
+            response.push((
+                "content-length".into(),
+                self.upstream.body.len().to_string(),
             ));
-            // A 204 carries no content-length: Envoy drops the upstream's.
-            if self.upstream.status != 204 {
-                up.push((
-                    "content-length".into(),
-                    self.upstream.body.len().to_string(),
-                ));
-            }
-            up.push(("x-envoy-upstream-service-time".into(), "0".into()));
-            let has_resp_body = !self.upstream.body.is_empty();
-            s.send_response_headers(&as_pairs(&up), !has_resp_body)?;
-            if has_resp_body {
-                s.send_response_body(self.upstream.body.as_bytes(), true)?;
-            }
-            outcome.status = s
-                .response_headers()
-                .get(":status")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-        } else {
-            return Err(Error::Usage(format!(
-                "scenario {:?}: the filter paused the request and never resumed it",
-                self.name
-            )));
         }
-        // What the client gets: the final map without `:status`, then what the connection
-        // manager adds to every response after the filters.
-        s.proxy_response_headers(&[("date", &http_date(host.now_nanos())), ("server", "envoy")]);
-        let resp = s.response_headers();
-        outcome.response_headers = pair_iter(&resp)
-            .filter(|(k, _)| *k != ":status")
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        outcome.body = String::from_utf8_lossy(&s.response_body()).into_owned();
-        s.complete()?;
-        Ok(outcome)
+        // The router's timing header, which the filters see.
+        response.push(("x-envoy-upstream-service-time".into(), "0".into()));
+        Prepared {
+            scenario: self,
+            request: self.request_headers(),
+            response,
+            date: std::cell::RefCell::new((u64::MAX, String::new())),
+        }
     }
 
     /// Run a bootstrap service (Envoy's `WasmService`: a plugin with a root context and no
@@ -510,6 +466,104 @@ impl Scenario {
             "scenario {:?}: more than 16 HTTP calls",
             self.name
         )))
+    }
+}
+
+/// A scenario ready to run many times ([`Scenario::prepare`]).
+pub struct Prepared<'a> {
+    scenario: &'a Scenario,
+    /// What the connection manager hands the first filter.
+    request: Vec<(String, String)>,
+    /// What the codec and the router hand the filters of the upstream's answer.
+    response: Vec<(String, String)>,
+    /// The `date` header for the second of host time it was made in.
+    date: std::cell::RefCell<(u64, String)>,
+}
+
+impl Prepared<'_> {
+    /// Run the scenario once: what [`Scenario::run`] does.
+    pub fn run(&self, plugin: &Plugin) -> Result<Outcome> {
+        self.drive(plugin, true)
+    }
+
+    /// Run the scenario once as [`Prepared::run`] does, the filter seeing the same, but build
+    /// no [`Outcome`] (only its status when a local reply was sent): what a filter costs, for
+    /// benchmarks.
+    pub fn run_unobserved(&self, plugin: &Plugin) -> Result<()> {
+        self.drive(plugin, false).map(|_| ())
+    }
+
+    fn drive(&self, plugin: &Plugin, keep: bool) -> Result<Outcome> {
+        let sc = self.scenario;
+        let host = plugin.host();
+        let mut s = plugin.http_stream()?;
+        // What Envoy's configuration tells a filter, as a scenario's Envoy is configured: one
+        // unnamed route to the cluster `upstream`, on a listener of no set direction.
+        s.set_property(&["xds", "cluster_name"], "upstream");
+        s.set_property(&["xds", "route_name"], "");
+        s.set_property(&["xds", "listener_direction"], 0i64.to_le_bytes());
+        let pairs = as_pairs(&self.request);
+        let has_body = !sc.request.body.is_empty();
+        let mut action = s.send_request_headers(&pairs, !has_body)?;
+        sc.answer_calls(&host)?;
+        s.sync()?;
+        if has_body && s.local_response().is_none() {
+            action = s.send_request_body(sc.request.body.as_bytes(), true)?;
+            sc.answer_calls(&host)?;
+            s.sync()?;
+        }
+        let resumed = s.resumed().contains(&0);
+        let mut outcome = Outcome::default();
+        if let Some(local) = s.local_response() {
+            outcome.status = local.status as u16;
+            outcome.local_response = Some((local.status as u16, local.details.clone()));
+        } else if action == Action::Continue || resumed {
+            // The router, after every filter.
+            s.proxy_request_headers(&[("x-envoy-expected-rq-timeout-ms", EXPECTED_TIMEOUT_MS)]);
+            if keep {
+                let wire = WireRequest::from_map(&s.request_headers(), &s.request_body());
+                outcome.upstream = Some(wire.framed());
+            }
+            // What Envoy's codec makes of the upstream's answer.
+            let has_resp_body = !sc.upstream.body.is_empty();
+            s.send_response_headers(&as_pairs(&self.response), !has_resp_body)?;
+            if has_resp_body {
+                s.send_response_body(sc.upstream.body.as_bytes(), true)?;
+            }
+            if keep {
+                outcome.status = s
+                    .response_headers()
+                    .get(":status")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+            }
+        } else {
+            return Err(Error::Usage(format!(
+                "scenario {:?}: the filter paused the request and never resumed it",
+                sc.name
+            )));
+        }
+        // What the client gets: the final map without `:status`, then what the connection
+        // manager adds to every response after the filters.
+        {
+            // The date changes once a second: formatted once per second of host time.
+            let now = host.now_nanos() / 1_000_000_000;
+            let mut date = self.date.borrow_mut();
+            if date.0 != now {
+                *date = (now, http_date(host.now_nanos()));
+            }
+            s.proxy_response_headers(&[("date", &date.1), ("server", "envoy")]);
+        }
+        if keep {
+            let resp = s.response_headers();
+            outcome.response_headers = pair_iter(&resp)
+                .filter(|(k, _)| *k != ":status")
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            outcome.body = String::from_utf8_lossy(&s.response_body()).into_owned();
+        }
+        s.complete()?;
+        Ok(outcome)
     }
 }
 
