@@ -57,6 +57,11 @@ fn unknown_field_is_named_with_its_path() {
         )),
         "{e}"
     );
+    let (file, e) = fails(&format!("{GOOD}\"\": 1\n"));
+    assert!(
+        e.contains(&format!("{file}: \"\": unknown field ``")),
+        "{e}"
+    );
     let (_, e) = fails(&GOOD.replace("spec:\n", "spec:\n  replicas: 2\n"));
     assert!(e.contains("spec.replicas: unknown field `replicas`"), "{e}");
 }

@@ -170,7 +170,11 @@ pub fn parse_str(text: &str, name: &str) -> Result<Inputs> {
             spec::KIND => {
                 let deployment: FilterDeployment = serde_path_to_error::deserialize(&value)
                     .map_err(|e| {
-                        let path = e.path().to_string();
+                        // A top-level key that is the empty string has an empty path.
+                        let path = match e.path().to_string() {
+                            p if p.is_empty() => "\"\"".to_string(),
+                            p => p,
+                        };
                         err(&origin, &path, e.into_inner().to_string())
                     })?;
                 check(&deployment, &origin)?;
