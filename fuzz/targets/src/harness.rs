@@ -627,7 +627,6 @@ fn check(r: &Record) {
             may.push(range(arg(1), bytes as u64));
         }
         RANDOM_GET => may.push(range(arg(0), u64::from(arg(1) as u32))),
-        // proxy_http_call writes 0 to its token before anything else.
         _ => {}
     }
     for &(n, p) in &r.allocs {
