@@ -82,7 +82,8 @@ fn istio_layer(m: &Manifest) -> Option<usize> {
         .position(|l| l.media_type == media::SOLO_WASM_LAYER)
 }
 
-/// `image_layout`: a manifest, then after a NUL byte a runtime config blob.
+/// `image_layout`: a manifest, then after a NUL byte a runtime config blob, then after another a
+/// compat layer (tar.gz).
 ///
 /// - An accepted manifest survives its own serialisation (what `push` uploads).
 /// - `locate` (what `pull` and the agent read) names a layer the manifest has, of a type it
@@ -91,11 +92,21 @@ fn istio_layer(m: &Manifest) -> Option<usize> {
 /// - The verdicts give a reason whenever they refuse, and `None` ("not checked") judges as a
 ///   tar.gz that holds `plugin.wasm`.
 /// - A runtime config `RuntimeConfig::parse` accepts reads back the same from its JSON.
+/// - `extract_compat` never returns more than its cap, whatever the archive claims.
 pub fn image_layout(data: &[u8]) {
-    let (manifest, config) = match data.iter().position(|&b| b == 0) {
-        Some(i) => (&data[..i], &data[i + 1..]),
-        None => (data, &[][..]),
-    };
+    let mut parts = data.splitn(3, |&b| b == 0);
+    let manifest = parts.next().unwrap_or_default();
+    let config = parts.next().unwrap_or_default();
+    let targz = parts.next().unwrap_or_default();
+    for max in [0, 16, 4096] {
+        if let Ok(Some(module)) = layout::extract_compat(targz, max) {
+            assert!(
+                module.len() as u64 <= max,
+                "{} bytes over a cap of {max}",
+                module.len()
+            );
+        }
+    }
     if let Ok(m) = Manifest::parse(manifest) {
         let json = m.to_json();
         match Manifest::parse(&json) {
