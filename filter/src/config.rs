@@ -30,7 +30,7 @@
 //! assert!(!cfg.needs_request_phase());
 //! ```
 
-use crate::json::{self, CharName, Json, Node, Quoted};
+use crate::json::{self, CharName, Json, Node, Quoted, Unquoted};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use alloc::{format, vec};
@@ -941,7 +941,8 @@ fn template(v: &str, constant: &dyn Fn(&[&str]) -> Option<String>) -> Result<Tem
         } else if let Some(body) = after.strip_prefix('{') {
             let Some((key, tail)) = body.split_once('}') else {
                 return Err(format!(
-                    "unterminated placeholder \"${{{body}\": close it with '}}' (write $$ for a literal '$')"
+                    "unterminated placeholder \"${{{}\": close it with '}}' (write $$ for a literal '$')",
+                    Unquoted(body)
                 ));
             };
             let key = key.trim();
@@ -949,7 +950,10 @@ fn template(v: &str, constant: &dyn Fn(&[&str]) -> Option<String>) -> Result<Tem
                 Placeholder::Constant(path) => {
                     let value = constant(path).unwrap_or_default();
                     valid_value(&value).map_err(|m| {
-                        format!("placeholder ${{{key}}} resolved to a bad value: {m}")
+                        format!(
+                            "placeholder ${{{}}} resolved to a bad value: {m}",
+                            Unquoted(key)
+                        )
                     })?;
                     lit.push_str(&value);
                 }
@@ -1065,11 +1069,13 @@ fn placeholder(key: &str) -> Result<Placeholder, String> {
         "node.cluster" => Constant(&["xds", "node", "cluster"]),
         _ => {
             if let Some(h) = key.strip_prefix("request.header.") {
-                let name = header_name(h).map_err(|m| format!("placeholder ${{{key}}}: {m}"))?;
+                let name = header_name(h)
+                    .map_err(|m| format!("placeholder ${{{}}}: {m}", Unquoted(key)))?;
                 Stream(Attr::RequestHeader(name))
             } else {
                 return Err(format!(
-                    "unknown placeholder ${{{key}}}; known: {}",
+                    "unknown placeholder ${{{}}}; known: {}",
+                    Unquoted(key),
                     List(PLACEHOLDERS)
                 ));
             }
@@ -1415,6 +1421,10 @@ mod tests {
             (
                 r#"{"rules":[{"direction":"request","name":"x","value":"v","when":{"paths":"/"}}]}"#,
                 "rules[0].when.paths: unknown field",
+            ),
+            (
+                r#"{"name":"x","value":"${a\u009b\"}"}"#,
+                r#"value: unknown placeholder ${a\u{9b}\"}; known: "#,
             ),
             (
                 r#"{"name":"a","value":"b","x\ny.z":1}"#,

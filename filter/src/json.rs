@@ -98,11 +98,20 @@ pub struct Quoted<'a>(pub &'a str);
 
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"")?;
+        write!(f, "\"{}\"", Unquoted(self.0))
+    }
+}
+
+/// Shows a string escaped as in [`Quoted`], without the quotes: for user text inside a larger
+/// quoted form, such as a placeholder `${...}` in an error.
+pub struct Unquoted<'a>(pub &'a str);
+
+impl fmt::Display for Unquoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in self.0.chars() {
             write!(f, "{}", Escaped(c))?;
         }
-        f.write_str("\"")
+        Ok(())
     }
 }
 
