@@ -1122,8 +1122,13 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let results = json!({
         "tool": "bench-envoy (tests/src/bin/bench-envoy.rs)",
+        // Envoy names its own path in --version: shown relative to the clone (the project's
+        // .venv), so the committed results name no machine's directories.
         "envoy": Command::new(e2e::envoy::envoy_bin()).arg("--version").output().ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            .map(|o| {
+                let root = format!("{}/", e2e::workspace_root().display());
+                String::from_utf8_lossy(&o.stdout).trim().replace(&root, "")
+            }),
         "wrk": {"threads": 1, "connections": args.connections, "keep_alive": true},
         "cpus": cpus,
         "pinned": cpus >= 2,
