@@ -230,9 +230,9 @@ pub fn join_repeated(headers: Vec<(String, String)>, joined: &[&str]) -> Vec<(St
 /// the filters (the route's default timeout, 15 s).
 pub const EXPECTED_TIMEOUT_MS: &str = "15000";
 
-/// The value the harness gives the proxy's per-run headers (`x-request-id`,
-/// `x-envoy-upstream-service-time` is `0` as no time passes), and `date`, which it derives from
-/// the host clock.
+/// The `x-request-id` the scenario runner's connection manager gives every request (Envoy's is a
+/// random UUID). Its other per-run values: `x-envoy-upstream-service-time` is `0`, as no host time
+/// passes, and `date` is the host clock's.
 pub const REQUEST_ID: &str = "00000000-0000-4000-8000-000000000000";
 
 /// Headers a proxy adds or rewrites on its own (Envoy: routing, tracing, timing, framing). A
