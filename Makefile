@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
-.PHONY: help setup control-plane cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
+.PHONY: help setup control-plane nodes cluster-up cluster-down cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -14,6 +14,15 @@ setup: ## Install what is missing: wasm32-wasip1, Envoy 1.40, docker-registry, h
 
 control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, istiod, pilot-agent, istioctl (Go modules; cached)
 	@scripts/control-plane-build >/dev/null
+
+nodes: ## Build containerd, its runc shim, ctr and CoreDNS for the local cluster's nodes (Go modules; cached)
+	@scripts/node-build >/dev/null
+
+cluster-up: setup control-plane nodes ## A real 2-node cluster (kubelet, containerd, runc, kube-proxy, CoreDNS) in CLUSTER_DIR (default target/cluster)
+	@scripts/cluster up $(or $(CLUSTER_DIR),$(CURDIR)/target/cluster)
+
+cluster-down: ## Stop the cluster in CLUSTER_DIR and restore the host
+	@scripts/cluster down $(or $(CLUSTER_DIR),$(CURDIR)/target/cluster)
 
 cosign: ## Build cosign from its Go module (the signature tests' independent client; cached)
 	@scripts/cosign-build >/dev/null
@@ -37,7 +46,7 @@ lint-filters: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -- -D warnings
 
-test: setup control-plane cosign lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio)
+test: setup control-plane nodes cosign lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio)
 	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace
 
 demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot update under the same tag; stop all

@@ -180,10 +180,93 @@ pub struct Endpoints {
     pub etcd: SocketAddr,
 }
 
+/// How the API server serves real nodes and Pods ([`crate::cluster`]): they reach it at
+/// `advertise:api_port` (the relay in the cluster's router namespace carries that to 127.0.0.1),
+/// kubelets and kube-proxy present static tokens, and the API server reaches kubelets and Pods
+/// through `egress`, an HTTP CONNECT proxy on a Unix socket (the Konnectivity egress mode) that
+/// dials inside the cluster's network.
+#[derive(Debug, Clone)]
+pub struct NodeAccess {
+    /// The API server's address for nodes and Pods: the `kubernetes` Service's endpoint.
+    pub advertise: std::net::Ipv4Addr,
+    /// Its port, chosen before it starts (the relay listens on the same port at `advertise`).
+    pub api_port: u16,
+    /// The egress proxy's Unix socket.
+    pub egress: PathBuf,
+    /// Static bearer tokens: (token, user, comma-separated groups).
+    pub tokens: Vec<(String, String, String)>,
+    /// The Pods' address range (every node's range lies inside it).
+    pub cluster_cidr: String,
+}
+
+impl NodeAccess {
+    /// A CA (`pki/ca.{key,crt}`), the API server's serving certificate for every address it is
+    /// reached at, its client certificate for kubelets, the egress configuration; and the
+    /// flags naming them.
+    fn apiserver_flags(&self, pki: &Path, cmd: &mut Command) -> Result<(), String> {
+        crate::self_signed(pki, "/CN=envoy-wasm-toolkit cluster CA", "ca.key", "ca.crt");
+        crate::ca_signed(
+            pki,
+            ("ca.key", "ca.crt"),
+            "/CN=kube-apiserver",
+            ("apiserver.key", "apiserver.crt"),
+            &format!(
+                "subjectAltName=IP:127.0.0.1,IP:{},IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+                self.advertise
+            ),
+        );
+        crate::ca_signed(
+            pki,
+            ("ca.key", "ca.crt"),
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            ("kubelet-client.key", "kubelet-client.crt"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        );
+        let egress = pki.join("egress.yaml");
+        fs::write(
+            &egress,
+            format!(
+                "apiVersion: apiserver.k8s.io/v1beta1\nkind: EgressSelectorConfiguration\negressSelections:\n- name: cluster\n  connection:\n    proxyProtocol: HTTPConnect\n    transport:\n      uds:\n        udsName: {}\n",
+                self.egress.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let path = |f: &str| pki.join(f).display().to_string();
+        cmd.arg(format!("--advertise-address={}", self.advertise))
+            .arg(format!("--tls-cert-file={}", path("apiserver.crt")))
+            .arg(format!("--tls-private-key-file={}", path("apiserver.key")))
+            .arg(format!("--client-ca-file={}", path("ca.crt")))
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                path("kubelet-client.crt")
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                path("kubelet-client.key")
+            ))
+            .arg(format!(
+                "--egress-selector-config-file={}",
+                egress.display()
+            ))
+            .args([
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--endpoint-reconciler-type=lease",
+                // Webhooks and aggregated APIs by their Pods' addresses: the egress proxy
+                // reaches Pods; Service addresses exist only where kube-proxy runs (the nodes).
+                "--enable-aggregator-routing=true",
+                // Kubelets by address: their host names resolve nowhere.
+                "--kubelet-preferred-address-types=InternalIP",
+            ]);
+        Ok(())
+    }
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     procs: Vec<Proc>,
     dir: PathBuf,
+    nodes: Option<NodeAccess>,
     _temp: Option<tempfile::TempDir>,
     /// Its addresses.
     pub endpoints: Endpoints,
@@ -203,11 +286,32 @@ impl ControlPlane {
     /// Start one whose files (data, logs, kubeconfig, `env`) live in `dir`. `tied`: see
     /// [`Proc::spawn`]. On failure everything started so far is stopped.
     pub fn start_in(dir: &Path, tied: bool) -> Result<ControlPlane, String> {
+        ControlPlane::start_with(dir, tied, None)
+    }
+
+    /// [`ControlPlane::start_in`] for a cluster of real nodes ([`crate::cluster`]): the API
+    /// server as `nodes` describes it (its address for nodes and Pods, node credentials, the
+    /// egress proxy to kubelets), kube-scheduler beside the controller manager, and no istiod
+    /// (the cluster installs it as a Pod).
+    pub fn start_for_nodes(
+        dir: &Path,
+        tied: bool,
+        nodes: NodeAccess,
+    ) -> Result<ControlPlane, String> {
+        ControlPlane::start_with(dir, tied, Some(nodes))
+    }
+
+    fn start_with(
+        dir: &Path,
+        tied: bool,
+        nodes: Option<NodeAccess>,
+    ) -> Result<ControlPlane, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| e.to_string())?;
         let mut cp = ControlPlane {
             procs: Vec::new(),
             kubeconfig: dir.join("kubeconfig"),
+            nodes: nodes.clone(),
             dir,
             _temp: None,
             endpoints: Endpoints {
@@ -221,8 +325,13 @@ impl ControlPlane {
         cp.start_etcd(tied)?;
         cp.start_apiserver(tied)?;
         cp.start_controller_manager(tied)?;
+        if cp.nodes.is_some() {
+            cp.start_scheduler(tied)?;
+        }
         cp.install_istio_base()?;
-        cp.start_istiod(tied)?;
+        if cp.nodes.is_none() {
+            cp.start_istiod(tied)?;
+        }
         fs::write(cp.dir.join("env"), cp.env_lines()).map_err(|e| e.to_string())?;
         fs::write(
             cp.dir.join("pids"),
@@ -291,40 +400,50 @@ impl ControlPlane {
         // The service-account signing key pair, and the admin's static token.
         crate::openssl(&pki, &["genrsa", "-out", "sa.key", "2048"]);
         crate::openssl(&pki, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
-        fs::write(
-            pki.join("tokens.csv"),
-            format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
-        )
-        .map_err(|e| e.to_string())?;
-        let port = free_port();
+        let mut tokens = format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n");
+        if let Some(n) = &self.nodes {
+            for (token, user, groups) in &n.tokens {
+                tokens.push_str(&format!("{token},{user},{user},\"{groups}\"\n"));
+            }
+        }
+        fs::write(pki.join("tokens.csv"), tokens).map_err(|e| e.to_string())?;
+        let port = self.nodes.as_ref().map_or_else(free_port, |n| n.api_port);
         let mut cmd = Command::new(bin("kube-apiserver"));
         cmd.arg(format!("--etcd-servers=http://{}", self.endpoints.etcd))
-            .arg("--cert-dir")
-            .arg(pki.join("serving"))
-            .args(["--advertise-address=127.0.0.1", "--bind-address=127.0.0.1"])
             .arg(format!("--secure-port={port}"))
             .args([
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
-            ])
-            .args([
-                "--authorization-mode=RBAC",
-                "--endpoint-reconciler-type=none",
-            ])
-            .arg(format!(
-                "--token-auth-file={}",
-                pki.join("tokens.csv").display()
-            ))
-            .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
-            .arg(format!(
-                "--service-account-key-file={}",
-                pki.join("sa.pub").display()
-            ))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                pki.join("sa.key").display()
-            ))
-            .args(["--v=0"]);
+                "--bind-address=127.0.0.1",
+            ]);
+        let serving_ca = match &self.nodes {
+            None => {
+                cmd.arg("--cert-dir").arg(pki.join("serving")).args([
+                    "--advertise-address=127.0.0.1",
+                    "--authorization-mode=RBAC",
+                    "--endpoint-reconciler-type=none",
+                ]);
+                pki.join("serving/apiserver.crt")
+            }
+            Some(n) => {
+                n.apiserver_flags(&pki, &mut cmd)?;
+                pki.join("ca.crt")
+            }
+        };
+        cmd.arg(format!(
+            "--token-auth-file={}",
+            pki.join("tokens.csv").display()
+        ))
+        .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
+        .arg(format!(
+            "--service-account-key-file={}",
+            pki.join("sa.pub").display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            pki.join("sa.key").display()
+        ))
+        .args(["--v=0"]);
         let mut p = Proc::spawn(
             "kube-apiserver",
             cmd,
@@ -332,11 +451,11 @@ impl ControlPlane {
             tied,
         );
         self.endpoints.api = loopback(port);
-        // The serving certificate is written at startup: the kubeconfig trusts it.
-        self.write_kubeconfig(&pki.join("serving/apiserver.crt"));
+        // The self-signed serving certificate is written at startup: the kubeconfig trusts it
+        // (or the cluster's CA, which signed the serving certificate).
+        self.write_kubeconfig(&serving_ca);
         let r = wait_ready(&mut p, "kube-apiserver", || {
-            pki.join("serving/apiserver.crt").exists()
-                && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+            serving_ca.exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
         self.procs.push(p);
         r.map_err(|e| self.fail(e))
@@ -386,13 +505,24 @@ impl ControlPlane {
             .arg(self.dir.join("pki/kcm"))
             .arg(format!(
                 "--root-ca-file={}",
-                self.dir.join("pki/serving/apiserver.crt").display()
+                self.dir
+                    .join(match self.nodes {
+                        None => "pki/serving/apiserver.crt",
+                        Some(_) => "pki/ca.crt",
+                    })
+                    .display()
             ))
             .arg(format!(
                 "--service-account-private-key-file={}",
                 self.dir.join("pki/sa.key").display()
             ))
             .args(["--service-cluster-ip-range=10.0.0.0/24", "--v=0"]);
+        if let Some(n) = &self.nodes {
+            // Nodes are registered with their Pod ranges (see `crate::cluster`); the
+            // controller manager only needs to know the whole.
+            cmd.arg(format!("--cluster-cidr={}", n.cluster_cidr))
+                .arg("--allocate-node-cidrs=false");
+        }
         let mut p = Proc::spawn(
             "kube-controller-manager",
             cmd,
@@ -400,6 +530,35 @@ impl ControlPlane {
             tied,
         );
         let r = wait_ready(&mut p, "kube-controller-manager", || {
+            Command::new("curl")
+                .args(["-skf", "-o", "/dev/null"])
+                .arg(format!("https://127.0.0.1:{port}/healthz"))
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        self.procs.push(p);
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn start_scheduler(&mut self, tied: bool) -> Result<(), String> {
+        let port = free_port();
+        let kc = self.kubeconfig.display().to_string();
+        let mut cmd = Command::new(bin("kube-scheduler"));
+        cmd.arg(format!("--kubeconfig={kc}"))
+            .arg(format!("--authentication-kubeconfig={kc}"))
+            .arg(format!("--authorization-kubeconfig={kc}"))
+            .args(["--bind-address=127.0.0.1", "--leader-elect=false"])
+            .arg(format!("--secure-port={port}"))
+            .arg("--cert-dir")
+            .arg(self.dir.join("pki/scheduler"))
+            .args(["--v=0"]);
+        let mut p = Proc::spawn(
+            "kube-scheduler",
+            cmd,
+            self.dir.join("kube-scheduler.log"),
+            tied,
+        );
+        let r = wait_ready(&mut p, "kube-scheduler", || {
             Command::new("curl")
                 .args(["-skf", "-o", "/dev/null"])
                 .arg(format!("https://127.0.0.1:{port}/healthz"))

@@ -18,14 +18,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod agent;
+pub mod cluster;
 pub mod controller;
 pub mod controlplane;
 pub mod envoy;
 pub mod fidelity;
+pub mod host_state;
 pub mod http1;
 pub mod kubelet;
 pub mod load;
 pub mod mesh;
+pub mod netns;
 pub mod registry;
 pub mod sidecar;
 pub mod token;
@@ -113,6 +116,42 @@ pub fn self_signed(dir: &Path, subject: &str, key: &str, cert: &str) {
         &[
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
             "-keyout", key, "-out", cert,
+        ],
+    );
+}
+
+/// A certificate `cert` with key `key` in `dir`, for `subject`, signed by the CA `ca_cert` /
+/// `ca_key` (files in `dir`), with the X.509 v3 extensions `ext` (`subjectAltName=...` lines).
+pub fn ca_signed(dir: &Path, ca: (&str, &str), subject: &str, key_cert: (&str, &str), ext: &str) {
+    let (ca_key, ca_cert) = ca;
+    let (key, cert) = key_cert;
+    let ext_file = format!("{cert}.ext");
+    std::fs::write(dir.join(&ext_file), ext).expect("write extensions");
+    let csr = format!("{cert}.csr");
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca_cert,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            cert,
         ],
     );
 }

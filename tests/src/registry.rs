@@ -99,48 +99,15 @@ impl Registry {
         if tls {
             let d = dir.path();
             let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
-            fs::write(
-                d.join("leaf.ext"),
-                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-            )
-            .expect("write leaf.ext");
             // A CA, and the registry's certificate signed by it (webpki refuses a CA
             // certificate as the server's own).
             crate::self_signed(d, "/CN=e2e test CA", "ca.key", "ca.pem");
-            crate::openssl(
+            crate::ca_signed(
                 d,
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-keyout",
-                    "key.pem",
-                    "-out",
-                    "leaf.csr",
-                ],
-            );
-            crate::openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    "leaf.csr",
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    "leaf.ext",
-                    "-out",
-                    "cert.pem",
-                ],
+                ("ca.key", "ca.pem"),
+                "/CN=127.0.0.1",
+                ("key.pem", "cert.pem"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
             );
             tls_yaml = format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
