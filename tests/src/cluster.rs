@@ -967,6 +967,49 @@ healthzBindAddress: 127.0.0.1:10256
         self.cp().kubectl_ok(args)
     }
 
+    /// The processes of every node's Pods whose command line contains `needle`, found through
+    /// the nodes' cgroups (what `ps` on the node would show).
+    pub fn pod_processes(&self, needle: &str) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for node in &self.state.nodes {
+            for h in cgroup_hierarchies() {
+                if h.ends_with("pids") {
+                    cgroup_pids(&h.join(&node.cgroup), &mut pids);
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids.retain(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .is_ok_and(|c| c.contains(needle))
+        });
+        pids
+    }
+
+    /// `wasmctl push REGISTRY/REPO FILE --root-id ROOT_ID` to the cluster's registry (from the
+    /// host; Pods pull the same repository at [`cluster_registry`]). Returns the digest.
+    pub fn push_wasm(&self, repo_tag: &str, file: &Path, root_id: &str) -> String {
+        let out = Command::new(crate::wasmctl_bin())
+            .arg("push")
+            .arg(format!("{}/{repo_tag}", self.registry))
+            .arg(file)
+            .args(["--root-id", root_id, "--plain-http"])
+            .output()
+            .expect("run wasmctl push");
+        assert!(
+            out.status.success(),
+            "wasmctl push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split('@')
+            .nth(1)
+            .map(|d| d.trim().to_string())
+            .unwrap_or_else(|| text.trim().to_string())
+    }
+
     /// The tail of every process's log.
     pub fn logs(&self) -> String {
         let mut s: String = self
