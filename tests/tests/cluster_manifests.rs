@@ -5,6 +5,9 @@
 //! through the in-cluster Service address with projected service-account tokens; the agent's
 //! readiness means what the docs say (every listed image has a module in place).
 
+// Test helpers: a failed expectation fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use e2e::cluster::{Cluster, cluster_registry};
 use std::time::{Duration, Instant};
 
