@@ -477,6 +477,7 @@ impl Cluster {
         }
         self.wait_nodes_ready(nodes)?;
         self.install_coredns()?;
+        self.install_istio()?;
         self.write_env()?;
         Ok(())
     }
@@ -918,6 +919,101 @@ healthzBindAddress: 127.0.0.1:10256
                 )
             ))
         }
+    }
+
+    /// istiod as Istio installs it: `istioctl manifest generate` of the pinned module (profile
+    /// `minimal`: istiod, its sidecar injection webhook, the CRDs), pointed at the images of
+    /// `scripts/cluster-images`, with what upstream Envoy needs turned off (Istio's ALPN and
+    /// metadata-exchange filters, its stats filter, auto mTLS; docs/istio.md). Returns once
+    /// istiod is ready and the API server trusts its webhook.
+    fn install_istio(&self) -> Result<(), String> {
+        let hub = self
+            .images
+            .get("ISTIO_HUB")
+            .ok_or("no Istio images were built")?;
+        let tag = self
+            .images
+            .get("ISTIO_TAG")
+            .ok_or("no Istio images were built")?;
+        let sets = [
+            "profile=minimal".to_string(),
+            format!("hub={hub}"),
+            format!("tag={tag}"),
+            "values.telemetry.enabled=false".into(),
+            "values.pilot.env.PILOT_ENABLE_ALPN_FILTER=false".into(),
+            "values.pilot.env.PILOT_ENABLE_METADATA_EXCHANGE=false".into(),
+            "meshConfig.enableAutoMtls=false".into(),
+            "meshConfig.enablePrometheusMerge=false".into(),
+            // Two small nodes share this machine: ask for little.
+            "values.pilot.autoscaleEnabled=false".into(),
+            "values.pilot.resources.requests.cpu=100m".into(),
+            "values.pilot.resources.requests.memory=256Mi".into(),
+            "values.global.proxy.resources.requests.cpu=10m".into(),
+            "values.global.proxy.resources.requests.memory=40Mi".into(),
+        ];
+        let mut cmd = Command::new(controlplane::bin("istioctl"));
+        cmd.args(["manifest", "generate"]);
+        for s in &sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().map_err(|e| format!("istioctl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "istioctl manifest generate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let manifest = String::from_utf8_lossy(&out.stdout).into_owned();
+        write(&self.dir.join("istio.yaml"), &manifest)?;
+        let out = self.cp().kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=istioctl",
+                "-f",
+                "-",
+            ],
+            Some(&manifest),
+        );
+        if !out.status.success() {
+            return Err(format!(
+                "applying Istio's manifest failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let out = self.kubectl(&[
+            "-n",
+            controlplane::ISTIO_NAMESPACE,
+            "rollout",
+            "status",
+            "deployment/istiod",
+            "--timeout=180s",
+        ]);
+        if !out.status.success() {
+            return Err(format!(
+                "istiod did not become ready: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(
+                    &self
+                        .kubectl(&["-n", "istio-system", "describe", "pods"])
+                        .stdout
+                )
+            ));
+        }
+        // istiod writes its CA into the injection webhook; until then the API server cannot
+        // call it (and, failing closed, would refuse Pods in labelled namespaces).
+        crate::poll_until(Instant::now() + controlplane::READY_DEADLINE, || {
+            let out = self.kubectl(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                "istio-sidecar-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ]);
+            (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+        })
+        .ok_or_else(|| "istiod never wrote its CA into the injection webhook".to_string())
     }
 
     /// The lines of `DIR/env`.
