@@ -1106,6 +1106,52 @@ healthzBindAddress: 127.0.0.1:10256
             .unwrap_or_else(|| text.trim().to_string())
     }
 
+    /// `kubectl apply -k manifests/` and the agent's and controller's image set to the
+    /// cluster's wasmctl image, with the `--plain-http` that docs/deploy.md's step 0 adds for a
+    /// registry without TLS and `controller_args` appended to the controller's, in one change
+    /// each (one rollout); returns once both have rolled out.
+    pub fn install_toolkit(&self, controller_args: &[&str]) {
+        let manifests = crate::workspace_root().join("manifests");
+        self.kubectl_ok(&["apply", "-k", &manifests.display().to_string()]);
+        let image = self.images.get("WASMCTL_IMAGE").expect("wasmctl image");
+        let arg = |a: &str| {
+            format!(
+                r#",{{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"{a}"}}"#
+            )
+        };
+        for (kind, extra) in [
+            ("daemonset/wasm-agent", &[][..]),
+            ("deployment/wasmctl-controller", controller_args),
+        ] {
+            let mut patch = format!(
+                r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}"#
+            );
+            for a in std::iter::once(&"--plain-http").chain(extra) {
+                patch.push_str(&arg(a));
+            }
+            patch.push(']');
+            self.kubectl_ok(&[
+                "-n",
+                "wasm-system",
+                "patch",
+                kind,
+                "--type=json",
+                "-p",
+                &patch,
+            ]);
+        }
+        for kind in ["daemonset/wasm-agent", "deployment/wasmctl-controller"] {
+            self.kubectl_ok(&[
+                "-n",
+                "wasm-system",
+                "rollout",
+                "status",
+                kind,
+                "--timeout=180s",
+            ]);
+        }
+    }
+
     /// The tail of every process's log.
     pub fn logs(&self) -> String {
         let mut s: String = self

@@ -13,24 +13,6 @@ use std::time::{Duration, Instant};
 
 const NS: &str = "wasm-system";
 
-fn install(c: &Cluster) {
-    let manifests = e2e::workspace_root().join("manifests");
-    c.kubectl_ok(&["apply", "-k", manifests.to_str().expect("utf-8 path")]);
-    let image = c.images.get("WASMCTL_IMAGE").expect("wasmctl image");
-    // `kubectl set image`, and the `--plain-http` that docs/deploy.md's step 0 adds for a
-    // registry without TLS, in one change (one rollout).
-    for kind in ["daemonset/wasm-agent", "deployment/wasmctl-controller"] {
-        let patch = format!(
-            r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}},
-                {{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--plain-http"}}]"#
-        );
-        c.kubectl_ok(&["-n", NS, "patch", kind, "--type=json", "-p", &patch]);
-    }
-    for kind in ["daemonset/wasm-agent", "deployment/wasmctl-controller"] {
-        c.kubectl_ok(&["-n", NS, "rollout", "status", kind, "--timeout=180s"]);
-    }
-}
-
 fn jsonpath(c: &Cluster, args: &[&str], path: &str) -> String {
     let mut a = args.to_vec();
     let p = format!("jsonpath={path}");
@@ -66,7 +48,7 @@ fn wait_agents_ready(c: &Cluster, want: &str, within: Duration) {
 #[test]
 fn the_agent_and_the_controller_run_from_the_manifests_on_real_pods() {
     let c = Cluster::start(2);
-    install(&c);
+    c.install_toolkit(&[]);
 
     // One agent per node, Running and Ready.
     let agents = jsonpath(

@@ -1,0 +1,426 @@
+//! The filter's whole path on real Pods: istiod's webhook injects the sidecar into bookinfo's
+//! `details`, a FilterDeployment makes the controller add the volume annotations, the Deployment
+//! rolls to Pods whose sidecar mounts the node's directory read-only, and a client Pod sees the
+//! filter's header. A re-pushed tag reaches every Pod on both nodes (the agent's pull, the
+//! kubelet's ConfigMap update, the controller's gate) while a client Pod sends continuously: no
+//! request fails and no Pod restarts; a rollback likewise. Then the same filter through Istio's
+//! `WasmPlugin`.
+
+// Test helpers: a failed expectation fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use e2e::cluster::{Cluster, cluster_registry};
+use std::time::{Duration, Instant};
+
+const NS: &str = "demo";
+
+/// bookinfo's details (two replicas, one per node), a curl Pod to run requests from, and a
+/// client that sends one request every 100 ms and prints, per request, the status and the two
+/// headers the filter versions add (`hello` from the header filter, `x-as-filter` from the
+/// AssemblyScript one).
+fn apps(app: &str, curl: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NS}
+  labels:
+    istio-injection: enabled
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: details-v1
+  namespace: {NS}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: details, version: v1}}
+  template:
+    metadata:
+      labels: {{app: details, version: v1}}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {{app: details}}
+      containers:
+      - name: details
+        image: {app}
+        ports:
+        - containerPort: 9080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: details
+  namespace: {NS}
+spec:
+  selector: {{app: details}}
+  ports:
+  - {{name: http, port: 9080}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: curl
+  namespace: {NS}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: curl}}
+  template:
+    metadata:
+      labels: {{app: curl}}
+    spec:
+      containers:
+      - name: curl
+        image: {curl}
+"
+    )
+}
+
+fn client(curl: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: {NS}
+spec:
+  containers:
+  - name: client
+    image: {curl}
+    command:
+    - sh
+    - -c
+    - |
+      while :; do
+        curl -s -o /dev/null --max-time 5 \
+          -w '%{{http_code}} hello=%header{{hello}} as=%header{{x-as-filter}}\n' \
+          http://details:9080/details/0 || echo "FAIL curl exit $?"
+        sleep 0.1
+      done
+"#
+    )
+}
+
+fn filter_deployment(delivery: &str) -> String {
+    format!(
+        "apiVersion: filters.envoy-wasm-toolkit.io/v1alpha1
+kind: FilterDeployment
+metadata:
+  name: details-v1-wasmfiltering
+  namespace: {NS}
+spec:
+  workload:
+    kind: Deployment
+    name: details-v1
+    labels:
+      app: details
+      version: v1
+  filter:
+    image: {}/filters/header-filter:v1
+    # the header filter takes any root id; the AssemblyScript one (the re-push) needs its own
+    rootId: as_filter
+    parameters: '{{\"name\":\"hello\",\"value\":\"hello details\"}}'
+  placement:
+    direction: inbound
+    port: 9080
+  failurePolicy: closed
+  delivery: {delivery}
+",
+        cluster_registry()
+    )
+}
+
+fn jsonpath(c: &Cluster, args: &[&str], path: &str) -> String {
+    let mut a = args.to_vec();
+    let p = format!("jsonpath={path}");
+    a.extend(["-o", &p]);
+    c.kubectl_ok(&a)
+}
+
+/// `name restarts node` of each details Pod that is not going away, sorted.
+fn details_pods(c: &Cluster) -> Vec<String> {
+    let out = jsonpath(
+        c,
+        &["-n", NS, "get", "pods", "-l", "app=details"],
+        "{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} {.status.containerStatuses[*].restartCount} {.spec.nodeName}{\"\\n\"}{end}",
+    );
+    let mut v: Vec<String> = out
+        .lines()
+        .filter(|l| !l.split(' ').nth(1).is_some_and(|d| !d.is_empty()))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Wait until `cond` holds on the FilterDeployment's `Ready` reason and digest.
+fn wait_fd(c: &Cluster, what: &str, within: Duration, cond: impl Fn(&str, &str) -> bool) {
+    let mut last = String::new();
+    let ok = e2e::poll_until(Instant::now() + within, || {
+        last = jsonpath(
+            c,
+            &[
+                "-n",
+                NS,
+                "get",
+                "filterdeployment",
+                "details-v1-wasmfiltering",
+            ],
+            "{.status.conditions[?(@.type==\"Ready\")].reason} {.status.digest}",
+        );
+        let (reason, digest) = last.split_once(' ').unwrap_or((&last, ""));
+        cond(reason, digest).then_some(())
+    });
+    assert!(ok.is_some(), "{what}: not within {within:?}; last {last}");
+}
+
+/// The client's lines so far.
+fn client_lines(c: &Cluster) -> Vec<String> {
+    c.kubectl_ok(&["-n", NS, "logs", "client"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Wait until the client has seen `n` responses with `marker` after line `from`.
+fn wait_client(c: &Cluster, from: usize, marker: &str, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let ok = e2e::poll_until(Instant::now() + Duration::from_secs(240), || {
+        lines = client_lines(c);
+        (lines
+            .iter()
+            .skip(from)
+            .filter(|l| l.contains(marker))
+            .count()
+            >= n)
+            .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "the client never saw {n} responses with {marker}: {:?}",
+        &lines[lines.len().saturating_sub(10)..]
+    );
+    lines
+}
+
+fn assert_clean(lines: &[String]) {
+    let bad: Vec<&String> = lines.iter().filter(|l| !l.starts_with("200 ")).collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed: {:?}",
+        bad.len(),
+        lines.len(),
+        &bad[..bad.len().min(10)]
+    );
+}
+
+#[test]
+fn a_filter_reaches_injected_pods_and_a_re_pushed_tag_rolls_out_without_a_failed_request() {
+    let c = Cluster::start(2);
+    // Tags re-resolved every 5 s instead of every minute, so the re-push is noticed soon.
+    c.install_toolkit(&["--resync=5s"]);
+    let v1 = c.push_wasm(
+        "filters/header-filter:v1",
+        &e2e::filter_wasm(),
+        "my_root_id",
+    );
+    let app = c.images.get("APP_IMAGE").unwrap();
+    let curl = c.images.get("CURL_IMAGE").unwrap();
+    c.cp().apply(&apps(app, curl)).expect("apply the apps");
+    for d in ["details-v1", "curl"] {
+        c.kubectl_ok(&[
+            "-n",
+            NS,
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=180s",
+        ]);
+    }
+    // istiod's webhook injected the sidecar (a native sidecar: an init container that keeps
+    // running) and istio-init.
+    let containers = jsonpath(
+        &c,
+        &["-n", NS, "get", "pods", "-l", "app=details"],
+        "{range .items[*]}{range .spec.initContainers[*]}{.name} {end}{\"\\n\"}{end}",
+    );
+    assert!(
+        containers
+            .lines()
+            .all(|l| l.contains("istio-init") && l.contains("istio-proxy")),
+        "{containers}"
+    );
+
+    // envoyFilter delivery: the controller annotates the Deployment, which rolls.
+    c.cp()
+        .apply(&filter_deployment("envoyFilter"))
+        .expect("apply the FilterDeployment");
+    wait_fd(&c, "v1 applied", Duration::from_secs(180), |r, d| {
+        r == "Applied" && d == v1
+    });
+    let annotations = jsonpath(
+        &c,
+        &["-n", NS, "get", "deployment", "details-v1"],
+        "{.spec.template.metadata.annotations}",
+    );
+    assert!(
+        annotations.contains("sidecar.istio.io/userVolume")
+            && annotations.contains("sidecar.istio.io/userVolumeMount"),
+        "{annotations}"
+    );
+    c.kubectl_ok(&[
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/details-v1",
+        "--timeout=180s",
+    ]);
+    // The injected sidecar mounts the node's directory, read-only.
+    let mounts = jsonpath(
+        &c,
+        &["-n", NS, "get", "pods", "-l", "app=details"],
+        "{range .items[*]}{range .spec.initContainers[?(@.name==\"istio-proxy\")].volumeMounts[?(@.name==\"wasm-filters\")]}{.mountPath} {.readOnly}{end} {.spec.volumes[?(@.name==\"wasm-filters\")].hostPath.path}{\"\\n\"}{end}",
+    );
+    assert_eq!(
+        mounts.trim(),
+        "/var/local/lib/wasm-filters true /var/local/lib/wasm-filters\n/var/local/lib/wasm-filters true /var/local/lib/wasm-filters",
+        "both Pods' sidecars mount the hostPath read-only"
+    );
+    let ok = e2e::poll_until(Instant::now() + Duration::from_secs(60), || {
+        let r = c.kubectl(&[
+            "-n",
+            NS,
+            "exec",
+            "deploy/curl",
+            "-c",
+            "curl",
+            "--",
+            "curl",
+            "-si",
+            "http://details:9080/details/0",
+        ]);
+        String::from_utf8_lossy(&r.stdout)
+            .contains("hello: hello details")
+            .then_some(())
+    });
+    assert!(ok.is_some(), "curl never saw the filter's header");
+
+    // A re-pushed tag, with a client sending all along.
+    let before = details_pods(&c);
+    c.cp().apply(&client(curl)).expect("start the client");
+    c.kubectl_ok(&[
+        "-n",
+        NS,
+        "wait",
+        "pod/client",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ]);
+    let lines = wait_client(&c, 0, "hello=hello details", 20);
+    let mark = lines.len();
+    let v2 = c.push_wasm(
+        "filters/header-filter:v1",
+        &e2e::assemblyscript_wasm(),
+        "as_filter",
+    );
+    assert_ne!(v1, v2);
+    wait_fd(
+        &c,
+        "the re-pushed tag applied",
+        Duration::from_secs(300),
+        |r, d| r == "Applied" && d == v2,
+    );
+    let lines = wait_client(&c, mark, "as={", 30);
+    assert_clean(&lines);
+    assert!(
+        lines[mark..]
+            .iter()
+            .rev()
+            .take(20)
+            .all(|l| l.contains("as={")),
+        "both Pods serve v2: {:?}",
+        &lines[lines.len() - 20..]
+    );
+
+    // A rollback: the tag points at v1 again.
+    let mark = lines.len();
+    let back = c.push_wasm(
+        "filters/header-filter:v1",
+        &e2e::filter_wasm(),
+        "my_root_id",
+    );
+    assert_eq!(back, v1, "the same content is the same digest");
+    wait_fd(
+        &c,
+        "the rollback applied",
+        Duration::from_secs(300),
+        |r, d| r == "Applied" && d == v1,
+    );
+    let lines = wait_client(&c, mark, "hello=hello details", 30);
+    assert_clean(&lines);
+    assert!(
+        lines
+            .iter()
+            .rev()
+            .take(20)
+            .all(|l| l.contains("hello=hello details")),
+        "both Pods serve v1 again: {:?}",
+        &lines[lines.len() - 20..]
+    );
+    assert_eq!(
+        details_pods(&c),
+        before,
+        "the same Pods served throughout, never restarted"
+    );
+    let total = lines.len();
+    eprintln!("the client sent {total} requests across the re-push and the rollback: all 200");
+
+    // The same filter through Istio's WasmPlugin: istio-agent in each sidecar pulls it.
+    c.cp()
+        .apply(&filter_deployment("wasmPlugin"))
+        .expect("apply the FilterDeployment");
+    let plugin = e2e::poll_until(Instant::now() + Duration::from_secs(120), || {
+        let out = c.kubectl(&["-n", NS, "get", "wasmplugin", "-o", "name"]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!text.is_empty()).then_some(text)
+    });
+    assert!(plugin.is_some(), "no WasmPlugin was applied");
+    c.kubectl_ok(&[
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/details-v1",
+        "--timeout=180s",
+    ]);
+    let ok = e2e::poll_until(Instant::now() + Duration::from_secs(120), || {
+        let r = c.kubectl(&[
+            "-n",
+            NS,
+            "exec",
+            "deploy/curl",
+            "-c",
+            "curl",
+            "--",
+            "curl",
+            "-si",
+            "http://details:9080/details/0",
+        ]);
+        String::from_utf8_lossy(&r.stdout)
+            .contains("hello: hello details")
+            .then_some(())
+    });
+    assert!(ok.is_some(), "curl never saw the WasmPlugin's header");
+    let envoy_filters = c.kubectl_ok(&["-n", NS, "get", "envoyfilter", "-o", "name"]);
+    assert!(
+        envoy_filters.trim().is_empty(),
+        "the EnvoyFilter is gone: {envoy_filters}"
+    );
+}
