@@ -152,7 +152,7 @@ fn details_pods(c: &Cluster) -> Vec<String> {
     );
     let mut v: Vec<String> = out
         .lines()
-        .filter(|l| !l.split(' ').nth(1).is_some_and(|d| !d.is_empty()))
+        .filter(|l| l.split(' ').nth(1).is_none_or(|d| d.is_empty()))
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
     v.sort();
