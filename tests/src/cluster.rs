@@ -198,6 +198,8 @@ pub struct Cluster {
     dir: PathBuf,
     id: String,
     detached: bool,
+    tied: bool,
+    restarts: usize,
     _temp: Option<tempfile::TempDir>,
     cp: Option<ControlPlane>,
     procs: Vec<Proc>,
@@ -396,6 +398,8 @@ impl Cluster {
             dir,
             id: cluster_id(),
             detached: false,
+            tied,
+            restarts: 0,
             _temp: None,
             cp: None,
             procs: Vec::new(),
@@ -516,6 +520,10 @@ impl Cluster {
         cmd.arg("serve").arg(&cfg);
         self.spawn("registry", cmd, tied);
         self.registry = SocketAddr::from(([127, 0, 0, 1], port));
+        self.wait_registry()
+    }
+
+    fn wait_registry(&self) -> Result<(), String> {
         let addr = self.registry;
         crate::poll_until(Instant::now() + controlplane::READY_DEADLINE, || {
             crate::http1::get(addr, "/v2/", &[])
@@ -678,11 +686,7 @@ impl Cluster {
             ),
         )?;
 
-        let path = format!(
-            "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            node_bin_dir().display(),
-            controlplane::bin_dir().display()
-        );
+        let path = node_path();
         let containerd = node_bin_dir().join("containerd");
         let mut cmd = netns::nsenter(
             holder,
@@ -708,20 +712,7 @@ impl Cluster {
         })
         .ok_or_else(|| format!("{name}: containerd did not answer"))?;
 
-        let kubelet = controlplane::bin("kubelet");
-        let mut cmd = netns::nsenter(
-            holder,
-            true,
-            &[
-                kubelet.to_str().unwrap_or("kubelet"),
-                "--config=/run/node/kubelet.yaml",
-                "--kubeconfig=/run/node/kubelet.kubeconfig",
-                &format!("--hostname-override={name}"),
-                &format!("--node-ip={ip}"),
-                "--v=1",
-            ],
-        );
-        cmd.env("PATH", &path);
+        let cmd = kubelet_cmd(holder, &name, ip);
         self.spawn(&format!("{name}-kubelet"), cmd, tied);
 
         let proxy = controlplane::bin("kube-proxy");
@@ -1152,6 +1143,75 @@ healthzBindAddress: 127.0.0.1:10256
         }
     }
 
+    /// The directory of node `name` (its `/var` is `DIR/NAME/var`).
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn take_proc(&mut self, name: &str) -> Proc {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name} in the cluster"));
+        self.procs.remove(i)
+    }
+
+    fn respawn(&mut self, name: &str, cmd: Command) {
+        self.restarts += 1;
+        let tied = self.tied;
+        let log_name = format!("{name}.{}", self.restarts);
+        let p = Proc::spawn(name, cmd, self.dir.join(format!("{log_name}.log")), tied);
+        let pid = p.child.id();
+        self.state.pids.push((pid, start_time(pid).unwrap_or(0)));
+        self.procs.push(p);
+        self.save_state();
+    }
+
+    /// Stop node `name`'s kubelet (SIGTERM, as a service manager restarting it does) and start
+    /// it again; its Pods keep running meanwhile. Returns once the node is Ready again.
+    pub fn restart_kubelet(&mut self, name: &str) {
+        let proc_name = format!("{name}-kubelet");
+        let mut p = self.take_proc(&proc_name);
+        // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+        unsafe {
+            libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = p.child.wait();
+        let node = self
+            .state
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .expect("a node of this cluster");
+        self.respawn(&proc_name, kubelet_cmd(node.holder, name, node.ip));
+        let out = self.kubectl(&[
+            "wait",
+            &format!("node/{name}"),
+            "--for=condition=Ready",
+            "--timeout=120s",
+        ]);
+        assert!(
+            out.status.success(),
+            "{name} not Ready after its kubelet restarted: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stop the registry (every pull and tag resolution fails until [`Cluster::start_registry_again`]).
+    pub fn stop_registry(&mut self) {
+        self.take_proc("registry").kill();
+    }
+
+    /// Start the registry again on its address, with the images it held.
+    pub fn start_registry_again(&mut self) {
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(self.dir.join("registry/config.yml"));
+        self.respawn("registry", cmd);
+        self.wait_registry().expect("the registry answers again");
+    }
+
     /// The tail of every process's log.
     pub fn logs(&self) -> String {
         let mut s: String = self
@@ -1253,4 +1313,32 @@ fn make_cgroups(cgroup: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `PATH` on a node: its binaries, then the system's.
+fn node_path() -> String {
+    format!(
+        "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        node_bin_dir().display(),
+        controlplane::bin_dir().display()
+    )
+}
+
+/// The kubelet of node `name`, inside the namespaces `holder` keeps.
+fn kubelet_cmd(holder: u32, name: &str, ip: Ipv4Addr) -> Command {
+    let kubelet = controlplane::bin("kubelet");
+    let mut cmd = netns::nsenter(
+        holder,
+        true,
+        &[
+            kubelet.to_str().unwrap_or("kubelet"),
+            "--config=/run/node/kubelet.yaml",
+            "--kubeconfig=/run/node/kubelet.kubeconfig",
+            &format!("--hostname-override={name}"),
+            &format!("--node-ip={ip}"),
+            "--v=1",
+        ],
+    );
+    cmd.env("PATH", node_path());
+    cmd
 }

@@ -29,6 +29,7 @@ pub mod kubelet;
 pub mod load;
 pub mod mesh;
 pub mod netns;
+pub mod pods;
 pub mod registry;
 pub mod sidecar;
 pub mod token;
