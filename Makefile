@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
-.PHONY: help setup control-plane nodes cluster-up cluster-down cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
+.PHONY: help setup control-plane nodes cluster-up cluster-down demo-cluster cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot updat
 
 demo-istio: setup control-plane ## The real control plane: render | kubectl apply, both delivery modes through istiod, updates; stop all
 	@scripts/demo-istio
+
+demo-cluster: setup control-plane nodes ## The whole path on a real 2-node cluster: injection, agent, controller, curl from a Pod, an upgrade; then down
+	@scripts/demo-cluster
 
 docs: setup ## Rewrite README.md's demo and wasmctl run transcripts and module sizes from a real run
 	UPDATE_DOCS=1 $(CARGO) test -p e2e --test docs_figures -- --nocapture
