@@ -234,8 +234,15 @@ fn cluster_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("ewt-{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+    format!(
+        "{CGROUP_PREFIX}{:x}{:05x}",
+        std::process::id(),
+        nanos & 0xfffff
+    )
 }
+
+/// How the cgroups of this project's nodes are named: `ewt-<id>-node-<N>`.
+const CGROUP_PREFIX: &str = "ewt-";
 
 /// The cgroup v1 hierarchies mounted here (`/sys/fs/cgroup/cpu`, ...), and the v2 one if any.
 fn cgroup_hierarchies() -> Vec<PathBuf> {
@@ -389,6 +396,7 @@ impl Cluster {
     pub fn start_in(dir: &Path, nodes: usize, tied: bool) -> Result<Cluster, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+        reap_stale_nodes();
         // Build (or find) everything first: a missing binary fails before anything starts.
         let _ = controlplane::bin_dir();
         let _ = node_bin_dir();
@@ -424,10 +432,25 @@ impl Cluster {
     fn spawn(&mut self, name: &str, cmd: Command, tied: bool) -> u32 {
         let p = Proc::spawn(name, cmd, self.dir.join(format!("{name}.log")), tied);
         let pid = p.child.id();
+        self.count_in_node(name, pid);
         self.state.pids.push((pid, start_time(pid).unwrap_or(0)));
         self.procs.push(p);
         self.save_state();
         pid
+    }
+
+    /// Count a node's own process in its cgroups (pids hierarchy): containerd (and so the runc
+    /// shims it starts) in `runtime`, the others (the namespace holder, kubelet, kube-proxy) in
+    /// `owner`, which is empty once whoever started the node is gone (see [`reap_stale_nodes`]).
+    fn count_in_node(&self, name: &str, pid: u32) {
+        if let Some(node) = self
+            .state
+            .nodes
+            .iter()
+            .find(|n| name.starts_with(&format!("{}-", n.name)))
+        {
+            join_node_cgroup(&node.cgroup, pid, name.ends_with("-containerd"));
+        }
     }
 
     fn save_state(&self) {
@@ -652,6 +675,7 @@ impl Cluster {
         });
         self.save_state();
         make_cgroups(&cgroup)?;
+        join_node_cgroup(&cgroup, holder, false);
         sh_in(
             holder,
             true,
@@ -1163,6 +1187,7 @@ healthzBindAddress: 127.0.0.1:10256
         let log_name = format!("{name}.{}", self.restarts);
         let p = Proc::spawn(name, cmd, self.dir.join(format!("{log_name}.log")), tied);
         let pid = p.child.id();
+        self.count_in_node(name, pid);
         self.state.pids.push((pid, start_time(pid).unwrap_or(0)));
         self.procs.push(p);
         self.save_state();
@@ -1300,7 +1325,8 @@ fn wait_own_netns(pid: u32) -> Result<(), String> {
 }
 
 /// `/<cgroup>` in every hierarchy, with cpuset's CPUs and memory nodes copied from the root
-/// (a new cpuset cgroup has none, and no task could join it).
+/// (a new cpuset cgroup has none, and no task could join it), and `node` below it in the pids
+/// hierarchy for the node's own processes (`owner`, `runtime`: see [`reap_stale_nodes`]).
 fn make_cgroups(cgroup: &str) -> Result<(), String> {
     for h in cgroup_hierarchies() {
         let dir = h.join(cgroup);
@@ -1309,6 +1335,12 @@ fn make_cgroups(cgroup: &str) -> Result<(), String> {
             if let Ok(v) = fs::read_to_string(h.join(f)) {
                 fs::write(dir.join(f), v.trim())
                     .map_err(|e| format!("{}/{f}: {e}", dir.display()))?;
+            }
+        }
+        if h.ends_with("pids") {
+            for group in ["owner", "runtime"] {
+                fs::create_dir_all(dir.join(group))
+                    .map_err(|e| format!("{}/{group}: {e}", dir.display()))?;
             }
         }
     }
@@ -1341,4 +1373,68 @@ fn kubelet_cmd(holder: u32, name: &str, ip: Ipv4Addr) -> Command {
     );
     cmd.env("PATH", node_path());
     cmd
+}
+
+/// The `pids` hierarchy (where a node's own processes are counted).
+fn pids_hierarchy() -> Option<PathBuf> {
+    cgroup_hierarchies()
+        .into_iter()
+        .find(|h| h.ends_with("pids"))
+}
+
+/// Count `pid` in node cgroup `cgroup`'s `runtime` or `owner` group (pids hierarchy).
+fn join_node_cgroup(cgroup: &str, pid: u32, runtime: bool) {
+    if let Some(h) = pids_hierarchy() {
+        let group = if runtime { "runtime" } else { "owner" };
+        let _ = fs::write(
+            h.join(cgroup).join(group).join("cgroup.procs"),
+            pid.to_string(),
+        );
+    }
+}
+
+/// Take down what a test killed without unwinding (SIGKILL, a CI timeout) left: nodes whose
+/// owners are all gone (their `owner` group is empty, made more than 30 s ago) while their
+/// Pods' containers and runc shims (in `runtime`) live on. Their processes are killed and their cgroups
+/// removed. A cluster `scripts/cluster up` left running keeps its node processes, and is left
+/// alone.
+pub fn reap_stale_nodes() {
+    let Some(pids_root) = pids_hierarchy() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(&pids_root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(CGROUP_PREFIX) || !name.contains("-node-") {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(30));
+        let owner = fs::read_to_string(e.path().join("owner/cgroup.procs")).unwrap_or_default();
+        if !old || !owner.trim().is_empty() {
+            continue;
+        }
+        eprintln!("cluster: removing the remains of node cgroup {name} (its owner is gone)");
+        let state = State {
+            nodes: vec![NodeState {
+                name: name.clone(),
+                ip: Ipv4Addr::UNSPECIFIED,
+                pod_cidr: String::new(),
+                holder: 0,
+                mnt: "none".into(),
+                net: "none".into(),
+                cgroup: name,
+            }],
+            ..State::default()
+        };
+        for problem in teardown(&state) {
+            eprintln!("cluster: {problem}");
+        }
+    }
 }

@@ -74,6 +74,9 @@ fn a_two_node_cluster_runs_pods_and_leaves_the_host_as_it_found_it() {
         e2e::is_root(),
         "the cluster needs root: namespaces, mounts, cgroups"
     );
+    // (what an earlier run killed without unwinding left is taken down first, as every
+    // cluster start does, so that it does not count as this run's change)
+    e2e::cluster::reap_stale_nodes();
     let before = HostState::capture();
     {
         let c = Cluster::start(2);
@@ -123,8 +126,25 @@ fn a_two_node_cluster_runs_pods_and_leaves_the_host_as_it_found_it() {
             "the scheduler spread the replicas"
         );
 
-        // Through CoreDNS, kube-proxy and the bridge, from a Pod, several times: both
+        // Through CoreDNS, kube-proxy and the bridge, from a Pod. Until kube-proxy has
+        // programmed the Service's endpoints (a second or so after the Pods turn Ready) the
+        // Service refuses connections; then every request is answered, several times: both
         // replicas answer, one of them on the other node.
+        let request = [
+            "-n",
+            "demo",
+            "exec",
+            "deploy/curl",
+            "--",
+            "curl",
+            "-sf",
+            "http://details:9080/details/0",
+        ];
+        let first = e2e::poll_until(
+            std::time::Instant::now() + std::time::Duration::from_secs(30),
+            || c.kubectl(&request).status.success().then_some(()),
+        );
+        assert!(first.is_some(), "the Service never answered");
         for _ in 0..6 {
             let body = c.kubectl_ok(&[
                 "-n",
