@@ -1,5 +1,5 @@
-//! Network namespaces for the local cluster ([`crate::cluster`]): a process that holds one open,
-//! commands run inside one (`nsenter`), and the relay that joins a namespace to this machine's
+//! Network namespaces for the local cluster ([`crate::cluster`]): commands run inside one
+//! (`nsenter`), the processes in one, and the relay that joins a namespace to this machine's
 //! loopback without giving the host any other address.
 //!
 //! The cluster's network lives entirely in namespaces it creates: a router namespace with the
@@ -149,12 +149,11 @@ fn dial(ns: Option<&Path>, target: SocketAddr) -> std::io::Result<TcpStream> {
     }
 }
 
-/// Accept on `listener` forever; each connection is spliced to `target`, dialed in `dial_ns`
-/// (the host's namespace when `None`).
-fn forward(listener: TcpListener, dial_ns: Option<PathBuf>, target: SocketAddr) {
+/// Accept on `listener` forever; each connection is spliced to `target`, dialed in the
+/// host's namespace.
+fn forward(listener: TcpListener, target: SocketAddr) {
     for conn in listener.incoming().flatten() {
-        let ns = dial_ns.clone();
-        std::thread::spawn(move || match dial(ns.as_deref(), target) {
+        std::thread::spawn(move || match dial(None, target) {
             Ok(up) => splice(conn, up),
             Err(e) => eprintln!("relay: {target}: {e}"),
         });
@@ -233,7 +232,6 @@ fn parse_pair(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
 /// The relay process (`cluster relay ...`):
 /// - `--netns PATH`: the namespace it joins to the host (required, first);
 /// - `--forward LISTEN=TARGET`: listen on LISTEN inside the namespace, dial TARGET on the host;
-/// - `--expose LISTEN=TARGET`: listen on LISTEN on the host, dial TARGET inside the namespace;
 /// - `--connect-proxy SOCKET`: an HTTP CONNECT proxy on the Unix socket SOCKET (the API
 ///   server's egress transport) that dials inside the namespace.
 ///
@@ -250,20 +248,14 @@ pub fn relay_main(args: &[String]) -> Result<(), String> {
             .clone();
         match flag.as_str() {
             "--netns" => ns = Some(PathBuf::from(value)),
-            "--forward" | "--expose" | "--connect-proxy" => {
+            "--forward" | "--connect-proxy" => {
                 let ns = ns.clone().ok_or("--netns comes first")?;
                 match flag.as_str() {
                     "--forward" => {
                         let (listen, target) = parse_pair(&value)?;
                         let l = in_netns(&ns, move || TcpListener::bind(listen))
                             .map_err(|e| format!("listen on {listen} in {}: {e}", ns.display()))?;
-                        threads.push(std::thread::spawn(move || forward(l, None, target)));
-                    }
-                    "--expose" => {
-                        let (listen, target) = parse_pair(&value)?;
-                        let l = TcpListener::bind(listen)
-                            .map_err(|e| format!("listen on {listen}: {e}"))?;
-                        threads.push(std::thread::spawn(move || forward(l, Some(ns), target)));
+                        threads.push(std::thread::spawn(move || forward(l, target)));
                     }
                     _ => {
                         let _ = std::fs::remove_file(&value);
