@@ -147,6 +147,16 @@ fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), String> {
 }
 
 /// A short id that names this cluster's cgroups (unique among clusters running at once).
+/// A bearer token no Pod can guess (the API server is reachable from Pods): 128 random bits.
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn cluster_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,7 +183,8 @@ impl Cluster {
     }
 
     /// Bring a cluster up with its files in `dir` (see the module docs); returns once every
-    /// node is Ready and CoreDNS serves. On failure everything started is taken down.
+    /// node is Ready, CoreDNS serves and istiod's injection webhook is trusted. On failure
+    /// everything started is taken down.
     pub fn start_in(dir: &Path, nodes: usize, tied: bool) -> Result<Cluster, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| e.to_string())?;
@@ -250,13 +261,13 @@ impl Cluster {
         let mut tokens = Vec::new();
         for i in 1..=nodes {
             tokens.push((
-                format!("node-token-{i}-{}", free_port()),
+                random_token(),
                 format!("system:node:node-{i}"),
                 "system:nodes".to_string(),
             ));
         }
         tokens.push((
-            format!("kube-proxy-token-{}", free_port()),
+            random_token(),
             "system:kube-proxy".to_string(),
             "e2e:kube-proxy".to_string(),
         ));
