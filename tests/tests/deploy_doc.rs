@@ -1,33 +1,29 @@
 //! docs/deploy.md is a path a person walks: every `sh` block of it runs here, in order, in one
 //! bash state (exported variables carry over from block to block, as in one terminal), from the
-//! repository root, against a real kube-apiserver and istiod, a registry that asks for a
-//! password, and the project's own builds.
+//! repository root, on a real two-node cluster ([`e2e::cluster`]: kubelets, containerd, istiod
+//! with its injection webhook), from a workstation on the cluster's network (where the registry
+//! and the API server have the addresses the Pods use), with a registry that asks for a
+//! password, and the project's own builds. The agent, the controller and the sidecars are Pods.
 //!
-//! No kubelet runs on this machine. A line that needs running Pods ends with `# (test: ...)`;
-//! for it the test does the Pod's part (starts the agent, the controller, a pilot-agent sidecar),
-//! and replaces only the command before the line's first `|`, `>` or `&` with one that reads
-//! the same thing from the process it started (the rest of the pipeline runs as written). The
-//! agent's `/status` is on a free port, so `127.0.0.1:9090` in the block that port-forwards to
-//! it names that port. Everything else runs verbatim; checks after the blocks hold the outcome
-//! (the filter served, upgraded, rolled back, removed) against the sidecar itself.
+//! One line ends with `# (test: ...)`: `cargo install`, whose build the test has (PATH leads to
+//! it); the command before its first `|`, `>` or `&` is replaced. Everything else runs verbatim;
+//! checks after the blocks hold the outcome (the filter served, upgraded, rolled back, removed)
+//! against what a client Pod receives through the sidecars.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use e2e::agent::{self, Agent};
-use e2e::controller::Controller;
-use e2e::controlplane::{ControlPlane, bin_dir};
-use e2e::kubelet::{Kubelet, Volume};
-use e2e::mesh::{DETAILS, PROPAGATION, hello};
-use e2e::registry::Registry;
-use e2e::sidecar::{Sidecar, Workload};
+use e2e::cluster::Cluster;
+use e2e::controlplane::bin_dir;
+use e2e::netns;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::{Duration, Instant};
 
 const USER: &str = "deployer";
 const PASSWORD: &str = "deploy-Doc-3";
-const NODE: &str = "node-1";
+/// How long a change may take to reach the sidecars (a rollout of new Pods included).
+const PROPAGATION: Duration = Duration::from_secs(240);
 
 /// The `sh` blocks of docs/deploy.md: (line of the opening fence, text).
 fn blocks(doc: &str) -> Vec<(usize, String)> {
@@ -48,148 +44,30 @@ fn blocks(doc: &str) -> Vec<(usize, String)> {
     out
 }
 
-/// What the test has started in the Pods' place; dropped (everything stopped) at the end or on
-/// failure.
-#[derive(Default)]
-struct Pods {
-    kubelet: Option<Kubelet>,
-    agent: Option<Agent>,
-    controller: Option<Controller>,
-    sidecar: Option<Sidecar>,
-}
-
-/// Fields drop in order: the processes standing in for Pods stop first, then the control plane,
-/// then the working directory goes.
+/// Fields drop in order: the cluster goes first (everything the walk started runs in it or in
+/// the workstation), then the working directory.
 struct Walk {
-    pods: Pods,
-    cp: ControlPlane,
+    cluster: Cluster,
+    workstation: u32,
     work: tempfile::TempDir,
-    node_dir: PathBuf,
-    secrets: PathBuf,
     env: Vec<(String, String)>,
     state: PathBuf,
     transcript: String,
 }
 
 impl Walk {
-    fn sidecar(&self) -> &Sidecar {
-        self.pods
-            .sidecar
-            .as_ref()
-            .expect("details-v1's sidecar is started")
-    }
-
-    /// A file the stand-in command reads.
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.work.path().join(name);
-        fs::write(&p, text).unwrap();
-        format!("cat '{}'", p.display())
-    }
-
-    /// Do the Pod's part for a marked line; returns the command that replaces the part of the
-    /// line before its first `|`, `>` or `&`.
+    /// The command that replaces the part of a marked line before its first `|`, `>` or `&`.
     fn stand_in(&mut self, command: &str, line: usize) -> String {
-        let cp = &self.cp;
-        let kubeconfig = cp.kubeconfig.clone();
         if command.starts_with("cargo install --locked --path wasmctl") {
             // PATH already leads to the test build of wasmctl.
             return "true".into();
-        }
-        if command.contains("rollout status daemonset/wasm-agent") {
-            // The kubelet registers its node and mounts the agent's volumes; the DaemonSet's
-            // container runs `wasmctl agent` with the node's name and the agent's token.
-            cp.apply_as(
-                "kubelet",
-                &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n"),
-            )
-            .unwrap();
-            let list = self.work.path().join("images.yaml");
-            self.pods.kubelet = Some(Kubelet::start(
-                &kubeconfig,
-                vec![
-                    Volume::image_list(&list),
-                    Volume::pull_secret("regcred", &self.secrets),
-                ],
-            ));
-            let args = [
-                &agent::FAST[..],
-                &["--node-name", NODE, "--secrets-dir"],
-                &[self.secrets.to_str().unwrap()],
-            ]
-            .concat();
-            let kc = cp.kubeconfig_for("wasm-system", "wasm-agent");
-            self.pods.agent = Some(Agent::start_with_env(
-                &list,
-                &self.node_dir,
-                &args,
-                &[("KUBECONFIG", kc.as_path())],
-            ));
-            let reported = e2e::poll_until(std::time::Instant::now() + PROPAGATION, || {
-                cp.kubectl(&["get", "configmap", "-n", "wasm-system", "wasm-node-node-1"])
-                    .status
-                    .success()
-                    .then_some(())
-            });
-            assert!(reported.is_some(), "the agent of {NODE} never reported");
-            return "true".into();
-        }
-        if command.contains("rollout status deployment/wasmctl-controller") {
-            let kc = cp.kubeconfig_for("wasm-system", "wasmctl-controller");
-            self.pods.controller = Some(Controller::start_with(&kc, &e2e::controller::FAST));
-            return "true".into();
-        }
-        if command.contains("port-forward daemonset/wasm-agent") {
-            return "true".into();
-        }
-        if command.contains("rollout status deployment/details-v1") {
-            // The scheduler's and kubelet's part: a Pod of details-v1 bound to the node (what
-            // the controller's rollout waits for), and its sidecar Envoy.
-            cp.apply_as(
-                "kubelet",
-                &format!(
-                    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: details-v1-{NODE}\n  namespace: default\n  labels: {{app: details, version: v1}}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: details\n    image: docker.io/istio/examples-bookinfo-details-v1:1.20.3\n"
-                ),
-            )
-            .unwrap();
-            fs::create_dir_all(&self.node_dir).unwrap();
-            self.pods.sidecar = Some(Sidecar::start(
-                cp,
-                Workload::new("default", "details-v1-0", DETAILS),
-                &self.node_dir,
-            ));
-            return "true".into();
-        }
-        if command.contains("pilot-agent request GET config_dump") {
-            let dump = self.sidecar().config_dump("");
-            return self.file("config_dump.json", &dump.to_string());
-        }
-        if command.starts_with("istioctl proxy-config log deploy/details-v1 --level wasm:debug") {
-            return format!(
-                "curl -sf -X POST 'http://{}/logging?wasm=debug'",
-                self.sidecar().admin
-            );
-        }
-        if command.starts_with("kubectl logs deploy/details-v1 -c istio-proxy") {
-            // One request after the level changed, so its rule outcomes are in the log.
-            let s = self.sidecar();
-            assert_eq!(hello(&s.get("/details/0")), Some("hello details"));
-            let logged = e2e::poll_until(std::time::Instant::now() + PROPAGATION, || {
-                s.log().contains("): applied").then_some(())
-            });
-            assert!(
-                logged.is_some(),
-                "no debug line of the filter:\n{}",
-                s.log()
-            );
-            let log = s.log();
-            return self.file("sidecar.log", &log);
         }
         panic!(
             "docs/deploy.md:{line}: a `# (test: ...)` line this test has no stand-in for: {command}"
         );
     }
 
-    /// Run one block in the shared bash state; its combined output.
+    /// Run one block in the shared bash state, on the workstation; its combined output.
     fn run(&mut self, line: usize, block: &str) -> String {
         let mut script = String::new();
         for (i, l) in block.lines().enumerate() {
@@ -206,40 +84,72 @@ impl Walk {
                 note.trim_end().trim_end_matches(')')
             ));
         }
-        if block.contains("port-forward daemonset/wasm-agent") {
-            let addr = self.pods.agent.as_ref().unwrap().addr.to_string();
-            script = script.replace("127.0.0.1:9090", &addr);
-        }
         let state = self.state.display().to_string();
         let full = format!(
             "set -euo pipefail\n[ -f '{state}' ] && source '{state}'\n{script}\nexport -p > '{state}'\n"
         );
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(&full)
+        // Output to a file, not a pipe: a block may leave a process running in the background
+        // (`kubectl port-forward ... &`), which would hold a pipe open.
+        let log = self.work.path().join("block.log");
+        let file = fs::File::create(&log).unwrap();
+        let status = netns::nsenter(self.workstation, false, &["bash", "-c", &full])
             .current_dir(e2e::workspace_root())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = fs::read_to_string(&log).unwrap_or_default();
         self.transcript.push_str(&format!(
             "---- docs/deploy.md:{line}\n{script}---- output\n{text}"
         ));
         assert!(
-            out.status.success(),
-            "docs/deploy.md:{line}: the block failed ({}):\n{script}\n---- its output ----\n{text}\n---- controller ----\n{}",
-            out.status,
-            self.pods
-                .controller
-                .as_ref()
-                .map(|c| c.log())
-                .unwrap_or_default()
+            status.success(),
+            "docs/deploy.md:{line}: the block failed ({status}):\n{script}\n---- its output ----\n{text}\n---- the walk so far ----\n{}",
+            self.transcript
         );
         text
+    }
+
+    /// The `hello` header a request from the client Pod to details gets back (`None`: none;
+    /// `Err`: no answer).
+    fn hello(&self) -> Result<Option<String>, String> {
+        let out = self.cluster.kubectl(&[
+            "exec",
+            "deploy/curl",
+            "-c",
+            "curl",
+            "--",
+            "curl",
+            "-sf",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "http://details:9080/details/0",
+        ]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("hello: "))
+            .map(|v| v.trim().to_string()))
+    }
+
+    /// Wait until a client Pod's request gets `want` as its `hello` header.
+    fn sidecar_says(&self, want: Option<&str>) {
+        let mut last = Ok(None);
+        let ok = e2e::poll_until(Instant::now() + PROPAGATION, || {
+            last = self.hello();
+            (last.as_ref().ok().map(|h| h.as_deref()) == Some(want)).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "a client Pod never got hello={want:?}; last {last:?}\n{}",
+            self.transcript
+        );
     }
 }
 
@@ -250,11 +160,26 @@ fn path_with(dirs: &[&Path]) -> String {
 }
 
 #[test]
-fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
+fn every_command_of_the_deploy_guide_runs_on_a_real_cluster() {
     let doc_path = e2e::workspace_root().join("docs/deploy.md");
     let doc = fs::read_to_string(&doc_path).unwrap();
-    let cp = ControlPlane::start();
-    let registry = Registry::start_with_htpasswd(USER, PASSWORD);
+    let mut cluster = Cluster::start(2);
+    let registry = cluster.start_private_registry(USER, PASSWORD);
+    let (workstation, kubeconfig) = cluster.start_workstation();
+    // The cluster as the guide finds it: bookinfo's details-v1 belongs to the default
+    // namespace, labelled for injection, with its ServiceAccount and Service; a client Pod
+    // (Istio's curl sample) to send requests from.
+    cluster.kubectl_ok(&["label", "namespace", "default", "istio-injection=enabled"]);
+    cluster.kubectl_ok(&["create", "serviceaccount", "bookinfo-details"]);
+    cluster.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "details",
+        "--tcp=9080:9080",
+    ]);
+    let curl = cluster.images.get("CURL_IMAGE").unwrap().to_string();
+    cluster.kubectl_ok(&["create", "deployment", "curl", &format!("--image={curl}")]);
     // The filter and wasmctl are built before the guide's `make build` (a no-op then).
     e2e::filter_wasm();
     let wasmctl = e2e::wasmctl_bin();
@@ -270,8 +195,8 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
                 e2e::cosign_bin().parent().unwrap(),
             ]),
         ),
-        ("KUBECONFIG", cp.kubeconfig.display().to_string()),
-        ("REGISTRY", format!("{}/team", registry.host())),
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("REGISTRY", format!("{registry}/team")),
         ("REGISTRY_USER", USER.into()),
         ("REGISTRY_PASSWORD", PASSWORD.into()),
         ("DOCKER_CONFIG", docker.display().to_string()),
@@ -289,12 +214,10 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let mut walk = Walk {
-        node_dir: work.path().join(NODE).join("wasm-filters"),
-        secrets: work.path().join(NODE).join("secrets"),
         state: work.path().join("shell-state"),
-        cp,
+        cluster,
+        workstation,
         work,
-        pods: Pods::default(),
         env,
         transcript: String::new(),
     };
@@ -308,6 +231,13 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
         all.len()
     );
     for (line, block) in &all {
+        if block.starts_with("kubectl logs deploy/details-v1") {
+            // "Send the workload a request": the client Pod does, once the filter has read the
+            // new log level (on its 1 s tick).
+            std::thread::sleep(Duration::from_secs(2));
+            let r = walk.hello();
+            assert!(r.is_ok(), "the request before reading the log: {r:?}");
+        }
         let out = walk.run(*line, block);
         let mut check = |key: &str, f: &mut dyn FnMut(&str)| {
             if block.contains(key) {
@@ -323,10 +253,17 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
         });
         check(
             "get configmap -l filters.envoy-wasm-toolkit.io/node-report",
-            &mut |out| assert!(out.contains("wasm-node-node-1"), "{out}"),
+            &mut |out| {
+                assert!(
+                    out.contains("wasm-node-node-1") && out.contains("wasm-node-node-2"),
+                    "{out}"
+                )
+            },
         );
         check("/status", &mut |out| {
-            let v: serde_json::Value = serde_json::from_str(out.trim())
+            // (kubectl port-forward's own lines come first: "Forwarding from ...")
+            let json = out.find("\n{").map_or(out, |i| &out[i + 1..]);
+            let v: serde_json::Value = serde_json::from_str(json.trim())
                 .unwrap_or_else(|e| panic!("the agent's /status is not JSON ({e}): {out}"));
             assert!(v.is_object(), "{out}");
         });
@@ -339,6 +276,13 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
         check("istioctl analyze", &mut |out| {
             assert!(out.contains("IST0151"), "{out}")
         });
+        check("istioctl proxy-status", &mut |out| {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with("details-v1-") && l.contains("Kubernetes")),
+                "{out}"
+            )
+        });
         check("istioctl proxy-config listener", &mut |out| {
             assert!(
                 out.contains("\"name\": \"default.details-v1-wasmfiltering\""),
@@ -349,29 +293,32 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
         check("kubectl logs deploy/details-v1", &mut |out| {
             assert!(out.contains("header-filter: rule 0"), "{out}")
         });
-        let sidecar_says = |want: Option<&str>| {
-            let r = walk.sidecar().get_until("/details/0", PROPAGATION, |r| {
-                r.status() == 200 && hello(r) == want
-            });
-            assert_eq!(hello(&r), want, "status {}", r.status());
-        };
         if block.contains("kubectl apply -f \"$WORK/details.yaml\"")
             && !block.contains("header-filter:v2")
         {
-            sidecar_says(Some("hello details"));
+            walk.sidecar_says(Some("hello details"));
+            // The Pod the controller's annotations replaced may still be shutting down; the
+            // debugging steps below name `deploy/details-v1`, which must be the new one.
+            let one = e2e::poll_until(Instant::now() + PROPAGATION, || {
+                let out =
+                    walk.cluster
+                        .kubectl_ok(&["get", "pods", "-l", "app=details", "-o", "name"]);
+                (out.lines().count() == 1).then_some(())
+            });
+            assert!(one.is_some(), "the replaced details-v1 Pod never went away");
             checked.insert("deployed".into());
         }
         if block.contains("header-filter:v2") {
-            sidecar_says(Some("hello details v2"));
+            walk.sidecar_says(Some("hello details v2"));
             checked.insert("upgraded".into());
         }
         if block.starts_with("kubectl apply -f \"$WORK/details-v1.yaml\"") {
-            sidecar_says(Some("hello details"));
+            walk.sidecar_says(Some("hello details"));
             checked.insert("rolled back".into());
         }
         if block.contains("kubectl delete filterdeployment") {
             assert!(out.contains("No resources found"), "{out}");
-            sidecar_says(None);
+            walk.sidecar_says(None);
             checked.insert("uninstalled".into());
         }
     }
@@ -381,6 +328,7 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
         "get configmap -l filters.envoy-wasm-toolkit.io/node-report",
         "/status",
         "istioctl analyze",
+        "istioctl proxy-status",
         "wasmctl verify",
         "istioctl proxy-config listener",
         "kubectl logs deploy/details-v1",
@@ -399,7 +347,7 @@ fn every_command_of_the_deploy_guide_runs_against_the_control_plane() {
     // The walk, as a person would have seen it (shown with --nocapture).
     eprintln!("{}", walk.transcript);
     // Nothing of the toolkit is left in the cluster.
-    let left = walk.cp.kubectl(&["get", "namespace", "wasm-system"]);
+    let left = walk.cluster.kubectl(&["get", "namespace", "wasm-system"]);
     assert!(
         !left.status.success() || String::from_utf8_lossy(&left.stdout).contains("Terminating")
     );

@@ -239,4 +239,115 @@ impl Cluster {
         });
         pids
     }
+
+    /// A registry that asks for `user`/`password` (htpasswd, bcrypt), beside the anonymous one:
+    /// on 127.0.0.1 here and at [`PRIVATE_REGISTRY`] for the nodes, Pods and the workstation
+    /// (its own relay). The nodes pull from it with a Pod's `imagePullSecrets`, as from any
+    /// private registry. Returns the address Pods use.
+    pub fn start_private_registry(&mut self, user: &str, password: &str) -> String {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("run htpasswd (Debian apache2-utils; run scripts/setup)");
+        assert!(out.status.success(), "htpasswd failed: {out:?}");
+        let dir = self.dir.join("private-registry");
+        write(&dir.join("htpasswd"), out.stdout).expect("write htpasswd");
+        let port = free_port();
+        // Istio's fetcher takes only a realm that is an http(s) URL.
+        write(
+            &dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: https://registry.example.com/token\n    path: {}\n",
+                dir.join("storage").display(),
+                dir.join("htpasswd").display()
+            ),
+        )
+        .expect("write the registry's config");
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(dir.join("config.yml"));
+        let tied = self.tied;
+        self.spawn("private-registry", cmd, tied);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let up = crate::poll_until(Instant::now() + controlplane::READY_DEADLINE, || {
+            crate::http1::get(addr, "/v2/", &[])
+                .is_ok_and(|r| r.status() == 401)
+                .then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "the private registry on {addr} did not answer"
+        );
+        let router = self.router;
+        let mut cmd = Command::new(cluster_bin());
+        cmd.arg("relay")
+            .arg("--netns")
+            .arg(format!("/proc/{router}/ns/net"))
+            .arg("--forward")
+            .arg(format!("{PRIVATE_REGISTRY}={addr}"));
+        self.spawn("private-relay", cmd, tied);
+        let ns = PathBuf::from(format!("/proc/{router}/ns/net"));
+        let target: SocketAddr = PRIVATE_REGISTRY.parse().expect("an address");
+        let relayed = crate::poll_until(Instant::now() + Duration::from_secs(20), || {
+            netns::in_netns(&ns, move || std::net::TcpStream::connect(target))
+                .ok()
+                .map(|_| ())
+        });
+        assert!(
+            relayed.is_some(),
+            "the relay to the private registry did not listen"
+        );
+        for node in self.state.nodes.clone() {
+            write(
+                &self
+                    .node_dir(&node.name)
+                    .join(format!("certs.d/{PRIVATE_REGISTRY}/hosts.toml")),
+                format!("server = \"http://{PRIVATE_REGISTRY}\"\n"),
+            )
+            .expect("the nodes' registry configuration");
+        }
+        PRIVATE_REGISTRY.to_string()
+    }
+
+    /// A workstation on the cluster's network (network namespace, `10.250.0.2` on the bridge):
+    /// what a person's machine is, where the registry and the API server have the same names
+    /// as for the cluster. Returns the process holding its namespace (run commands there with
+    /// [`netns::nsenter`]) and an admin kubeconfig naming the API server at its cluster
+    /// address.
+    pub fn start_workstation(&mut self) -> (u32, PathBuf) {
+        let tied = self.tied;
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", "--", "sleep", "infinity"]);
+        let holder = self.spawn("workstation", cmd, tied);
+        wait_own_netns(holder).expect("the workstation's namespace");
+        self.state.namespaces.extend(netns::ns_id(holder, "net"));
+        self.save_state();
+        let router = self.router;
+        sh_in(
+            router,
+            false,
+            &format!(
+                "ip link add vworkstation type veth peer name eth0 netns {holder}
+                 ip link set vworkstation master br0 up"
+            ),
+        )
+        .expect("link the workstation");
+        sh_in(
+            holder,
+            false,
+            &format!(
+                "ip link set lo up
+                 ip addr add {WORKSTATION_IP}/24 dev eth0
+                 ip link set eth0 up
+                 ip route add default via {ROUTER_IP}"
+            ),
+        )
+        .expect("address the workstation");
+        let text = fs::read_to_string(&self.kubeconfig).expect("the kubeconfig");
+        let mut kc: Value = serde_json::from_str(&text).expect("kubeconfig JSON");
+        let api = self.cp().endpoints.api.port();
+        kc["clusters"][0]["cluster"]["server"] = json!(format!("https://{ROUTER_IP}:{api}"));
+        let path = self.dir.join("workstation.kubeconfig");
+        write(&path, serde_json::to_vec_pretty(&kc).expect("JSON")).expect("write");
+        (holder, path)
+    }
 }

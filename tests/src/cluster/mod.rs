@@ -53,6 +53,10 @@ pub use teardown::{NodeState, State, reap_stale_nodes, teardown};
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 /// The registry's port at [`ROUTER_IP`] (what Pods use: `10.250.0.1:5000/...`).
 pub const CLUSTER_REGISTRY_PORT: u16 = 5000;
+/// The password registry's address from the cluster ([`Cluster::start_private_registry`]).
+pub const PRIVATE_REGISTRY: &str = "10.250.0.1:5001";
+/// The workstation's address on the nodes' bridge ([`Cluster::start_workstation`]).
+pub const WORKSTATION_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 /// The Pods' address range; node N has `10.244.N.0/24`.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The cluster DNS Service's address (in the API server's Service range, 10.0.0.0/24).
@@ -122,6 +126,8 @@ pub struct Cluster {
     detached: bool,
     tied: bool,
     restarts: usize,
+    /// The process holding the router namespace.
+    router: u32,
     _temp: Option<tempfile::TempDir>,
     cp: Option<ControlPlane>,
     procs: Vec<Proc>,
@@ -200,6 +206,7 @@ impl Cluster {
             detached: false,
             tied,
             restarts: 0,
+            router: 0,
             _temp: None,
             cp: None,
             procs: Vec::new(),
@@ -254,6 +261,7 @@ impl Cluster {
 
     fn bring_up(&mut self, nodes: usize, tied: bool) -> Result<(), String> {
         let router = self.start_router(tied)?;
+        self.router = router;
         self.start_registry(tied)?;
         let api_port = free_port();
         let egress = self.dir.join("egress.sock");

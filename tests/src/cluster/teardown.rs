@@ -44,6 +44,9 @@ pub struct State {
     pub nodes: Vec<NodeState>,
     /// `name=value` of the kernel settings the kubelet changes, before the first kubelet started.
     pub sysctls: Vec<(String, String)>,
+    /// Other network namespaces of the cluster (`net:[...]`, the workstation's) whose processes
+    /// are killed too.
+    pub namespaces: Vec<String>,
 }
 
 impl State {
@@ -51,6 +54,7 @@ impl State {
         json!({
             "pids": self.pids.iter().map(|(p, t)| json!([p, t])).collect::<Vec<_>>(),
             "sysctls": self.sysctls.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "namespaces": self.namespaces,
             "nodes": self.nodes.iter().map(|n| json!({
                 "name": n.name, "ip": n.ip.to_string(), "podCIDR": n.pod_cidr,
                 "holder": n.holder, "mnt": n.mnt, "net": n.net, "cgroup": n.cgroup,
@@ -74,6 +78,9 @@ impl State {
             if let (Some(k), Some(val)) = (kv[0].as_str(), kv[1].as_str()) {
                 state.sysctls.push((k.into(), val.into()));
             }
+        }
+        for ns in v["namespaces"].as_array().into_iter().flatten() {
+            state.namespaces.extend(ns.as_str().map(str::to_string));
         }
         for n in v["nodes"].as_array().into_iter().flatten() {
             state.nodes.push(NodeState {
@@ -173,6 +180,16 @@ pub fn teardown(state: &State) -> Vec<String> {
     // Nodes first: every process in a node's namespaces (kubelet, containerd, shims,
     // kube-proxy) or cgroups (the Pods' containers), until none is left.
     let deadline = Instant::now() + Duration::from_secs(30);
+    for ns in &state.namespaces {
+        let _ = crate::poll_until(deadline, || {
+            let pids: Vec<u32> = netns::pids_in_ns("net", ns)
+                .into_iter()
+                .filter(|p| !gone(*p))
+                .collect();
+            pids.iter().copied().for_each(kill9);
+            pids.is_empty().then_some(())
+        });
+    }
     for node in &state.nodes {
         loop {
             let mut pids = netns::pids_in_ns("mnt", &node.mnt);
