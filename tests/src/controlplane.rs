@@ -7,9 +7,10 @@
 //!
 //! Nothing here is simulated: the API server validates against the real CRD schemas (Istio's
 //! from the pinned module), istiod translates the resources into xDS, and the sidecars in
-//! [`crate::sidecar`] are Envoys started by Istio's own pilot-agent. What cannot run here is a
-//! kubelet: no Pod ever starts, so a workload is an app process plus a sidecar whose labels come
-//! from the proxy's metadata.
+//! [`crate::sidecar`] are Envoys started by Istio's own pilot-agent. This control plane alone has
+//! no nodes: a workload is an app process plus a sidecar whose labels come from the proxy's
+//! metadata, which makes the tests on it fast and lets them break one "node" at a time. The
+//! same control plane with real nodes, Pods and an in-cluster istiod is [`crate::cluster`].
 //!
 //! ```no_run
 //! let cp = e2e::controlplane::ControlPlane::start();

@@ -1,7 +1,9 @@
-//! The kubelet's part of a node, which no process plays here (no kubelet runs on this machine):
-//! the agent's ConfigMap and Secret volumes kept in step with the API server, as files in a
-//! directory. A test stand-in, and said to be one: it reads with `kubectl` what the kubelet would
-//! mount, and writes it atomically, as the kubelet's `..data` swap does.
+//! The kubelet's part of a node for the tests on the control plane alone ([`crate::controlplane`],
+//! no nodes): the agent's ConfigMap and Secret volumes kept in step with the API server, as files
+//! in a directory. A test stand-in, and said to be one: it reads with `kubectl` what the kubelet
+//! would mount, and writes it atomically, as the kubelet's `..data` swap does. `rollout.rs` uses
+//! it to break one node's pull secret at a time; the real kubelet's volumes are exercised on
+//! [`crate::cluster`] (`cluster_manifests`, `cluster_mesh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,6 +1,7 @@
-//! A workload without a Pod: an app process (the recording [`http1::Upstream`]) and an Envoy
-//! sidecar started by Istio's own pilot-agent, configured by the real istiod of a
-//! [`ControlPlane`].
+//! A workload without a Pod, for the tests on the control plane alone: an app process (the
+//! recording [`http1::Upstream`]) and an Envoy sidecar started by Istio's own pilot-agent,
+//! configured by the real istiod of a [`ControlPlane`]. Sidecars injected into real Pods by
+//! istiod's webhook run on [`crate::cluster`].
 //!
 //! What a kubelet would do for a Pod is done here by hand, and only that:
 //! - the workload's identity (namespace, name, labels, service account) goes to pilot-agent in
