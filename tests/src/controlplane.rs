@@ -41,20 +41,23 @@ const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// versions, built (once per machine) by `scripts/control-plane-build` when missing.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = crate::workspace_root().join("scripts/control-plane-build");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed with {}",
-            script.display(),
-            out.status
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+    DIR.get_or_init(|| script_output("scripts/control-plane-build"))
+}
+
+/// Run a build script of the repository (`scripts/...`) and return the directory it prints.
+pub(crate) fn script_output(script: &str) -> PathBuf {
+    let path = crate::workspace_root().join(script);
+    let out = Command::new(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{} failed with {}",
+        path.display(),
+        out.status
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// A binary of the control plane (`etcd`, `kube-apiserver`, `kubectl`, `pilot-agent`, ...).
@@ -75,6 +78,16 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// Whether a component's HTTPS `/healthz` on 127.0.0.1:`port` answers 200 (its certificate is
+/// self-signed).
+fn healthz(port: u16) -> bool {
+    Command::new("curl")
+        .args(["-skf", "-o", "/dev/null"])
+        .arg(format!("https://127.0.0.1:{port}/healthz"))
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -530,13 +543,7 @@ impl ControlPlane {
             self.dir.join("kube-controller-manager.log"),
             tied,
         );
-        let r = wait_ready(&mut p, "kube-controller-manager", || {
-            Command::new("curl")
-                .args(["-skf", "-o", "/dev/null"])
-                .arg(format!("https://127.0.0.1:{port}/healthz"))
-                .status()
-                .is_ok_and(|s| s.success())
-        });
+        let r = wait_ready(&mut p, "kube-controller-manager", || healthz(port));
         self.procs.push(p);
         r.map_err(|e| self.fail(e))
     }
@@ -559,13 +566,7 @@ impl ControlPlane {
             self.dir.join("kube-scheduler.log"),
             tied,
         );
-        let r = wait_ready(&mut p, "kube-scheduler", || {
-            Command::new("curl")
-                .args(["-skf", "-o", "/dev/null"])
-                .arg(format!("https://127.0.0.1:{port}/healthz"))
-                .status()
-                .is_ok_and(|s| s.success())
-        });
+        let r = wait_ready(&mut p, "kube-scheduler", || healthz(port));
         self.procs.push(p);
         r.map_err(|e| self.fail(e))
     }

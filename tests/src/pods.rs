@@ -225,3 +225,49 @@ pub fn assert_clean(lines: &[String]) {
         &bad[..bad.len().min(10)]
     );
 }
+
+/// One request from the curl Pod to details in `namespace`: the response's head and body as
+/// `curl -si` prints them, or the error.
+pub fn curl_details(c: &Cluster, namespace: &str) -> Result<String, String> {
+    let out = c.kubectl(&[
+        "-n",
+        namespace,
+        "exec",
+        "deploy/curl",
+        "-c",
+        "curl",
+        "--",
+        "curl",
+        "-si",
+        "http://details:9080/details/0",
+    ]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Wait until the curl Pod's response holds `line` (a header line, `hello: hello details`).
+pub fn wait_curl(c: &Cluster, namespace: &str, line: &str, within: Duration) {
+    let mut last = Err(String::new());
+    let ok = crate::poll_until(Instant::now() + within, || {
+        last = curl_details(c, namespace);
+        last.as_ref()
+            .is_ok_and(|r| r.lines().any(|l| l.trim_end() == line))
+            .then_some(())
+    });
+    assert!(ok.is_some(), "curl never saw {line:?}; last {last:?}");
+}
+
+/// `kubectl rollout status deployment/NAME` in `namespace`, up to 3 minutes.
+pub fn rollout(c: &Cluster, namespace: &str, name: &str) {
+    c.kubectl_ok(&[
+        "-n",
+        namespace,
+        "rollout",
+        "status",
+        &format!("deployment/{name}"),
+        "--timeout=180s",
+    ]);
+}

@@ -146,16 +146,7 @@ fn a_two_node_cluster_runs_pods_and_leaves_the_host_as_it_found_it() {
         );
         assert!(first.is_some(), "the Service never answered");
         for _ in 0..6 {
-            let body = c.kubectl_ok(&[
-                "-n",
-                "demo",
-                "exec",
-                "deploy/curl",
-                "--",
-                "curl",
-                "-sf",
-                "http://details:9080/details/0",
-            ]);
+            let body = c.kubectl_ok(&request);
             assert!(body.contains("William Shakespeare"), "{body}");
         }
         // The in-cluster API address, as a Pod's client finds it.

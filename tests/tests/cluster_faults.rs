@@ -61,14 +61,7 @@ fn agents_kubelets_the_leader_istiod_and_the_registry_fail_and_no_request_does()
     wait_fd(&c, "v1 applied", Duration::from_secs(180), |r, d| {
         r == "Applied" && d == v1
     });
-    c.kubectl_ok(&[
-        "-n",
-        NS,
-        "rollout",
-        "status",
-        "deployment/details-v1",
-        "--timeout=180s",
-    ]);
+    rollout(&c, NS, "details-v1");
     c.cp().apply(&client(&curl)).expect("start the client");
     c.kubectl_ok(&[
         "-n",

@@ -27,14 +27,7 @@ fn a_filter_reaches_injected_pods_and_a_re_pushed_tag_rolls_out_without_a_failed
     let curl = c.images.get("CURL_IMAGE").unwrap();
     c.cp().apply(&apps(app, curl)).expect("apply the apps");
     for d in ["details-v1", "curl"] {
-        c.kubectl_ok(&[
-            "-n",
-            NS,
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=180s",
-        ]);
+        rollout(&c, NS, d);
     }
     // istiod's webhook injected the sidecar (a native sidecar: an init container that keeps
     // running) and istio-init.
@@ -67,14 +60,7 @@ fn a_filter_reaches_injected_pods_and_a_re_pushed_tag_rolls_out_without_a_failed
             && annotations.contains("sidecar.istio.io/userVolumeMount"),
         "{annotations}"
     );
-    c.kubectl_ok(&[
-        "-n",
-        NS,
-        "rollout",
-        "status",
-        "deployment/details-v1",
-        "--timeout=180s",
-    ]);
+    rollout(&c, NS, "details-v1");
     // The injected sidecar mounts the node's directory, read-only.
     let mounts = jsonpath(
         &c,
@@ -86,24 +72,7 @@ fn a_filter_reaches_injected_pods_and_a_re_pushed_tag_rolls_out_without_a_failed
         "/var/local/lib/wasm-filters true /var/local/lib/wasm-filters\n/var/local/lib/wasm-filters true /var/local/lib/wasm-filters",
         "both Pods' sidecars mount the hostPath read-only"
     );
-    let ok = e2e::poll_until(Instant::now() + Duration::from_secs(60), || {
-        let r = c.kubectl(&[
-            "-n",
-            NS,
-            "exec",
-            "deploy/curl",
-            "-c",
-            "curl",
-            "--",
-            "curl",
-            "-si",
-            "http://details:9080/details/0",
-        ]);
-        String::from_utf8_lossy(&r.stdout)
-            .contains("hello: hello details")
-            .then_some(())
-    });
-    assert!(ok.is_some(), "curl never saw the filter's header");
+    wait_curl(&c, NS, "hello: hello details", Duration::from_secs(60));
 
     // A re-pushed tag, with a client sending all along.
     let before = details_pods(&c);
@@ -185,32 +154,8 @@ fn a_filter_reaches_injected_pods_and_a_re_pushed_tag_rolls_out_without_a_failed
         (!text.is_empty()).then_some(text)
     });
     assert!(plugin.is_some(), "no WasmPlugin was applied");
-    c.kubectl_ok(&[
-        "-n",
-        NS,
-        "rollout",
-        "status",
-        "deployment/details-v1",
-        "--timeout=180s",
-    ]);
-    let ok = e2e::poll_until(Instant::now() + Duration::from_secs(120), || {
-        let r = c.kubectl(&[
-            "-n",
-            NS,
-            "exec",
-            "deploy/curl",
-            "-c",
-            "curl",
-            "--",
-            "curl",
-            "-si",
-            "http://details:9080/details/0",
-        ]);
-        String::from_utf8_lossy(&r.stdout)
-            .contains("hello: hello details")
-            .then_some(())
-    });
-    assert!(ok.is_some(), "curl never saw the WasmPlugin's header");
+    rollout(&c, NS, "details-v1");
+    wait_curl(&c, NS, "hello: hello details", Duration::from_secs(120));
     let envoy_filters = c.kubectl_ok(&["-n", NS, "get", "envoyfilter", "-o", "name"]);
     assert!(
         envoy_filters.trim().is_empty(),

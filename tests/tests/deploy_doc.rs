@@ -115,25 +115,11 @@ impl Walk {
     /// The `hello` header a request from the client Pod to details gets back (`None`: none;
     /// `Err`: no answer).
     fn hello(&self) -> Result<Option<String>, String> {
-        let out = self.cluster.kubectl(&[
-            "exec",
-            "deploy/curl",
-            "-c",
-            "curl",
-            "--",
-            "curl",
-            "-sf",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "http://details:9080/details/0",
-        ]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        let r = e2e::pods::curl_details(&self.cluster, "default")?;
+        if !r.starts_with("HTTP/1.1 200") {
+            return Err(r);
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
+        Ok(r.lines()
             .find_map(|l| l.strip_prefix("hello: "))
             .map(|v| v.trim().to_string()))
     }

@@ -68,23 +68,7 @@ pub const NODE_READY_DEADLINE: Duration = Duration::from_secs(120);
 /// once per machine by `scripts/node-build`.
 pub fn node_bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| script_output("scripts/node-build", &[]))
-}
-
-fn script_output(script: &str, args: &[&str]) -> PathBuf {
-    let path = crate::workspace_root().join(script);
-    let out = Command::new(&path)
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    assert!(
-        out.status.success(),
-        "{} failed with {}",
-        path.display(),
-        out.status
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    DIR.get_or_init(|| controlplane::script_output("scripts/node-build"))
 }
 
 /// The `cluster` binary of this crate (the relay runs as `cluster relay ...`), built on first use.
