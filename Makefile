@@ -46,7 +46,7 @@ lint-filters: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -- -D warnings
 
-test: setup control-plane nodes cosign lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio)
+test: setup control-plane nodes cosign lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio, a real cluster; as root)
 	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace
 
 demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot update under the same tag; stop all
