@@ -186,11 +186,19 @@ pub fn wait_fd(c: &Cluster, what: &str, within: Duration, cond: impl Fn(&str, &s
 }
 
 /// The client's lines so far.
+/// (A kubelet that has just restarted may answer a moment with NotFound: asked again for up to
+/// 30 s.)
 pub fn client_lines(c: &Cluster) -> Vec<String> {
-    c.kubectl_ok(&["-n", NS, "logs", "client"])
-        .lines()
-        .map(str::to_string)
-        .collect()
+    let mut err = String::new();
+    let text = crate::poll_until(Instant::now() + Duration::from_secs(30), || {
+        let out = c.kubectl(&["-n", NS, "logs", "client"]);
+        err = String::from_utf8_lossy(&out.stderr).into_owned();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let text = text.unwrap_or_else(|| panic!("kubectl logs client: {err}"));
+    text.lines().map(str::to_string).collect()
 }
 
 /// Wait until the client has seen `n` responses with `marker` after line `from`.

@@ -294,6 +294,21 @@ healthzBindAddress: 127.0.0.1:10256
             .cloned()
             .expect("a node of this cluster");
         self.respawn(&proc_name, kubelet_cmd(node.holder, name, node.ip));
+        // The node's Ready condition outlives a short restart (its lease has not expired), so
+        // it says nothing: wait until the new kubelet serves its Pods through the API server
+        // (what `kubectl logs` and `exec` need) and the node is Ready.
+        let serving = crate::poll_until(Instant::now() + NODE_READY_DEADLINE, || {
+            let out = self.kubectl(&["get", "--raw", &format!("/api/v1/nodes/{name}/proxy/pods")]);
+            let pods: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            pods["items"]
+                .as_array()
+                .is_some_and(|items| !items.is_empty())
+                .then_some(())
+        });
+        assert!(
+            serving.is_some(),
+            "{name}'s kubelet did not serve its Pods after the restart"
+        );
         let out = self.kubectl(&[
             "wait",
             &format!("node/{name}"),
