@@ -1,6 +1,6 @@
-//! `manifests/` on real Pods (issue: the DaemonSet, the controller Deployment and the image
-//! `make image` builds, in a real cluster): `kubectl apply -k manifests/` and `kubectl set image`
-//! as docs/deploy.md says; the agent runs one Pod per node and the controller two replicas with
+//! `manifests/` on real Pods (the DaemonSet, the controller Deployment and the image `make image`
+//! builds, in a real cluster): `kubectl apply -k manifests/` and `kubectl set image` as
+//! docs/deploy.md says; the agent runs one Pod per node and the controller two replicas with
 //! one leader, each with the hardened spec the manifests declare, reaching the API server
 //! through the in-cluster Service address with projected service-account tokens; the agent's
 //! readiness means what the docs say (every listed image has a module in place).
@@ -9,16 +9,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use e2e::cluster::{Cluster, cluster_registry};
+use e2e::pods::jsonpath;
 use std::time::{Duration, Instant};
 
 const NS: &str = "wasm-system";
-
-fn jsonpath(c: &Cluster, args: &[&str], path: &str) -> String {
-    let mut a = args.to_vec();
-    let p = format!("jsonpath={path}");
-    a.extend(["-o", &p]);
-    c.kubectl_ok(&a)
-}
 
 /// Wait until every agent Pod's Ready condition is `want`.
 fn wait_agents_ready(c: &Cluster, want: &str, within: Duration) {
