@@ -201,6 +201,24 @@ pub fn client_lines(c: &Cluster) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
+/// Wait until the client's last `n` responses after line `from` all carry `marker`: every
+/// Pod behind the Service serves that version (two sidecars switch at their own moments, so a
+/// count of responses with it says nothing of the other Pod).
+pub fn wait_client_all(c: &Cluster, from: usize, marker: &str, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let ok = crate::poll_until(Instant::now() + Duration::from_secs(240), || {
+        lines = client_lines(c);
+        let after = lines.get(from..).unwrap_or_default();
+        (after.len() >= n && after.iter().rev().take(n).all(|l| l.contains(marker))).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "the client's last {n} responses never all carried {marker}: {:?}",
+        &lines[lines.len().saturating_sub(n)..]
+    );
+    lines
+}
+
 /// Wait until the client has seen `n` responses with `marker` after line `from`.
 pub fn wait_client(c: &Cluster, from: usize, marker: &str, n: usize) -> Vec<String> {
     let mut lines = Vec::new();
