@@ -297,3 +297,16 @@ pub fn rollout(c: &Cluster, namespace: &str, name: &str) {
         "--timeout=180s",
     ]);
 }
+
+/// Start the client Pod ([`client`]) and wait until it is Ready.
+pub fn start_client(c: &Cluster, curl: &str) {
+    c.cp().apply(&client(curl)).expect("start the client");
+    c.kubectl_ok(&[
+        "-n",
+        NS,
+        "wait",
+        "pod/client",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ]);
+}

@@ -62,15 +62,7 @@ fn agents_kubelets_the_leader_istiod_and_the_registry_fail_and_no_request_does()
         r == "Applied" && d == v1
     });
     rollout(&c, NS, "details-v1");
-    c.cp().apply(&client(&curl)).expect("start the client");
-    c.kubectl_ok(&[
-        "-n",
-        NS,
-        "wait",
-        "pod/client",
-        "--for=condition=Ready",
-        "--timeout=120s",
-    ]);
+    start_client(&c, &curl);
     wait_client(&c, 0, "hello=hello details", 20);
     let pods = details_pods(&c);
     let sha = {

@@ -76,15 +76,7 @@ fn a_filter_reaches_injected_pods_and_a_re_pushed_tag_rolls_out_without_a_failed
 
     // A re-pushed tag, with a client sending all along.
     let before = details_pods(&c);
-    c.cp().apply(&client(curl)).expect("start the client");
-    c.kubectl_ok(&[
-        "-n",
-        NS,
-        "wait",
-        "pod/client",
-        "--for=condition=Ready",
-        "--timeout=120s",
-    ]);
+    start_client(&c, curl);
     let lines = wait_client(&c, 0, "hello=hello details", 20);
     let mark = lines.len();
     let v2 = c.push_wasm(

@@ -191,25 +191,23 @@ pub fn teardown(state: &State) -> Vec<String> {
         });
     }
     for node in &state.nodes {
-        loop {
+        let mut left = Vec::new();
+        let done = crate::poll_until(deadline, || {
             let mut pids = netns::pids_in_ns("mnt", &node.mnt);
             pids.extend(netns::pids_in_ns("net", &node.net));
             for h in &hierarchies {
                 cgroup_pids(&h.join(&node.cgroup), &mut pids);
             }
             pids.retain(|p| !gone(*p));
-            if pids.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                problems.push(format!(
-                    "{}: processes {pids:?} survived SIGKILL",
-                    node.name
-                ));
-                break;
-            }
             pids.iter().copied().for_each(kill9);
-            std::thread::sleep(Duration::from_millis(50));
+            left = pids;
+            left.is_empty().then_some(())
+        });
+        if done.is_none() {
+            problems.push(format!(
+                "{}: processes {left:?} survived SIGKILL",
+                node.name
+            ));
         }
     }
     let ours: Vec<u32> = state
