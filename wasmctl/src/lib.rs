@@ -1,26 +1,30 @@
 //! `wasmctl`: ship proxy-wasm filters through OCI registries in the layouts Istio and Envoy
 //! Gateway load, and get them back from any layout others pushed.
 //!
-//! - [`agent`]: the node agent: keeps a directory of modules in step with an image list.
-//! - [`bench`]: what a filter costs per request and per VM in the harness, and memory growth.
+//! Where each concern lives:
+//!
+//! - [`oci`]: everything about images: references, credentials, layouts (solo, compat, cncf;
+//!   Istio's and Envoy Gateway's layer rules), media types, the runtime config, the registry
+//!   client (push, pull, inspect, login) and cosign signatures.
+//! - [`ops`]: what a long-running process needs to be operated (logs, metrics, the status
+//!   server, time), shared by the agent and the controller.
 //! - [`module`]: is a file a valid wasm module, which proxy-wasm ABI does it export.
-//! - [`config`]: the runtime config (`type`, `abiVersions`, `rootIds`).
-//! - [`controller`]: keeps `FilterDeployment`s in a cluster rendered, applied and reported.
-//! - [`layout`]: the solo, compat and cncf layouts; recognising a pulled one; Istio's and Envoy
-//!   Gateway's layer rules.
-//! - [`reference`]: image references, parsed and normalised as Docker does.
-//! - [`registry`]: push, pull, inspect, login against a registry (`oci-client`, rustls).
-//! - [`auth`]: Docker-format credentials (`~/.docker/config.json`, `dockerconfigjson`).
-//! - [`media`]: media types and annotation keys.
 //! - [`render`]: `FilterDeployment` resources into Istio `EnvoyFilter`/`WasmPlugin`, workload
-//!   volume patches and the node agent's image list.
+//!   volume patches and the node agent's image list; and the one pipeline that resolves an
+//!   image, verifies its signature and checks its parameters, used by `render`, the agent and
+//!   the controller alike.
+//! - [`agent`]: the node agent: keeps a directory of modules in step with an image list.
+//! - [`controller`]: keeps `FilterDeployment`s in a cluster rendered, applied and reported.
+//! - [`run`], [`bench`]: the harness commands (`wasmctl run`, `wasmctl bench`).
+//!
+//! The agent and the controller share only [`oci`], [`ops`] and the pipeline in [`render`].
 //!
 //! A worked example, without a registry: build the image `wasmctl push` would upload, and check
 //! that Istio's rules accept it.
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use wasmctl::{config::RuntimeConfig, layout, module};
+//! use wasmctl::{module, oci::layout, oci::runtime_config::RuntimeConfig};
 //!
 //! let wasm = module::tests_support::module_with_exports(&["proxy_abi_version_0_2_1"]);
 //! let summary = module::check(&wasm, "filter.wasm")?;
@@ -35,19 +39,14 @@
 #![deny(missing_docs)]
 
 pub mod agent;
-pub mod auth;
 pub mod bench;
-pub mod config;
 pub mod controller;
 pub mod error;
 pub mod fsutil;
-pub mod layout;
-pub mod media;
 pub mod module;
-pub mod reference;
-pub mod registry;
+pub mod oci;
+pub mod ops;
 pub mod render;
 pub mod run;
-pub mod sign;
 
 pub use error::{Error, Result};

@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use wasmctl::layout::Format;
-use wasmctl::registry::{self, Options, PushRequest};
+use wasmctl::oci::layout::Format;
+use wasmctl::oci::registry::{self, Options, PushRequest};
 
 /// Ship proxy-wasm filters through OCI registries, in the layouts Istio and Envoy Gateway load.
 #[derive(Parser)]
@@ -141,7 +141,7 @@ struct AgentArgs {
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, String> {
-    wasmctl::agent::report::parse_duration(text)
+    wasmctl::ops::time::parse_duration(text)
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -430,7 +430,11 @@ fn inspect_local(path: &Path) -> anyhow::Result<()> {
     let mut out = String::new();
     let _ = writeln!(out, "file:      {name}");
     let _ = writeln!(out, "size:      {} bytes", s.size);
-    let _ = writeln!(out, "sha256:    {}", wasmctl::layout::sha256_digest(&bytes));
+    let _ = writeln!(
+        out,
+        "sha256:    {}",
+        wasmctl::oci::layout::sha256_digest(&bytes)
+    );
     if s.abi_versions.is_empty() {
         let _ = writeln!(
             out,
@@ -615,9 +619,9 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
         let modules = a.module.is_none().then_some(pulled_dir.path());
         let resolved = runtime()?.block_on(render::resolve(&inputs, &ropts, modules))?;
         if let Some(path) = &a.verify_key {
-            let key = wasmctl::sign::load_public_key(path)?;
+            let key = wasmctl::oci::sign::load_public_key(path)?;
             for pinned in resolved.0.pinned.values() {
-                runtime()?.block_on(wasmctl::sign::verify(pinned, &key, &ropts))?;
+                runtime()?.block_on(wasmctl::oci::sign::verify(pinned, &key, &ropts))?;
             }
         }
         resolved
@@ -751,10 +755,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign(a) => {
             let password = std::env::var("COSIGN_PASSWORD").unwrap_or_default();
-            let key = wasmctl::sign::load_private_key(&a.key, password.as_bytes())?;
+            let key = wasmctl::oci::sign::load_private_key(&a.key, password.as_bytes())?;
             let annotations = parse_annotations(&a.annotations)?;
             let opts = options(&a.transport, true, None);
-            let signed = runtime()?.block_on(wasmctl::sign::sign(
+            let signed = runtime()?.block_on(wasmctl::oci::sign::sign(
                 &a.reference,
                 &key,
                 &annotations,
@@ -767,9 +771,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Verify(a) => {
-            let key = wasmctl::sign::load_public_key(&a.key)?;
+            let key = wasmctl::oci::sign::load_public_key(&a.key)?;
             let opts = options(&a.transport, true, None);
-            let v = runtime()?.block_on(wasmctl::sign::verify(&a.reference, &key, &opts))?;
+            let v = runtime()?.block_on(wasmctl::oci::sign::verify(&a.reference, &key, &opts))?;
             println!(
                 "verified: {} signed by {} ({} signature(s))",
                 v.digest,

@@ -5,10 +5,10 @@ use oci_client::Reference;
 use serde::Deserialize as _;
 use serde_json::Value;
 use wasmctl::agent::list::{self, Entry};
-use wasmctl::config::RuntimeConfig;
-use wasmctl::layout::{self, Manifest};
+use wasmctl::oci::layout::{self, Manifest};
+use wasmctl::oci::runtime_config::RuntimeConfig;
+use wasmctl::oci::{media, registry};
 use wasmctl::render::{self, Options, Resolved, spec::Delivery};
-use wasmctl::{media, registry};
 
 fn parts(r: &Reference) -> (String, Option<String>, Option<String>) {
     (
@@ -30,10 +30,10 @@ pub fn image_reference(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let ours = wasmctl::reference::parse(text);
+    let ours = wasmctl::oci::reference::parse(text);
     let cli = registry::parse_reference(text);
     let inner = text.trim().trim_start_matches("oci://");
-    match (&cli, wasmctl::reference::parse(inner)) {
+    match (&cli, wasmctl::oci::reference::parse(inner)) {
         (Ok(a), Ok(b)) => assert_eq!(parts(a), parts(&b)),
         (Err(_), Err(_)) => {}
         (a, b) => panic!("parse_reference({text:?}) is {a:?}, parse of the trimmed text {b:?}"),
@@ -41,7 +41,7 @@ pub fn image_reference(data: &[u8]) {
     match ours {
         Ok(r) => {
             let whole = r.whole();
-            match wasmctl::reference::parse(&whole) {
+            match wasmctl::oci::reference::parse(&whole) {
                 Ok(again) => assert_eq!(parts(&again), parts(&r), "{text:?} -> {whole:?}"),
                 Err(e) => panic!("{text:?} reads as {whole:?}, which is refused: {e}"),
             }

@@ -186,7 +186,7 @@ fn check(entries: &[Entry]) -> Result<(), String> {
                 e.name
             ));
         }
-        crate::registry::parse_reference(&e.image).map_err(|r| format!("{at}: image: {r}"))?;
+        crate::oci::registry::parse_reference(&e.image).map_err(|r| format!("{at}: image: {r}"))?;
         if let Some(s) = &e.pull_secret {
             let ok = !s.is_empty()
                 && s.len() <= 253

@@ -2,7 +2,7 @@
 //! image list, the way a DaemonSet does for the sidecars of its node.
 //!
 //! For each entry of the list ([`list`]) it resolves the image's tag to a manifest digest, pulls
-//! the module when the digest is new (any layout [`crate::registry::fetch`] reads, verified
+//! the module when the digest is new (any layout [`crate::oci::registry::fetch`] reads, verified
 //! against every digest, the wasm magic and a validator), writes it as `DIR/<sha256>.wasm` and
 //! points the symlink `DIR/<name>.wasm` at it; both writes are atomic. It re-resolves every
 //! `resync`; an unchanged digest costs one manifest request. A failure (registry down, 401,
@@ -26,13 +26,15 @@
 
 pub mod list;
 pub mod node;
-pub mod report;
 pub mod store;
 
 use crate::error::{Error, Result};
-use crate::registry::{self, Fetched, Options};
+use crate::oci::registry::{self, Fetched, Options};
+use crate::ops::log::log;
+use crate::ops::metrics;
+use crate::ops::server::{self, Published};
+use crate::ops::time::{self, unix_now};
 use list::Entry;
-use report::{Published, log, unix_now};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -188,11 +190,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     let mut server = None;
     let mut listen = None;
     if let Some(addr) = cfg.listen {
-        let listener = report::bind(addr)
+        let listener = server::bind(addr)
             .await
             .map_err(|e| Error::Usage(format!("--listen {addr}: cannot listen there: {e}")))?;
         listen = listener.local_addr().ok();
-        server = Some(tokio::spawn(report::serve(listener, published.clone())));
+        server = Some(tokio::spawn(server::serve(listener, published.clone())));
     }
     let mut agent = Agent {
         dir_abs,
@@ -502,7 +504,7 @@ impl Agent {
             Ok(Fetched::Module(m)) => {
                 slot.counters.pulls += 1;
                 slot.counters.bytes += m.downloaded;
-                let sha = store::sha256_hex(&m.module);
+                let sha = crate::oci::layout::sha256_hex(&m.module);
                 let previous = slot.current.clone();
                 let installed = store::write_module(&self.dir_abs, &sha, &m.module)
                     .and_then(|_| store::link(&self.dir_abs, &o.name, &sha));
@@ -816,7 +818,7 @@ impl Agent {
                     "sha256": c.map(|c| c.sha256.clone()),
                     "size": c.map(|c| c.size),
                     "ecdsFile": s.entry.ecds.as_ref().map(|e| e.file.clone()),
-                    "lastSuccess": s.counters.last_success.map(report::rfc3339),
+                    "lastSuccess": s.counters.last_success.map(time::rfc3339),
                     "lastError": s.last_error,
                     "consecutiveFailures": s.failures_in_row,
                     "resolves": s.counters.resolves,
@@ -914,8 +916,8 @@ impl Agent {
                     let _ = writeln!(
                         out,
                         "{name}{{name=\"{}\",image=\"{}\"}} {v}",
-                        report::label(&s.entry.name),
-                        report::label(&s.entry.image)
+                        metrics::label(&s.entry.name),
+                        metrics::label(&s.entry.image)
                     );
                 }
             }
@@ -948,8 +950,8 @@ async fn fetch_checked(
     let verified;
     let image = match verify_key {
         Some(key) => {
-            let key = crate::sign::load_public_key(key)?;
-            let v = crate::sign::verify(image, &key, opts).await?;
+            let key = crate::oci::sign::load_public_key(key)?;
+            let v = crate::oci::sign::verify(image, &key, opts).await?;
             verified = registry::pinned(&registry::parse_reference(image)?, &v.digest);
             verified.as_str()
         }

@@ -11,8 +11,8 @@
 //! reads every node's report with one labelled list. The report is owned by its Node, so it
 //! goes when the node does.
 
-use super::report::log;
 use super::store;
+use crate::ops::log::log;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};

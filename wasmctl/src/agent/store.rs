@@ -89,10 +89,7 @@ pub fn module_sha(name: &str) -> Option<&str> {
     .then_some(sha)
 }
 
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(bytes))
-}
+use crate::oci::layout::sha256_hex;
 
 /// Does `DIR/<sha>.wasm` exist with exactly that content?
 pub fn verify(dir: &Path, sha: &str) -> bool {

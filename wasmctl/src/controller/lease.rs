@@ -4,7 +4,7 @@
 //! another replica takes over at once. Every write carries the `resourceVersion` it read, so two
 //! replicas never both believe they won.
 
-use crate::agent::report;
+use crate::ops::log;
 use k8s_openapi::api::coordination::v1::{Lease as LeaseObject, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
@@ -119,7 +119,7 @@ impl Lease {
                 Ok(true) => return,
                 Ok(false) => {
                     if !logged {
-                        report::log(
+                        log::log(
                             "info",
                             "waiting-for-lease",
                             &[("lease", &self.name), ("identity", &self.identity)],
@@ -127,7 +127,7 @@ impl Lease {
                         logged = true;
                     }
                 }
-                Err(e) => report::log(
+                Err(e) => log::log(
                     "warn",
                     "lease-error",
                     &[("lease", &self.name), ("error", &e.to_string())],
@@ -173,7 +173,7 @@ impl Lease {
             .await
             .is_ok()
         {
-            report::log("info", "lease-released", &[("lease", &self.name)]);
+            log::log("info", "lease-released", &[("lease", &self.name)]);
         }
     }
 }

@@ -31,9 +31,10 @@
 pub mod lease;
 pub mod plan;
 
-use crate::agent::report::{self, Published};
 use crate::error::{Error, Result};
-use crate::registry::{self, Fetched, Options};
+use crate::oci::registry::{self, Fetched, Options};
+use crate::ops::server::{self, Published};
+use crate::ops::{log, time};
 use crate::render::{self, spec::Delivery};
 use futures_util::StreamExt;
 use kube::api::{
@@ -230,7 +231,7 @@ fn contains(have: &Value, want: &Value) -> bool {
 pub const APPLIED_ANNOTATION: &str = "filters.envoy-wasm-toolkit.io/applied";
 
 fn with_digest(object: &Value) -> Value {
-    let mut digest = crate::agent::store::sha256_hex(object.to_string().as_bytes());
+    let mut digest = crate::oci::layout::sha256_hex(object.to_string().as_bytes());
     digest.truncate(24);
     let mut o = object.clone();
     if !o["metadata"]["annotations"].is_object() {
@@ -254,10 +255,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }));
     let server = match cfg.listen {
         Some(addr) => {
-            let l = report::bind(addr)
+            let l = server::bind(addr)
                 .await
                 .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
-            report::log(
+            log::log(
                 "info",
                 "listening",
                 &[(
@@ -265,7 +266,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                     &l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 )],
             );
-            Some(tokio::spawn(report::serve(l, published.clone())))
+            Some(tokio::spawn(server::serve(l, published.clone())))
         }
         None => None,
     };
@@ -308,7 +309,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 return Ok(());
             }
         }
-        report::log(
+        log::log(
             "info",
             "leader",
             &[
@@ -362,13 +363,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
-                report::log("warn", "reconcile-error", &[("error", &e.to_string())]);
+                log::log("warn", "reconcile-error", &[("error", &e.to_string())]);
             }
         });
     let lost_lease = tokio::select! {
         _ = run => false,
         reason = lost => {
-            report::log("error", "lease-lost", &[("reason", &reason)]);
+            log::log("error", "lease-lost", &[("reason", &reason)]);
             true
         }
     };
@@ -398,7 +399,7 @@ fn publish(published: &Mutex<Published>, metrics: &Mutex<Metrics>, ready: bool, 
 }
 
 fn now() -> String {
-    report::rfc3339(report::unix_now())
+    time::rfc3339(time::unix_now())
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> std::result::Result<Action, Failure> {
@@ -426,7 +427,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> std::result::Resul
                     )
                 })?;
             ctx.count_write();
-            report::log("info", "deleted", &[("filterdeployment", &key)]);
+            log::log("info", "deleted", &[("filterdeployment", &key)]);
         }
         return Ok(Action::await_change());
     }
@@ -499,14 +500,14 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> std::result::Resul
             .publish(&event, &obj.object_ref(&filter_deployments()))
             .await
         {
-            report::log(
+            log::log(
                 "warn",
                 "event-failed",
                 &[("filterdeployment", &key), ("error", &e.to_string())],
             );
         }
         match (&applied, &failure) {
-            (Some(a), _) => report::log(
+            (Some(a), _) => log::log(
                 "info",
                 "applied",
                 &[
@@ -515,7 +516,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> std::result::Resul
                     ("objects", &a.objects.join(",")),
                 ],
             ),
-            (_, Some(f)) => report::log(
+            (_, Some(f)) => log::log(
                 "warn",
                 "failed",
                 &[
@@ -720,13 +721,13 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
                 "{:?} {ns}/{} key {}",
                 v.key_ref.kind, v.key_ref.name, v.key_ref.key
             ));
-            let key = crate::sign::parse_public_key(&pem, &origin).map_err(|e| {
+            let key = crate::oci::sign::parse_public_key(&pem, &origin).map_err(|e| {
                 Failure::new(
                     Reason::SignatureNotVerified,
                     format!("spec.filter.verification.keyRef: {e}"),
                 )
             })?;
-            crate::sign::verify(&pinned, &key, &opts)
+            crate::oci::sign::verify(&pinned, &key, &opts)
                 .await
                 .map_err(|e| {
                     Failure::new(
@@ -801,7 +802,7 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
     // the image list keeps both on every node.
     let bytes = std::fs::read(module_path(ctx, &digest))
         .map_err(|e| Failure::new(Reason::RegistryError, e.to_string()))?;
-    let sha = crate::agent::store::sha256_hex(&bytes);
+    let sha = crate::oci::layout::sha256_hex(&bytes);
     let live = ctx
         .api(&this_kind, Some(&wns))
         .get_opt(&d.metadata.name)
@@ -814,7 +815,7 @@ async fn apply_one(ctx: &Ctx, obj: &Value) -> std::result::Result<Applied, Failu
     let pending = plan::pending_nodes(&sha, &nodes, &reports);
     if !pending.is_empty() {
         let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
-        report::log(
+        log::log(
             "info",
             "rollout-waiting",
             &[

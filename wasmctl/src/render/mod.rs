@@ -40,7 +40,7 @@ pub mod schema;
 pub mod spec;
 
 use crate::error::{Error, Result};
-use crate::registry;
+use crate::oci::registry;
 use serde_json::{Map, Value, json};
 use spec::{Delivery, Direction, FailurePolicy, FilterDeployment};
 use std::collections::{BTreeMap, BTreeSet};
@@ -468,7 +468,7 @@ pub async fn resolve(
                 let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
                 resolved
                     .modules
-                    .insert(image.clone(), crate::agent::store::sha256_hex(&bytes));
+                    .insert(image.clone(), crate::oci::layout::sha256_hex(&bytes));
                 files.insert(image.clone(), path);
                 pulled.digest
             }

@@ -16,8 +16,8 @@
 //! connection other than to the image's registry.
 
 use crate::error::{Error, Result};
-use crate::layout::sha256_digest;
-use crate::registry::{Options, Remote};
+use crate::oci::layout::sha256_digest;
+use crate::oci::registry::{Options, Remote};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use oci_client::RegistryOperation;

@@ -7,8 +7,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> wasmctl::Result<()> {
-//! use wasmctl::registry::{self, Options, PushRequest};
-//! use wasmctl::layout::Format;
+//! use wasmctl::oci::registry::{self, Options, PushRequest};
+//! use wasmctl::oci::layout::Format;
 //!
 //! let opts = Options { plain_http: true, ..Options::default() };
 //! let pushed = registry::push(&PushRequest {
@@ -23,11 +23,12 @@
 //! # Ok(()) }
 //! ```
 
-use crate::auth::{self, Credentials};
-use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
-use crate::layout::{self, BuiltImage, Format, Layout, Manifest, Verdict};
-use crate::{fsutil, media, module};
+use crate::oci::auth::{self, Credentials};
+use crate::oci::layout::{self, BuiltImage, Format, Layout, Manifest, Verdict};
+use crate::oci::media;
+use crate::oci::runtime_config::RuntimeConfig;
+use crate::{fsutil, module};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -77,7 +78,7 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
             reason: "empty".to_string(),
         });
     }
-    crate::reference::parse(t).map_err(|reason| Error::InvalidReference {
+    crate::oci::reference::parse(t).map_err(|reason| Error::InvalidReference {
         reference: text.to_string(),
         reason,
     })

@@ -5,8 +5,8 @@
 //! ```
 //! let dir = tempfile::tempdir().unwrap();
 //! let file = dir.path().join("config.json");
-//! wasmctl::auth::store(&file, "127.0.0.1:5000", "alice", "s3cret").unwrap();
-//! let c = wasmctl::auth::find(&file, "127.0.0.1:5000").unwrap().unwrap();
+//! wasmctl::oci::auth::store(&file, "127.0.0.1:5000", "alice", "s3cret").unwrap();
+//! let c = wasmctl::oci::auth::find(&file, "127.0.0.1:5000").unwrap().unwrap();
 //! assert_eq!((c.username.as_str(), c.password.as_str()), ("alice", "s3cret"));
 //! // The password never shows in a description of the credentials.
 //! assert!(!c.describe().contains("s3cret"));

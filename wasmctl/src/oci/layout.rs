@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use wasmctl::{config::RuntimeConfig, layout::{self, Format, Layout}, module::tests_support};
+//! use wasmctl::{oci::runtime_config::RuntimeConfig, oci::layout::{self, Format, Layout}, module::tests_support};
 //!
 //! let wasm = tests_support::module_with_exports(&["proxy_abi_version_0_2_1"]);
 //! let config = RuntimeConfig::generated(vec!["proxy_abi_version_0_2_1".into()], vec![]);
@@ -17,10 +17,10 @@
 //! assert!(layout::istio_verdict(&image.manifest, None).loads);
 //! ```
 
-use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
-use crate::media;
 use crate::module;
+use crate::oci::media;
+use crate::oci::runtime_config::RuntimeConfig;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -98,6 +98,11 @@ impl Manifest {
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// Hex sha256 of `bytes` (a module file's name and the `sha256` Istio and Envoy check).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// The layout `wasmctl push` writes.

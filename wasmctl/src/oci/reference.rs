@@ -6,11 +6,11 @@
 //! which part of the reference is wrong.
 //!
 //! ```
-//! let r = wasmctl::reference::parse("ghcr.io/acme/header-filter:v1")?;
+//! let r = wasmctl::oci::reference::parse("ghcr.io/acme/header-filter:v1")?;
 //! assert_eq!((r.registry(), r.repository(), r.tag()), ("ghcr.io", "acme/header-filter", Some("v1")));
-//! let r = wasmctl::reference::parse("header-filter")?;
+//! let r = wasmctl::oci::reference::parse("header-filter")?;
 //! assert_eq!((r.registry(), r.repository(), r.tag()), ("docker.io", "library/header-filter", Some("latest")));
-//! assert!(wasmctl::reference::parse("ghcr.io/Acme/f:v1").unwrap_err().contains("repository"));
+//! assert!(wasmctl::oci::reference::parse("ghcr.io/Acme/f:v1").unwrap_err().contains("repository"));
 //! # Ok::<(), String>(())
 //! ```
 

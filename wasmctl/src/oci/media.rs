@@ -1,6 +1,6 @@
 //! Media types and annotation keys of wasm images, in one place.
 //!
-//! The layouts they make up (see [`crate::layout`]):
+//! The layouts they make up (see [`crate::oci::layout`]):
 //!
 //! | layout | config | layers |
 //! | --- | --- | --- |
@@ -10,7 +10,7 @@
 //! | cncf | [`CNCF_CONFIG`] | [`CNCF_WASM_LAYER`] |
 //!
 //! ```
-//! assert_eq!(wasmctl::media::SOLO_WASM_LAYER, "application/vnd.module.wasm.content.layer.v1+wasm");
+//! assert_eq!(wasmctl::oci::media::SOLO_WASM_LAYER, "application/vnd.module.wasm.content.layer.v1+wasm");
 //! ```
 
 /// Config of a solo.io / Istio wasm image (the runtime config JSON).

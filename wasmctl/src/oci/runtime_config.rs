@@ -2,7 +2,7 @@
 //! runtime runs the module, which proxy-wasm ABI versions it speaks, which root ids it serves.
 //!
 //! ```
-//! use wasmctl::config::RuntimeConfig;
+//! use wasmctl::oci::runtime_config::RuntimeConfig;
 //! let c = RuntimeConfig::generated(vec!["proxy_abi_version_0_2_1".into()], vec!["my_root_id".into()]);
 //! assert_eq!(
 //!     String::from_utf8(c.to_json()).unwrap(),
@@ -14,7 +14,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::media;
+use crate::oci::media;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
