@@ -38,9 +38,28 @@ impl Controller {
     /// [`Controller::start`] with the credentials of `kubeconfig` (e.g.
     /// [`ControlPlane::kubeconfig_for`] the controller's service account).
     pub fn start_with(kubeconfig: &std::path::Path, args: &[&str]) -> Controller {
+        Controller::start_wrapped(kubeconfig, args, &[], &[])
+    }
+
+    /// [`Controller::start_with`] run through `wrapper` (a command that runs the rest of its
+    /// arguments, e.g. `faketime -f +1h`) with `env` added.
+    pub fn start_wrapped(
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = ([127, 0, 0, 1], controlplane::free_port()).into();
-        let mut cmd = Command::new(crate::wasmctl_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(crate::wasmctl_bin());
+                c
+            }
+            None => Command::new(crate::wasmctl_bin()),
+        };
+        cmd.envs(env.iter().copied());
         cmd.arg("controller")
             .arg("--listen")
             .arg(addr.to_string())
@@ -93,6 +112,13 @@ impl Controller {
     /// Whether this replica holds the lease (`wasm_controller_leader 1`).
     pub fn leads(&self) -> bool {
         self.metric("wasm_controller_leader") == 1.0
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.proc
+            .as_mut()
+            .is_some_and(|p| p.child.try_wait().ok().flatten().is_none())
     }
 
     /// Process id.

@@ -32,6 +32,7 @@ pub mod netns;
 pub mod pods;
 pub mod registry;
 pub mod sidecar;
+pub mod stall;
 pub mod token;
 pub mod transcript;
 

@@ -513,3 +513,55 @@ fn restart_writes_nothing_and_a_killed_leader_hands_over() {
     );
     assert!(ef.to_string().contains("hello details v3"), "{ef}");
 }
+
+/// `--namespace a --namespace b` watches exactly those two: FilterDeployments there become
+/// ready, one in a third namespace is never touched (no finalizer, no status, no WasmPlugin).
+#[test]
+fn repeated_namespace_flags_watch_exactly_those_namespaces() {
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    push_filter(&registry);
+    apply_manifests(&cp);
+    let fd = example(
+        "bookinfo-details-wasmplugin",
+        &registry,
+        "filters/header-filter:v1",
+    );
+    for ns in ["team-a", "team-b", "team-c"] {
+        cp.kubectl_ok(&["create", "namespace", ns]);
+        let text = fd.replace("namespace: default", &format!("namespace: {ns}"));
+        assert!(text.contains(&format!("namespace: {ns}")), "{text}");
+        cp.apply(&text).unwrap();
+    }
+    let mut args = FAST.to_vec();
+    args.extend(["--namespace", "team-a", "--namespace", "team-b"]);
+    let controller = Controller::start(&cp, &args);
+    for ns in ["team-a", "team-b"] {
+        wait_ready(&cp, ns, "details-v1-wasmplugin", "True", &controller);
+    }
+    // Once each watched one has been resynced twice more, the third is still as applied.
+    let success = "wasm_controller_reconciles_total{result=\"success\"}";
+    let start = controller.metric(success);
+    let resynced = e2e::poll_until(Instant::now() + Duration::from_secs(30), || {
+        (controller.metric(success) >= start + 4.0).then_some(())
+    });
+    assert!(resynced.is_some(), "no resyncs\n{}", controller.log());
+    let c = get_json(
+        &cp,
+        &["filterdeployment", "-n", "team-c", "details-v1-wasmplugin"],
+    );
+    assert!(
+        c["metadata"]["finalizers"].is_null() && c["status"].is_null(),
+        "team-c is not watched, yet its FilterDeployment was reconciled: {}\n{}",
+        serde_json::to_string_pretty(&c).unwrap(),
+        controller.log()
+    );
+    assert!(
+        try_get_json(
+            &cp,
+            &["wasmplugin", "-n", "team-c", "details-v1-wasmplugin"]
+        )
+        .is_none(),
+        "a WasmPlugin was made in team-c"
+    );
+}

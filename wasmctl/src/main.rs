@@ -72,9 +72,17 @@ struct ControllerArgs {
     /// Elect a leader among replicas on a Lease NAMESPACE/NAME (only the holder reconciles)
     #[arg(long, value_name = "NAMESPACE/NAME")]
     leader_elect: Option<String>,
-    /// How long the lease holds without renewal
+    /// How long other replicas wait, after the lease last changed, before they take it
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration)]
     lease_duration: std::time::Duration,
+    /// How long the holder keeps leading without a successful renewal; shorter than the lease
+    /// (default: two thirds of --lease-duration, as client-go's 10s of 15s)
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    renew_deadline: Option<std::time::Duration>,
+    /// How often the holder renews and the others try (default: 2/15 of --lease-duration, as
+    /// client-go's 2s of 15s)
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    retry_period: Option<std::time::Duration>,
     /// This replica's identity in the lease and in Events (default: $POD_NAME, else $HOSTNAME)
     #[arg(long, value_name = "ID")]
     identity: Option<String>,
@@ -822,7 +830,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 backoff_initial: a.backoff_initial,
                 backoff_max: a.backoff_max,
                 registry: options(&a.transport, true, a.max_size),
-                lease_duration: a.lease_duration,
+                lease: {
+                    let t = wasmctl::controller::lease::Timing::for_lease(a.lease_duration);
+                    wasmctl::controller::lease::Timing {
+                        renew_deadline: a.renew_deadline.unwrap_or(t.renew_deadline),
+                        retry_period: a.retry_period.unwrap_or(t.retry_period),
+                        ..t
+                    }
+                },
                 rollout_timeout: a.rollout_timeout,
                 ..wasmctl::controller::Config::default()
             };
@@ -839,7 +854,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let (ns, name) = l.split_once('/').with_context(|| {
                     format!("--leader-elect {l:?}: expected NAMESPACE/NAME, e.g. wasm-system/wasmctl-controller")
                 })?;
-                cfg.lease = Some((ns.to_string(), name.to_string()));
+                cfg.lease_name = Some((ns.to_string(), name.to_string()));
+                cfg.lease.check().map_err(anyhow::Error::msg)?;
             }
             runtime()?.block_on(wasmctl::controller::run(cfg, shutdown_signal()))?;
         }

@@ -71,9 +71,9 @@ pub struct Config {
     /// The HTTP listener (`/healthz`, `/readyz`, `/metrics`, `/status`); `None`: none.
     pub listen: Option<SocketAddr>,
     /// Leader election: the `Lease` (namespace, name) replicas share; `None`: reconcile alone.
-    pub lease: Option<(String, String)>,
-    /// How long a lease holds without renewal.
-    pub lease_duration: Duration,
+    pub lease_name: Option<(String, String)>,
+    /// Leader election's lease duration, renew deadline and retry period.
+    pub lease: lease::Timing,
     /// This replica's identity in the lease and in Events.
     pub identity: String,
     /// How long an envoyFilter rollout may wait for nodes before `Ready=False`.
@@ -89,8 +89,8 @@ impl Default for Config {
             backoff_max: Duration::from_secs(300),
             registry: Options::default(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
-            lease: None,
-            lease_duration: Duration::from_secs(15),
+            lease_name: None,
+            lease: lease::Timing::for_lease(Duration::from_secs(15)),
             rollout_timeout: Duration::from_secs(300),
             identity: std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
@@ -153,7 +153,8 @@ impl Metrics {
 struct Ctx {
     client: Client,
     cfg: Config,
-    store: Store<DynamicObject>,
+    /// The FilterDeployments watched: one store per watched namespace (or one for all).
+    stores: Vec<Store<DynamicObject>>,
     recorder: Recorder,
     /// Modules pulled, by manifest digest.
     modules: tempfile::TempDir,
@@ -166,6 +167,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Every FilterDeployment watched, from the watches' stores.
+    fn filter_deployments(&self) -> Vec<Arc<DynamicObject>> {
+        self.stores.iter().flat_map(Store::state).collect()
+    }
+
     fn count_write(&self) {
         if let Ok(mut m) = self.metrics.lock() {
             m.writes += 1;
@@ -241,6 +247,21 @@ fn with_digest(object: &Value) -> Value {
     o
 }
 
+/// The FilterDeployment APIs to watch: one per namespace of `namespaces`, exactly those; all
+/// namespaces when it is empty.
+fn watched(client: &Client, namespaces: &[String]) -> Vec<Api<DynamicObject>> {
+    let fds = filter_deployments();
+    if namespaces.is_empty() {
+        return vec![Api::all_with(client.clone(), &fds)];
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    namespaces
+        .iter()
+        .filter(|ns| seen.insert(ns.as_str()))
+        .map(|ns| Api::namespaced_with(client.clone(), ns, &fds))
+        .collect()
+}
+
 /// Run until `shutdown` resolves (then finish the reconciles under way and, with leader
 /// election, give the lease up).
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
@@ -285,7 +306,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
-    let stopped = {
+    let stopped = || {
         let mut rx = shutdown_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -293,22 +314,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     };
 
     let mut holder = None;
-    if let Some((ns, name)) = cfg.lease.clone() {
-        let l = lease::Lease::new(
-            client.clone(),
-            &ns,
-            &name,
-            &cfg.identity,
-            cfg.lease_duration,
-        );
+    if let Some((ns, name)) = cfg.lease_name.clone() {
+        cfg.lease.check().map_err(Error::Usage)?;
+        let l = lease::Lease::new(client.clone(), &ns, &name, &cfg.identity, cfg.lease);
         let mut rx = shutdown_rx.clone();
-        tokio::select! {
-            () = l.acquire() => {}
+        let since = tokio::select! {
+            since = l.acquire() => since,
             _ = rx.wait_for(|s| *s) => {
                 if let Some(s) = server { s.abort(); }
                 return Ok(());
             }
-        }
+        };
         log::log(
             "info",
             "leader",
@@ -317,19 +333,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 ("identity", &cfg.identity),
             ],
         );
-        holder = Some(l);
+        holder = Some((l, since));
     }
     if let Ok(mut m) = metrics.lock() {
         m.leader = true;
     }
     publish(&published, &metrics, true, "");
 
-    let api: Api<DynamicObject> = if cfg.namespaces.len() == 1 {
-        Api::namespaced_with(client.clone(), &cfg.namespaces[0], &fds)
-    } else {
-        Api::all_with(client.clone(), &fds)
-    };
-    let controller = Controller::new_with(api, watcher::Config::default(), fds.clone());
+    let controllers: Vec<Controller<DynamicObject>> = watched(&client, &cfg.namespaces)
+        .into_iter()
+        .map(|api| Controller::new_with(api, watcher::Config::default(), fds.clone()))
+        .collect();
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(
             client.clone(),
@@ -338,7 +352,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 instance: Some(cfg.identity.clone()),
             },
         ),
-        store: controller.store(),
+        stores: controllers.iter().map(Controller::store).collect(),
         client: client.clone(),
         cfg: cfg.clone(),
         modules: tempfile::tempdir()
@@ -353,27 +367,36 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let holder = holder.clone();
         async move {
             match holder {
-                Some(h) => h.keep().await,
+                Some((h, since)) => h.keep(since).await,
                 None => std::future::pending().await,
             }
         }
     };
-    let run = controller
-        .graceful_shutdown_on(stopped)
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                log::log("warn", "reconcile-error", &[("error", &e.to_string())]);
-            }
-        });
+    // One controller per watched namespace: their objects never overlap, so no FilterDeployment
+    // is reconciled by two at once.
+    let runs = controllers.into_iter().map(|c| {
+        c.graceful_shutdown_on(stopped())
+            .run(reconcile, error_policy, ctx.clone())
+            .boxed()
+    });
+    let run = futures_util::stream::select_all(runs).for_each(|r| async move {
+        if let Err(e) = r {
+            log::log("warn", "reconcile-error", &[("error", &e.to_string())]);
+        }
+    });
     let lost_lease = tokio::select! {
         _ = run => false,
         reason = lost => {
+            // Not leading from here on: say so before anything else can stall.
+            if let Ok(mut m) = metrics.lock() {
+                m.leader = false;
+            }
+            publish(&published, &metrics, false, "lost the leader lease");
             log::log("error", "lease-lost", &[("reason", &reason)]);
             true
         }
     };
-    if let Some(h) = holder {
+    if let Some((h, _)) = holder {
         h.release().await;
     }
     if let Some(s) = server {
@@ -1017,7 +1040,7 @@ fn image_list(
             serving: serving.map(str::to_string),
         });
     }
-    for other in ctx.store.state() {
+    for other in ctx.filter_deployments() {
         let v = serde_json::to_value(other.as_ref()).unwrap_or(Value::Null);
         if plan::key(&v) == me || other.meta().deletion_timestamp.is_some() {
             continue;
@@ -1165,7 +1188,7 @@ async fn cleanup(ctx: &Ctx, obj: &Value) -> std::result::Result<(), Failure> {
     };
     let kind = d.spec.workload.kind.as_str();
     let me = plan::key(obj);
-    let still_needed = ctx.store.state().iter().any(|o| {
+    let still_needed = ctx.filter_deployments().iter().any(|o| {
         let v = serde_json::to_value(o.as_ref()).unwrap_or(Value::Null);
         plan::key(&v) != me
             && o.meta().deletion_timestamp.is_none()
