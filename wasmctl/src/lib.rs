@@ -10,14 +10,14 @@
 //!   server, time), shared by the agent and the controller.
 //! - [`module`]: is a file a valid wasm module, which proxy-wasm ABI does it export.
 //! - [`render`]: `FilterDeployment` resources into Istio `EnvoyFilter`/`WasmPlugin`, workload
-//!   volume patches and the node agent's image list; and the one pipeline that resolves an
-//!   image, verifies its signature and checks its parameters, used by `render`, the agent and
-//!   the controller alike.
+//!   volume patches and the node agent's image list.
+//! - [`pipeline`]: the one way an image becomes a served module (resolve, verify the
+//!   signature, fetch, check the parameters), used by `render`, the agent and the controller.
 //! - [`agent`]: the node agent: keeps a directory of modules in step with an image list.
 //! - [`controller`]: keeps `FilterDeployment`s in a cluster rendered, applied and reported.
 //! - [`run`], [`bench`]: the harness commands (`wasmctl run`, `wasmctl bench`).
 //!
-//! The agent and the controller share only [`oci`], [`ops`] and the pipeline in [`render`].
+//! The agent and the controller share only [`oci`], [`ops`] and [`pipeline`].
 //!
 //! A worked example, without a registry: build the image `wasmctl push` would upload, and check
 //! that Istio's rules accept it.
@@ -46,6 +46,7 @@ pub mod fsutil;
 pub mod module;
 pub mod oci;
 pub mod ops;
+pub mod pipeline;
 pub mod render;
 pub mod run;
 

@@ -617,32 +617,32 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
         }
     }
     let pulled_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let (resolved, pulled) = if a.no_resolve {
+    let resolved = if a.no_resolve {
         if a.verify_key.is_some() {
             bail!("--verify-key checks the images' digests, which --no-resolve does not ask for");
         }
-        (render::Resolved::default(), BTreeMap::new())
-    } else {
-        let ropts = options(&a.transport, true, None);
-        let modules = a.module.is_none().then_some(pulled_dir.path());
-        let resolved = runtime()?.block_on(render::resolve(&inputs, &ropts, modules))?;
-        if let Some(path) = &a.verify_key {
-            let key = wasmctl::oci::sign::load_public_key(path)?;
-            for pinned in resolved.0.pinned.values() {
-                runtime()?.block_on(wasmctl::oci::sign::verify(pinned, &key, &ropts))?;
+        // Nothing is asked of a registry; a module named on the command line is still run.
+        if let Some(m) = &a.module {
+            for s in &inputs.deployments {
+                render::check_parameters(s, m)?;
             }
         }
-        resolved
-    };
-    for s in &inputs.deployments {
-        let module = match &a.module {
-            Some(m) => Some(m.clone()),
-            None => pulled.get(&s.deployment.spec.filter.image).cloned(),
+        render::Resolved::default()
+    } else {
+        let ropts = options(&a.transport, true, None);
+        let key = match &a.verify_key {
+            Some(path) => Some(wasmctl::oci::sign::load_public_key(path)?),
+            None => None,
         };
-        if let Some(m) = module {
-            render::check_parameters(s, &m)?;
-        }
-    }
+        let modules = a.module.is_none().then_some(pulled_dir.path());
+        runtime()?.block_on(wasmctl::pipeline::prepare_all(
+            &inputs,
+            &ropts,
+            key.as_ref(),
+            modules,
+            a.module.as_deref(),
+        ))?
+    };
     let objects = render::render(&inputs, &opts, &resolved)?;
     for n in render::notes(&inputs, &opts) {
         eprintln!("note: {n}");
@@ -821,6 +821,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     format!("--listen {text:?}: expected IP:PORT, e.g. 127.0.0.1:9090")
                 })?),
             };
+            wasmctl::ops::log::init();
             runtime()?.block_on(wasmctl::agent::run(cfg, shutdown_signal()))?;
         }
         Command::Controller(a) => {
@@ -857,6 +858,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.lease_name = Some((ns.to_string(), name.to_string()));
                 cfg.lease.check().map_err(anyhow::Error::msg)?;
             }
+            wasmctl::ops::log::init();
             runtime()?.block_on(wasmctl::controller::run(cfg, shutdown_signal()))?;
         }
     }

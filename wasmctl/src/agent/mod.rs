@@ -29,7 +29,7 @@ pub mod node;
 pub mod store;
 
 use crate::error::{Error, Result};
-use crate::oci::registry::{self, Fetched, Options};
+use crate::oci::registry::{Fetched, Options};
 use crate::ops::log::log;
 use crate::ops::metrics;
 use crate::ops::server::{self, Published};
@@ -37,7 +37,6 @@ use crate::ops::time::{self, unix_now};
 use list::Entry;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -122,14 +121,6 @@ struct Slot {
     last_error: Option<String>,
     counters: Counters,
 }
-
-/// A metric family: name, type, help, and its value for one entry.
-type Family = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&Slot) -> Option<f64>,
-);
 
 /// The result of one resolve/pull, computed off the main loop.
 struct Outcome {
@@ -860,86 +851,92 @@ impl Agent {
     }
 
     fn metrics(&self, ready: bool) -> String {
-        let mut out = String::new();
-        let families: [Family; 7] = [
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        use std::sync::atomic::AtomicU64;
+        type Labels = Vec<(String, String)>;
+        let mut r = metrics::Registry::default();
+        type Counted = (&'static str, &'static str, fn(&Slot) -> u64);
+        let counters: [Counted; 4] = [
             (
-                "wasm_agent_resolves_total",
-                "counter",
-                "Manifest requests (tag or digest resolutions).",
-                |s| Some(s.counters.resolves as f64),
+                "wasm_agent_resolves",
+                "Manifest requests (tag or digest resolutions)",
+                |s| s.counters.resolves,
             ),
             (
-                "wasm_agent_pulls_total",
-                "counter",
-                "Module downloads (the manifest digest was new).",
-                |s| Some(s.counters.pulls as f64),
+                "wasm_agent_pulls",
+                "Module downloads (the manifest digest was new)",
+                |s| s.counters.pulls,
             ),
+            ("wasm_agent_pull_bytes", "Blob bytes downloaded", |s| {
+                s.counters.bytes
+            }),
             (
-                "wasm_agent_pull_bytes_total",
-                "counter",
-                "Blob bytes downloaded.",
-                |s| Some(s.counters.bytes as f64),
-            ),
-            (
-                "wasm_agent_failures_total",
-                "counter",
-                "Failed resolves, pulls or writes.",
-                |s| Some(s.counters.failures as f64),
-            ),
-            (
-                "wasm_agent_last_success_timestamp_seconds",
-                "gauge",
-                "When the image was last resolved and in place (Unix time).",
-                |s| s.counters.last_success,
-            ),
-            (
-                "wasm_agent_module_ready",
-                "gauge",
-                "1 when a module for the listed image is in place.",
-                |s| {
-                    Some(f64::from(u8::from(
-                        s.current.as_ref().is_some_and(|c| c.image == s.entry.image),
-                    )))
-                },
-            ),
-            (
-                "wasm_agent_consecutive_failures",
-                "gauge",
-                "Failures since the last success.",
-                |s| Some(f64::from(s.failures_in_row)),
+                "wasm_agent_failures",
+                "Failed resolves, pulls or writes",
+                |s| s.counters.failures,
             ),
         ];
-        for (name, kind, help, get) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let labels =
+            |s: &Slot| metrics::labels(&[("name", &s.entry.name), ("image", &s.entry.image)]);
+        for (name, help, get) in counters {
+            let f = Family::<Labels, Counter>::default();
             for s in self.slots.values() {
-                if let Some(v) = get(s) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{name=\"{}\",image=\"{}\"}} {v}",
-                        metrics::label(&s.entry.name),
-                        metrics::label(&s.entry.image)
-                    );
-                }
+                f.get_or_create(&labels(s)).inc_by(get(s));
             }
+            r.register(name, help, f);
         }
-        let _ = writeln!(
-            out,
-            "# HELP wasm_agent_list_errors_total Image list reads or parses that failed.\n# TYPE wasm_agent_list_errors_total counter\nwasm_agent_list_errors_total {}",
-            self.list_errors
+        let last = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let module_ready = Family::<Labels, Gauge>::default();
+        let in_row = Family::<Labels, Gauge>::default();
+        for s in self.slots.values() {
+            if let Some(t) = s.counters.last_success {
+                last.get_or_create(&labels(s)).set(t);
+            }
+            let here = s.current.as_ref().is_some_and(|c| c.image == s.entry.image);
+            module_ready.get_or_create(&labels(s)).set(i64::from(here));
+            in_row
+                .get_or_create(&labels(s))
+                .set(i64::from(s.failures_in_row));
+        }
+        r.register(
+            "wasm_agent_last_success_timestamp_seconds",
+            "When the image was last resolved and in place (Unix time)",
+            last,
         );
-        let _ = writeln!(
-            out,
-            "# HELP wasm_agent_ready 1 when every listed image has a module in place.\n# TYPE wasm_agent_ready gauge\nwasm_agent_ready {}",
-            u8::from(ready)
+        r.register(
+            "wasm_agent_module_ready",
+            "1 when a module for the listed image is in place",
+            module_ready,
         );
-        out
+        r.register(
+            "wasm_agent_consecutive_failures",
+            "Failures since the last success",
+            in_row,
+        );
+        let list_errors = Counter::<u64>::default();
+        list_errors.inc_by(self.list_errors);
+        r.register(
+            "wasm_agent_list_errors",
+            "Image list reads or parses that failed",
+            list_errors,
+        );
+        let all_ready = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        all_ready.set(i64::from(ready));
+        r.register(
+            "wasm_agent_ready",
+            "1 when every listed image has a module in place",
+            all_ready,
+        );
+        metrics::encode(&r)
     }
 }
 
-/// [`registry::fetch`], then check that a new module is valid WebAssembly exporting a
-/// proxy-wasm ABI version (Envoy would refuse anything else). With `verify_key`, the digest the
-/// image names now must carry a signature that verifies with it, and exactly that digest is
-/// fetched (a tag moved in between is not).
+/// The shared [`crate::pipeline`] for one image list entry: resolve, verify (with
+/// `verify_key`: exactly the digest that verified is fetched), fetch unless `known` is still
+/// what the image names, and check that a new module is a proxy-wasm module (Envoy would refuse
+/// anything else).
 async fn fetch_checked(
     image: &str,
     opts: &Options,
@@ -947,21 +944,26 @@ async fn fetch_checked(
     runtime_config: bool,
     verify_key: Option<&Path>,
 ) -> Result<Fetched> {
-    let verified;
-    let image = match verify_key {
-        Some(key) => {
-            let key = crate::oci::sign::load_public_key(key)?;
-            let v = crate::oci::sign::verify(image, &key, opts).await?;
-            verified = registry::pinned(&registry::parse_reference(image)?, &v.digest);
-            verified.as_str()
-        }
-        None => image,
+    let key = match verify_key {
+        Some(path) => Some(crate::oci::sign::load_public_key(path)?),
+        None => None,
     };
-    let fetched = registry::fetch(image, opts, known, runtime_config).await?;
-    if let Fetched::Module(m) = &fetched {
-        let what = format!("{image}: {}", m.what);
-        let summary = crate::module::check(&m.module, &what)?;
-        crate::module::require_proxy_wasm(&summary, &what)?;
-    }
-    Ok(fetched)
+    let p = crate::pipeline::prepare(&crate::pipeline::Request {
+        image,
+        opts,
+        key: key.as_ref(),
+        fetch: Some(crate::pipeline::Fetch {
+            known,
+            runtime_config,
+            save: None,
+        }),
+        parameters: &[],
+        module: None,
+        checked_before: &crate::pipeline::never,
+    })
+    .await?;
+    Ok(match p.module {
+        Some(m) => Fetched::Module(m),
+        None => Fetched::Unchanged { digest: p.digest },
+    })
 }

@@ -5,6 +5,7 @@
 
 use crate::error::Error;
 use crate::render::{self, Inputs, Options, Resolved, spec::Delivery};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -87,6 +88,156 @@ impl Failure {
     pub fn registry(e: &Error) -> Failure {
         Failure::new(Reason::RegistryError, e.to_string())
     }
+}
+
+/// The `.dockerconfigjson` of the pull secret `namespace/name` (`None`: it does not exist).
+pub fn docker_config<'a>(
+    secret: Option<&'a k8s_openapi::api::core::v1::Secret>,
+    namespace: &str,
+    name: &str,
+) -> Result<&'a [u8], Failure> {
+    let s = secret.ok_or_else(|| {
+        Failure::new(
+            Reason::PullSecretNotFound,
+            format!("spec.filter.pullSecret: Secret {namespace}/{name} does not exist"),
+        )
+    })?;
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .map(|b| b.0.as_slice())
+        .ok_or_else(|| {
+            Failure::new(
+                Reason::PullSecretNotFound,
+                format!(
+                    "spec.filter.pullSecret: Secret {namespace}/{name} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
+                ),
+            )
+        })
+}
+
+/// A failure to get the key of `spec.filter.verification.keyRef`.
+pub fn key_failure(message: String) -> Failure {
+    Failure::new(
+        Reason::SignatureNotVerified,
+        format!("spec.filter.verification.keyRef: {message}"),
+    )
+}
+
+/// The key text `r` names, from what its object holds (`None`: no such object; `Some(None)`: no
+/// such key in it).
+pub fn key_text(
+    found: Option<Option<String>>,
+    r: &crate::render::spec::KeyRef,
+    namespace: &str,
+) -> Result<String, Failure> {
+    use crate::render::spec::KeyKind;
+    let what = match r.kind {
+        KeyKind::ConfigMap => "ConfigMap",
+        KeyKind::Secret => "Secret",
+    };
+    let name = &r.name;
+    match found {
+        None => Err(key_failure(format!(
+            "{what} {namespace}/{name} does not exist"
+        ))),
+        Some(None) => Err(key_failure(format!(
+            "{what} {namespace}/{name} has no key {:?}",
+            r.key
+        ))),
+        Some(Some(text)) => Ok(text),
+    }
+}
+
+/// A failure of the shared pipeline, as the reason a FilterDeployment is not ready.
+pub fn pipeline_failure(f: &crate::pipeline::Failed) -> Failure {
+    use crate::pipeline::Stage;
+    match f.stage {
+        Stage::Resolve | Stage::Module => Failure::registry(&f.error),
+        Stage::Verify => Failure::new(
+            Reason::SignatureNotVerified,
+            format!("spec.filter.verification: {}", f.error),
+        ),
+        Stage::Parameters => Failure::new(Reason::ParametersRejected, f.error.to_string()),
+    }
+}
+
+/// A failed write of the image list, as [`Reason::AgentNamespaceMissing`] when its namespace is
+/// what is missing.
+pub fn agent_namespace(f: Failure) -> Failure {
+    if f.message.contains("not found") && f.message.contains(render::AGENT_NAMESPACE) {
+        Failure::new(
+            Reason::AgentNamespaceMissing,
+            format!(
+                "namespace {} does not exist: apply the agent's manifests first (kubectl apply -k manifests/): {}",
+                render::AGENT_NAMESPACE,
+                f.message
+            ),
+        )
+    } else {
+        f
+    }
+}
+
+/// Whether `have` holds every field of `want` with the same value (lists compared whole).
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| contains(hv, v))),
+        _ => have == want,
+    }
+}
+
+/// The annotation holding a digest of what the controller last applied to an object: a field
+/// it stopped sending is still on the live object (so [`contains`] alone cannot tell), but the
+/// digest differs and the apply, which removes it, happens.
+pub const APPLIED_ANNOTATION: &str = "filters.envoy-wasm-toolkit.io/applied";
+
+/// `object` with [`APPLIED_ANNOTATION`] set to a digest of it.
+pub fn with_digest(object: &Value) -> Value {
+    let mut digest = crate::oci::layout::sha256_hex(object.to_string().as_bytes());
+    digest.truncate(24);
+    let mut o = object.clone();
+    if !o["metadata"]["annotations"].is_object() {
+        o["metadata"]["annotations"] = json!({});
+    }
+    o["metadata"]["annotations"][APPLIED_ANNOTATION] = json!(digest);
+    o
+}
+
+/// The sidecar annotations of a workload to apply (`None`: nothing to change), from its live
+/// object (`None`: it does not exist). Adding to a workload that does not exist is
+/// [`Reason::WorkloadNotFound`].
+pub fn workload_annotations(
+    live: Option<&Value>,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    add: bool,
+) -> Result<Option<Value>, Failure> {
+    let Some(live) = live else {
+        if add {
+            return Err(Failure::new(
+                Reason::WorkloadNotFound,
+                format!("spec.workload.name: {kind} {namespace}/{name} does not exist"),
+            ));
+        }
+        return Ok(None);
+    };
+    let current = live
+        .pointer("/spec/template/metadata/annotations")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let want = annotations(&current, add)?;
+    let unchanged = [render::USER_VOLUME, render::USER_VOLUME_MOUNT]
+        .iter()
+        .all(|k| current.get(*k) == want.get(*k));
+    if unchanged {
+        return Ok(None);
+    }
+    Ok(Some(workload_apply(kind, namespace, name, want)))
 }
 
 /// `NAMESPACE/NAME` of an API object.
@@ -339,6 +490,89 @@ pub struct Rollout {
     pub since: String,
 }
 
+/// A FilterDeployment's `status`, as the controller writes and reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The generation this status describes.
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// The `Ready` condition.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The manifest digest serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The digest-pinned image serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The objects written (`Kind namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<String>>,
+    /// A version waiting for nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// A condition, as `metav1.Condition`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// A [`Reason`], `Applied` or `RollingOut`.
+    pub reason: String,
+    /// What serves, or what to fix.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation it describes.
+    #[serde(default)]
+    pub observed_generation: i64,
+}
+
+/// `status.rollout`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The target's pinned image.
+    pub image: String,
+    /// The target's manifest digest.
+    pub digest: String,
+    /// Nodes that do not hold the target's module yet.
+    #[serde(default)]
+    pub pending_nodes: Vec<String>,
+    /// When the target started waiting (RFC 3339).
+    pub since: String,
+}
+
+impl Status {
+    /// The status of an API object (`None` when it has none, or one this controller cannot
+    /// read: it is rewritten whole).
+    pub fn of(obj: &Value) -> Option<Status> {
+        obj.get("status")
+            .filter(|s| !s.is_null())
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+    }
+
+    /// The `Ready` condition.
+    pub fn ready(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == READY)
+    }
+
+    /// The same status without transition times, to tell whether anything else changed.
+    pub fn without_times(&self) -> Status {
+        let mut s = self.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time.clear();
+        }
+        s
+    }
+}
+
 /// The status for `generation` after a reconcile: `applied` is what is serving (the last good
 /// result: on failure the previous status's), `failure` why this reconcile failed. The `Ready`
 /// condition's `lastTransitionTime` moves only when its status does (`previous` is the current
@@ -347,9 +581,9 @@ pub fn status(
     generation: i64,
     applied: Option<&Applied>,
     failure: Option<&Failure>,
-    previous: Option<&Value>,
+    previous: Option<&Status>,
     now: &str,
-) -> Value {
+) -> Status {
     let rollout = applied.and_then(|a| a.rollout.as_ref());
     // Ready means a version serves: during a first rollout nothing does yet.
     let serving = applied.is_some_and(|a| !a.image.is_empty());
@@ -376,80 +610,54 @@ pub fn status(
         ),
         (Some(f), _) => ("False", f.reason.as_str(), f.message.clone()),
     };
-    let old = previous
-        .and_then(|s| s.get("conditions"))
-        .and_then(Value::as_array)
-        .and_then(|c| c.iter().find(|c| c["type"] == READY));
-    let since = match old {
-        Some(c) if c["status"] == ready => c["lastTransitionTime"].as_str().unwrap_or(now),
-        _ => now,
+    let since = match previous.and_then(Status::ready) {
+        Some(c) if c.status == ready => c.last_transition_time.clone(),
+        _ => now.to_string(),
     };
-    let mut s = json!({
-        "observedGeneration": generation,
-        "conditions": [{
-            "type": READY,
-            "status": ready,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": since,
-            "observedGeneration": generation,
+    let mut s = Status {
+        observed_generation: generation,
+        conditions: vec![Condition {
+            type_: READY.into(),
+            status: ready.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: generation,
         }],
-    });
+        ..Status::default()
+    };
     if let Some(a) = applied {
-        s["digest"] = json!(a.digest);
-        s["image"] = json!(a.image);
-        s["objects"] = json!(a.objects);
-        if let Some(r) = &a.rollout {
-            s["rollout"] = json!({
-                "image": r.image,
-                "digest": r.digest,
-                "pendingNodes": r.pending,
-                "since": r.since,
-            });
-        }
+        s.digest = Some(a.digest.clone());
+        s.image = Some(a.image.clone());
+        s.objects = Some(a.objects.clone());
+        s.rollout = a.rollout.as_ref().map(|r| RolloutStatus {
+            image: r.image.clone(),
+            digest: r.digest.clone(),
+            pending_nodes: r.pending.clone(),
+            since: r.since.clone(),
+        });
     } else if let Some(p) = previous {
-        for k in ["digest", "image", "objects", "rollout"] {
-            if let Some(v) = p.get(k) {
-                s[k] = v.clone();
-            }
-        }
+        s.digest = p.digest.clone();
+        s.image = p.image.clone();
+        s.objects = p.objects.clone();
+        s.rollout = p.rollout.clone();
     }
     s
 }
 
 /// What the last good reconcile recorded in `status` (digest, pinned image, objects), if any.
-pub fn last_applied(status: Option<&Value>) -> Option<Applied> {
+pub fn last_applied(status: Option<&Status>) -> Option<Applied> {
     let s = status?;
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let rollout = s.get("rollout").and_then(|r| {
-        Some(Rollout {
-            image: r.get("image")?.as_str()?.to_string(),
-            digest: r.get("digest")?.as_str()?.to_string(),
-            pending: strings(r.get("pendingNodes")),
-            since: r.get("since")?.as_str()?.to_string(),
-        })
-    });
     Some(Applied {
-        rollout,
-        digest: s.get("digest")?.as_str()?.to_string(),
-        image: s.get("image")?.as_str()?.to_string(),
-        objects: s
-            .get("objects")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        rollout: s.rollout.as_ref().map(|r| Rollout {
+            image: r.image.clone(),
+            digest: r.digest.clone(),
+            pending: r.pending_nodes.clone(),
+            since: r.since.clone(),
+        }),
+        digest: s.digest.clone()?,
+        image: s.image.clone()?,
+        objects: s.objects.clone().unwrap_or_default(),
     })
 }
 
@@ -623,6 +831,11 @@ mod tests {
         );
     }
 
+    /// The status as the API stores it.
+    fn json(s: &Status) -> Value {
+        serde_json::to_value(s).unwrap()
+    }
+
     #[test]
     fn status_keeps_the_last_good_result_and_the_transition_time() {
         let a = Applied {
@@ -631,15 +844,21 @@ mod tests {
             objects: vec!["EnvoyFilter default/x".into()],
             rollout: None,
         };
-        let ok = status(3, Some(&a), None, None, "t1");
+        let ok_status = status(3, Some(&a), None, None, "t1");
+        let ok = json(&ok_status);
         assert_eq!(ok["conditions"][0]["status"], "True");
         assert_eq!(ok["conditions"][0]["lastTransitionTime"], "t1");
-        assert_eq!(last_applied(Some(&ok)), Some(a.clone()));
-        let still = status(3, Some(&a), None, Some(&ok), "t2");
-        assert_eq!(still, ok, "an unchanged world gives the same status");
+        assert_eq!(last_applied(Some(&ok_status)), Some(a.clone()));
+        let still = status(3, Some(&a), None, Some(&ok_status), "t2");
+        assert_eq!(still, ok_status, "an unchanged world gives the same status");
+        assert_eq!(
+            Status::of(&json!({ "status": ok })),
+            Some(ok_status.clone()),
+            "what is written reads back the same"
+        );
 
         let f = Failure::new(Reason::ParametersRejected, "rules[0].direction: unknown");
-        let bad = status(4, None, Some(&f), Some(&ok), "t3");
+        let bad = json(&status(4, None, Some(&f), Some(&ok_status), "t3"));
         assert_eq!(bad["conditions"][0]["status"], "False");
         assert_eq!(bad["conditions"][0]["reason"], "ParametersRejected");
         assert_eq!(bad["conditions"][0]["lastTransitionTime"], "t3");
@@ -664,7 +883,7 @@ mod tests {
             objects: vec![],
             rollout: Some(target.clone()),
         };
-        let s = status(1, Some(&first), None, None, "t1");
+        let s = json(&status(1, Some(&first), None, None, "t1"));
         assert_eq!(s["conditions"][0]["status"], "False", "{s}");
         assert_eq!(s["conditions"][0]["reason"], "RollingOut");
         let upgrade = Applied {
@@ -673,7 +892,7 @@ mod tests {
             objects: vec!["EnvoyFilter default/x".into()],
             rollout: Some(target),
         };
-        let s = status(2, Some(&upgrade), None, None, "t1");
+        let s = json(&status(2, Some(&upgrade), None, None, "t1"));
         assert_eq!(s["conditions"][0]["status"], "True", "{s}");
         assert_eq!(s["conditions"][0]["reason"], "RollingOut");
         assert_eq!(s["rollout"]["pendingNodes"][0], "node-a");

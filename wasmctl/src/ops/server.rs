@@ -48,7 +48,7 @@ pub async fn serve(listener: tokio::net::TcpListener, published: Arc<Mutex<Publi
                     (503, "text/plain", format!("not ready: {}\n", p.not_ready))
                 }
                 ("GET" | "HEAD", "/metrics") => {
-                    (200, "text/plain; version=0.0.4", p.metrics.clone())
+                    (200, super::metrics::CONTENT_TYPE, p.metrics.clone())
                 }
                 ("GET" | "HEAD", "/status") => (200, "application/json", p.status.clone()),
                 ("GET" | "HEAD", _) => (

@@ -450,37 +450,6 @@ pub fn images(inputs: &Inputs) -> Vec<String> {
     set.into_iter().collect()
 }
 
-/// Ask the registry for each image's manifest digest and, when `modules` is given, pull each
-/// module into that directory (as `N.wasm`, returned by image) for the parameter check.
-pub async fn resolve(
-    inputs: &Inputs,
-    opts: &registry::Options,
-    modules: Option<&Path>,
-) -> Result<(Resolved, BTreeMap<String, PathBuf>)> {
-    let mut resolved = Resolved::default();
-    let mut files = BTreeMap::new();
-    for (i, image) in images(inputs).into_iter().enumerate() {
-        let reference = registry::parse_reference(&image)?;
-        let digest = match modules {
-            Some(dir) => {
-                let path = dir.join(format!("{i}.wasm"));
-                let pulled = registry::pull(&image, &path, opts).await?;
-                let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
-                resolved
-                    .modules
-                    .insert(image.clone(), crate::oci::layout::sha256_hex(&bytes));
-                files.insert(image.clone(), path);
-                pulled.digest
-            }
-            None => registry::inspect(&image, opts).await?.digest,
-        };
-        resolved
-            .pinned
-            .insert(image, registry::pinned(&reference, &digest));
-    }
-    Ok((resolved, files))
-}
-
 /// Run `proxy_on_configure` of `module` with each deployment's root id and parameters in the
 /// harness: a configuration the filter refuses fails here, with the filter's own log line.
 pub fn check_parameters(source: &Source, module: &Path) -> Result<()> {

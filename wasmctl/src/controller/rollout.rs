@@ -1,0 +1,265 @@
+//! When an EnvoyFilter may move to a new module. It names a module file on the node, so it
+//! switches only when every node running a matching workload holds that file (the agents' node
+//! reports say which modules each node holds); until then it keeps the old one, the image list
+//! keeps both on every node, and the status says which nodes are pending. A rollout that waits
+//! longer than `--rollout-timeout` is `Ready=False` with reason `RolloutStalled` (the old module
+//! still serves).
+//!
+//! A rollout moves on when something it waits for changes: the controller watches node reports
+//! and Pods, and [`waiting`] names the FilterDeployments each change concerns.
+
+use super::plan::{self, Failure, Reason, Rollout};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a rollout sees.
+#[derive(Debug, Clone)]
+pub struct Seen<'a> {
+    /// The target: pinned image, manifest digest, module sha256.
+    pub pinned: &'a str,
+    /// See [`Seen::pinned`].
+    pub digest: &'a str,
+    /// See [`Seen::pinned`].
+    pub sha: &'a str,
+    /// What the live EnvoyFilter serves: (pinned image, module sha256).
+    pub serving: Option<(String, String)>,
+    /// Nodes running a matching workload.
+    pub nodes: &'a BTreeSet<String>,
+    /// Each node's report: the module shas it holds.
+    pub reports: &'a BTreeMap<String, BTreeSet<String>>,
+    /// The rollout the status recorded before, if any.
+    pub previous: Option<Rollout>,
+    /// Now (RFC 3339), and how long a rollout may wait.
+    pub now: &'a str,
+    /// See [`Seen::now`].
+    pub timeout: Duration,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Point the EnvoyFilter at the target (every node holds it, or it serves already).
+    Switch,
+    /// Keep serving `keep` (the pinned image serving, if any) while `rollout` waits.
+    Wait {
+        /// The pinned image still serving.
+        keep: Option<String>,
+        /// The target and the nodes it waits for.
+        rollout: Rollout,
+    },
+    /// Waited too long: `keep` keeps serving, the status says which nodes lack the module.
+    Stalled {
+        /// The pinned image still serving.
+        keep: Option<String>,
+        /// Why.
+        failure: Failure,
+    },
+}
+
+impl Step {
+    /// The image the list keeps beside the target.
+    pub fn keep(&self) -> Option<&str> {
+        match self {
+            Step::Switch => None,
+            Step::Wait { keep, .. } | Step::Stalled { keep, .. } => keep.as_deref(),
+        }
+    }
+}
+
+/// Seconds from `since` to `now` (both RFC 3339); 0 when either cannot be read.
+fn seconds_between(since: &str, now: &str) -> f64 {
+    match (
+        since.parse::<k8s_openapi::jiff::Timestamp>(),
+        now.parse::<k8s_openapi::jiff::Timestamp>(),
+    ) {
+        (Ok(s), Ok(n)) => n.duration_since(s).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// The next step of a rollout.
+pub fn step(seen: &Seen<'_>) -> Step {
+    let pending = plan::pending_nodes(seen.sha, seen.nodes, seen.reports);
+    let serves_target = seen.serving.as_ref().is_some_and(|(_, s)| s == seen.sha);
+    if pending.is_empty() || serves_target {
+        return Step::Switch;
+    }
+    let keep = seen.serving.as_ref().map(|(p, _)| p.clone());
+    let since = seen
+        .previous
+        .as_ref()
+        .filter(|r| r.digest == seen.digest)
+        .map(|r| r.since.clone())
+        .unwrap_or_else(|| seen.now.to_string());
+    if seconds_between(&since, seen.now) > seen.timeout.as_secs_f64() {
+        let serving_text = keep.clone().unwrap_or_else(|| "nothing".into());
+        return Step::Stalled {
+            keep,
+            failure: Failure::new(
+                Reason::RolloutStalled,
+                format!(
+                    "nodes {} do not hold {} (module sha256 {}) after {:?}; {serving_text} keeps serving",
+                    pending.join(", "),
+                    seen.pinned,
+                    seen.sha,
+                    seen.timeout
+                ),
+            ),
+        };
+    }
+    Step::Wait {
+        keep,
+        rollout: Rollout {
+            image: seen.pinned.to_string(),
+            digest: seen.digest.to_string(),
+            pending,
+            since,
+        },
+    }
+}
+
+/// How long until `rollout` stalls (at least a second), to look again then if nothing else
+/// moves it.
+pub fn until_stalled(rollout: &Rollout, now: &str, timeout: Duration) -> Duration {
+    let left = timeout.as_secs_f64() - seconds_between(&rollout.since, now);
+    Duration::from_secs_f64(left.max(1.0))
+}
+
+/// The nodes running `pods` (those not finished or going).
+pub fn nodes_running(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect()
+}
+
+/// The FilterDeployments of `all` that a change concerns: those mid-rollout, and with `pod`
+/// (its namespace and labels) only those whose workload selects it.
+pub fn waiting(
+    all: &[Arc<DynamicObject>],
+    pod: Option<(&str, &BTreeMap<String, String>)>,
+) -> Vec<ObjectRef<DynamicObject>> {
+    all.iter()
+        .filter(|o| {
+            let v = serde_json::to_value(o.as_ref()).unwrap_or(Value::Null);
+            if plan::Status::of(&v).and_then(|s| s.rollout).is_none() {
+                return false;
+            }
+            let Some((namespace, labels)) = pod else {
+                return true;
+            };
+            plan::parse(&v).is_ok_and(|i| {
+                let d = &i.deployments[0].deployment;
+                crate::render::workload_namespace(d) == namespace
+                    && d.spec
+                        .workload
+                        .labels
+                        .iter()
+                        .all(|(k, v)| labels.get(k) == Some(v))
+            })
+        })
+        .map(|o| {
+            ObjectRef::new_with(&o.name_any(), super::filter_deployments())
+                .within(&o.namespace().unwrap_or_default())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn seen<'a>(
+        nodes: &'a BTreeSet<String>,
+        reports: &'a BTreeMap<String, BTreeSet<String>>,
+        now: &'a str,
+    ) -> Seen<'a> {
+        Seen {
+            pinned: "r/f@sha256:bb",
+            digest: "sha256:bb",
+            sha: "b0",
+            serving: Some(("r/f@sha256:aa".into(), "a0".into())),
+            nodes,
+            reports,
+            previous: None,
+            now,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn switches_once_every_node_holds_the_module() {
+        let nodes = set(&["n1", "n2"]);
+        let both = BTreeMap::from([
+            ("n1".to_string(), set(&["a0", "b0"])),
+            ("n2".to_string(), set(&["b0"])),
+        ]);
+        assert_eq!(
+            step(&seen(&nodes, &both, "2026-01-01T00:00:00Z")),
+            Step::Switch
+        );
+        let no_nodes = BTreeSet::new();
+        assert_eq!(
+            step(&seen(&no_nodes, &BTreeMap::new(), "2026-01-01T00:00:00Z")),
+            Step::Switch,
+            "no node runs the workload: nothing to wait for"
+        );
+    }
+
+    #[test]
+    fn waits_keeping_the_served_version_then_stalls() {
+        let nodes = set(&["n1", "n2"]);
+        let one = BTreeMap::from([("n1".to_string(), set(&["b0"]))]);
+        let t0 = "2026-01-01T00:00:00Z";
+        let Step::Wait { keep, rollout } = step(&seen(&nodes, &one, t0)) else {
+            panic!("not waiting")
+        };
+        assert_eq!(keep.as_deref(), Some("r/f@sha256:aa"));
+        assert_eq!(rollout.pending, ["n2"]);
+        assert_eq!(rollout.since, t0);
+        assert_eq!(
+            until_stalled(&rollout, "2026-01-01T00:04:00Z", Duration::from_secs(300)),
+            Duration::from_secs(60)
+        );
+
+        let mut later = seen(&nodes, &one, "2026-01-01T00:05:01Z");
+        later.previous = Some(rollout.clone());
+        let s = step(&later);
+        let Step::Stalled { keep, failure } = &s else {
+            panic!("not stalled: {s:?}")
+        };
+        assert_eq!(keep.as_deref(), Some("r/f@sha256:aa"));
+        assert_eq!(failure.reason, Reason::RolloutStalled);
+        assert!(
+            failure
+                .message
+                .contains("nodes n2 do not hold r/f@sha256:bb"),
+            "{failure}"
+        );
+        assert!(
+            failure.message.contains("r/f@sha256:aa keeps serving"),
+            "{failure}"
+        );
+
+        // A new target starts its own clock.
+        let mut other = later.clone();
+        other.digest = "sha256:cc";
+        assert!(matches!(step(&other), Step::Wait { .. }));
+    }
+}
