@@ -831,6 +831,180 @@ mod tests {
         );
     }
 
+    /// The `Ready` condition a failure leads to: status False, its reason, its message.
+    fn ready_of(f: &Failure) -> (String, String, String) {
+        let s = status(1, None, Some(f), None, "t");
+        let c = s.ready().unwrap().clone();
+        (c.status, c.reason, c.message)
+    }
+
+    fn assert_reason(f: &Failure, reason: Reason, names: &str) {
+        let (st, r, message) = ready_of(f);
+        assert_eq!((st.as_str(), r.as_str()), ("False", reason.as_str()), "{f}");
+        assert!(
+            message.contains(names),
+            "{message:?} does not name {names:?}"
+        );
+    }
+
+    #[test]
+    fn ready_reason_invalid_spec() {
+        let mut bad = fd("envoyFilter", "{}");
+        bad["spec"]["filter"]["image"] = json!("Not A Reference");
+        let e = parse(&bad)
+            .and_then(|i| filter_object(&i, "Not A Reference", "x", None, &bad))
+            .unwrap_err();
+        assert_reason(&e, Reason::InvalidSpec, "spec.filter.image");
+    }
+
+    #[test]
+    fn ready_reason_pull_secret_not_found() {
+        let missing = docker_config(None, "default", "regcred").unwrap_err();
+        assert_reason(
+            &missing,
+            Reason::PullSecretNotFound,
+            "Secret default/regcred does not exist",
+        );
+        let opaque = k8s_openapi::api::core::v1::Secret::default();
+        let empty = docker_config(Some(&opaque), "default", "regcred").unwrap_err();
+        assert_reason(
+            &empty,
+            Reason::PullSecretNotFound,
+            "has no .dockerconfigjson",
+        );
+        let mut good = opaque.clone();
+        good.data = Some(BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            k8s_openapi::ByteString(b"{}".to_vec()),
+        )]));
+        assert_eq!(
+            docker_config(Some(&good), "default", "regcred").unwrap(),
+            b"{}"
+        );
+    }
+
+    fn failed(stage: crate::pipeline::Stage, message: &str) -> crate::pipeline::Failed {
+        crate::pipeline::Failed {
+            stage,
+            error: Error::Usage(message.into()),
+        }
+    }
+
+    #[test]
+    fn ready_reason_registry_error() {
+        use crate::pipeline::Stage;
+        let f = pipeline_failure(&failed(Stage::Resolve, "r.example: connection refused"));
+        assert_reason(&f, Reason::RegistryError, "connection refused");
+        let f = pipeline_failure(&failed(Stage::Module, "layer 1: not a proxy-wasm module"));
+        assert_reason(&f, Reason::RegistryError, "not a proxy-wasm module");
+    }
+
+    #[test]
+    fn ready_reason_parameters_rejected() {
+        let f = pipeline_failure(&failed(
+            crate::pipeline::Stage::Parameters,
+            "spec.filter.parameters: the filter refuses them",
+        ));
+        assert_reason(&f, Reason::ParametersRejected, "spec.filter.parameters");
+    }
+
+    #[test]
+    fn ready_reason_signature_not_verified() {
+        use crate::render::spec::{KeyKind, KeyRef};
+        let f = pipeline_failure(&failed(crate::pipeline::Stage::Verify, "no signature"));
+        assert_reason(
+            &f,
+            Reason::SignatureNotVerified,
+            "spec.filter.verification: no signature",
+        );
+        let r = KeyRef {
+            kind: KeyKind::ConfigMap,
+            name: "cosign".into(),
+            key: "cosign.pub".into(),
+        };
+        let gone = key_text(None, &r, "default").unwrap_err();
+        assert_reason(
+            &gone,
+            Reason::SignatureNotVerified,
+            "ConfigMap default/cosign does not exist",
+        );
+        let no_key = key_text(Some(None), &r, "default").unwrap_err();
+        assert_reason(
+            &no_key,
+            Reason::SignatureNotVerified,
+            "has no key \"cosign.pub\"",
+        );
+        assert_eq!(
+            key_text(Some(Some("PEM".into())), &r, "default").unwrap(),
+            "PEM"
+        );
+    }
+
+    #[test]
+    fn ready_reason_workload_not_found() {
+        let e =
+            workload_annotations(None, "Deployment", "default", "details-v1", true).unwrap_err();
+        assert_reason(
+            &e,
+            Reason::WorkloadNotFound,
+            "spec.workload.name: Deployment default/details-v1",
+        );
+        assert_eq!(
+            workload_annotations(None, "Deployment", "default", "details-v1", false).unwrap(),
+            None,
+            "taking back from a workload that is gone is nothing to do"
+        );
+        let live = json!({"spec": {"template": {"metadata": {"annotations": {}}}}});
+        let apply = workload_annotations(Some(&live), "Deployment", "default", "details-v1", true)
+            .unwrap()
+            .unwrap();
+        assert!(
+            apply
+                .pointer("/spec/template/metadata/annotations")
+                .unwrap()[render::USER_VOLUME]
+                .is_string()
+        );
+    }
+
+    #[test]
+    fn ready_reason_agent_namespace_missing_and_apply_failed() {
+        let write = Failure::new(
+            Reason::ApplyFailed,
+            format!(
+                "cannot apply ConfigMap: namespaces \"{}\" not found",
+                render::AGENT_NAMESPACE
+            ),
+        );
+        assert_reason(
+            &agent_namespace(write),
+            Reason::AgentNamespaceMissing,
+            "kubectl apply -k manifests/",
+        );
+        let other = Failure::new(
+            Reason::ApplyFailed,
+            "cannot apply EnvoyFilter default/x: forbidden",
+        );
+        assert_reason(&agent_namespace(other), Reason::ApplyFailed, "forbidden");
+    }
+
+    #[test]
+    fn ready_reason_applied_and_rolling_out() {
+        let a = Applied {
+            digest: "sha256:aa".into(),
+            image: "r/f@sha256:aa".into(),
+            objects: vec!["WasmPlugin default/x".into()],
+            rollout: None,
+        };
+        let s = status(1, Some(&a), None, None, "t");
+        let c = s.ready().unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Applied"));
+        assert_eq!(
+            c.message,
+            "r/f@sha256:aa serving; wrote WasmPlugin default/x"
+        );
+        // RolloutStalled comes from the rollout's own decision (see `rollout`'s tests).
+    }
+
     /// The status as the API stores it.
     fn json(s: &Status) -> Value {
         serde_json::to_value(s).unwrap()

@@ -203,6 +203,51 @@ mod tests {
         }
     }
 
+    fn fd(name: &str, app: &str, rolling: bool) -> Arc<DynamicObject> {
+        let mut v = serde_json::json!({
+            "apiVersion": "filters.envoy-wasm-toolkit.io/v1alpha1",
+            "kind": "FilterDeployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "workload": {"kind": "Deployment", "name": app, "labels": {"app": app}},
+                "filter": {"image": "r.example/f:v1", "rootId": "my_root_id"},
+                "delivery": "envoyFilter",
+            },
+            "status": {"observedGeneration": 1, "conditions": []},
+        });
+        if rolling {
+            v["status"]["rollout"] = serde_json::json!({
+                "image": "r.example/f@sha256:bb", "digest": "sha256:bb",
+                "pendingNodes": ["n2"], "since": "2026-01-01T00:00:00Z",
+            });
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn a_node_report_wakes_every_rollout_and_a_pod_only_its_workloads() {
+        let all = [
+            fd("details", "details", true),
+            fd("ratings", "ratings", true),
+            fd("reviews", "reviews", false),
+        ];
+        let names = |refs: Vec<ObjectRef<DynamicObject>>| -> Vec<String> {
+            refs.into_iter().map(|r| r.name).collect()
+        };
+        assert_eq!(names(waiting(&all, None)), ["details", "ratings"]);
+        let labels = BTreeMap::from([("app".to_string(), "details".to_string())]);
+        assert_eq!(
+            names(waiting(&all, Some(("default", &labels)))),
+            ["details"]
+        );
+        assert!(waiting(&all, Some(("other", &labels))).is_empty());
+        let reviews = BTreeMap::from([("app".to_string(), "reviews".to_string())]);
+        assert!(
+            waiting(&all, Some(("default", &reviews))).is_empty(),
+            "no rollout under way: nothing to wake"
+        );
+    }
+
     #[test]
     fn switches_once_every_node_holds_the_module() {
         let nodes = set(&["n1", "n2"]);
