@@ -7,6 +7,9 @@
   manifest REF                prints the sha256 digest of the raw manifest, then the manifest JSON
   push-docker REF WASM        a Docker schema 2 image as `docker build` makes one FROM scratch
                               with plugin.wasm: an image config and one tar+gzip rootfs layer
+  push-raw REF MANIFEST_TYPE CONFIG:TYPE [LAYER:TYPE ...]
+                              any layout: each file uploaded as a blob, then a manifest of
+                              MANIFEST_TYPE listing them with their media types, in order
 
 Registries are spoken to over plain HTTP (tests run them on 127.0.0.1). Prints the pushed
 manifest digest for the push commands.
@@ -65,22 +68,33 @@ def push_docker(ref, wasm):
         "architecture": "amd64", "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }).encode()
-    c = client(ref)
-    container = c.get_container(ref)
-    descriptors = []
     with tempfile.TemporaryDirectory() as d:
+        files = []
         for name, data, media_type in [("config", config, DOCKER_CONFIG), ("layer", layer, DOCKER_LAYER)]:
             path = os.path.join(d, name)
             with open(path, "wb") as f:
                 f.write(data)
-            desc = {"mediaType": media_type, "size": len(data),
-                    "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
-            c.upload_blob(path, container, desc).raise_for_status()
-            descriptors.append(desc)
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-                           "config": descriptors[0], "layers": [descriptors[1]]}).encode()
+            files.append((path, media_type))
+        push_raw(ref, DOCKER_MANIFEST, files[0], files[1:])
+
+
+def push_raw(ref, manifest_type, config, layers):
+    """Upload `config` and `layers` ((path, media type) pairs) as blobs and PUT a manifest of
+    `manifest_type` naming them in this order, with nothing checked: for layouts no tool makes."""
+    c = client(ref)
+    container = c.get_container(ref)
+    descriptors = []
+    for path, media_type in [config] + list(layers):
+        with open(path, "rb") as f:
+            data = f.read()
+        desc = {"mediaType": media_type, "size": len(data),
+                "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+        c.upload_blob(path, container, desc).raise_for_status()
+        descriptors.append(desc)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": manifest_type,
+                           "config": descriptors[0], "layers": descriptors[1:]}).encode()
     res = c.do_request(f"{c.prefix}://{container.manifest_url()}", "PUT",
-                       headers={"Content-Type": DOCKER_MANIFEST}, data=manifest)
+                       headers={"Content-Type": manifest_type}, data=manifest)
     res.raise_for_status()
     print("sha256:" + hashlib.sha256(manifest).hexdigest())
 
@@ -93,6 +107,9 @@ def main(argv):
         push(argv[2], argv[3], argv[4], argv[5])
     elif cmd == "push-docker":
         push_docker(argv[2], argv[3])
+    elif cmd == "push-raw":
+        pair = lambda arg: tuple(arg.rsplit(":", 1))
+        push_raw(argv[2], argv[3], pair(argv[4]), [pair(a) for a in argv[5:]])
     elif cmd == "pull":
         for f in client(argv[2]).pull(target=argv[2], outdir=argv[3]):
             print(f)

@@ -491,6 +491,122 @@ fn solo_and_compat_images_pass_the_layer_rules_of_istios_fetcher() {
     );
 }
 
+/// `tar.gz` (gzip'd ustar, by tar(1)) of `files` in `dir`.
+fn targz(dir: &Path, out: &str, files: &[&str]) -> PathBuf {
+    let path = dir.join(out);
+    let o = Command::new("tar")
+        .args(["--format=ustar", "-czf", s(&path), "-C", s(dir)])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    path
+}
+
+#[test]
+fn a_tar_gz_without_plugin_wasm_beside_the_wasm_layer_is_read_as_istio_reads_it() {
+    let reg = Registry::start();
+    let ctx = Ctx::new();
+    let wasm = ctx.path("filter.wasm");
+    fs::write(&wasm, filter()).unwrap();
+    let config = runtime_config(&ctx);
+    // An archive holding the runtime config and no plugin.wasm.
+    let no_plugin = targz(ctx.dir.path(), "no-plugin.tar.gz", &["runtime-config.json"]);
+    let blob = |digest: &str| fs::read(reg.blob_path(digest)).unwrap();
+    let push = |repo: &str, manifest_type: &str, layers: &[(&Path, &str)]| -> String {
+        let reference = reg.reference(repo);
+        let mut args = vec![
+            "push-raw".to_string(),
+            reference.clone(),
+            manifest_type.to_string(),
+            format!("{}:{SOLO_CONFIG}", s(&config)),
+        ];
+        args.extend(layers.iter().map(|(p, t)| format!("{}:{t}", s(p))));
+        oras(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        reference
+    };
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+
+    // The wasm layer and a last tar.gz without plugin.wasm: Istio's compat variant fails, its
+    // oci variant (two layers, one of the wasm type) loads the wasm layer. Pull reads that layer.
+    let reference = push(
+        "fallback/two:v1",
+        oci,
+        &[(&wasm, SOLO_LAYER), (&no_plugin, OCI_TAR_GZIP)],
+    );
+    let (_, manifest) = oras_manifest(&reference);
+    assert_eq!(istio_extract(&manifest, blob).unwrap(), filter());
+    let out = ctx.path("two.wasm");
+    let p = ctx.ok(&["pull", &reference, "-o", s(&out), "--plain-http"]);
+    assert_eq!(fs::read(&out).unwrap(), filter(), "{}", p.stdout);
+    let i = ctx.ok(&["inspect", &reference, "--plain-http"]);
+    assert!(
+        i.stdout
+            .contains("Istio (WasmPlugin / agent): loads (oci variant"),
+        "{}",
+        i.stdout
+    );
+    assert!(
+        i.stdout.contains("layout:    solo (two layers"),
+        "{}",
+        i.stdout
+    );
+
+    // Three layers: Istio refuses the image (not the oci variant either); pull reads its one
+    // wasm layer, as for any image Istio refuses.
+    let reference = push(
+        "fallback/three:v1",
+        oci,
+        &[
+            (&config, SOLO_CONFIG),
+            (&wasm, SOLO_LAYER),
+            (&no_plugin, OCI_TAR_GZIP),
+        ],
+    );
+    let (_, manifest) = oras_manifest(&reference);
+    let e = istio_extract(&manifest, blob).unwrap_err();
+    assert!(e.contains("number of layers must be 2 but got 3"), "{e}");
+    let out = ctx.path("three.wasm");
+    ctx.ok(&["pull", &reference, "-o", s(&out), "--plain-http"]);
+    assert_eq!(fs::read(&out).unwrap(), filter());
+    let i = ctx.ok(&["inspect", &reference, "--plain-http"]);
+    assert!(i.stdout.contains("does NOT load"), "{}", i.stdout);
+
+    // A Docker manifest: Istio reads its last layer and nothing else, so it refuses the image.
+    let reference = push(
+        "fallback/docker:v1",
+        DOCKER_MANIFEST,
+        &[(&wasm, SOLO_LAYER), (&no_plugin, DOCKER_TAR_GZIP)],
+    );
+    let (_, manifest) = oras_manifest(&reference);
+    assert_eq!(manifest["mediaType"], DOCKER_MANIFEST);
+    let e = istio_extract(&manifest, blob).unwrap_err();
+    assert!(e.contains("plugin.wasm not found"), "{e}");
+    let out = ctx.path("docker.wasm");
+    ctx.ok(&["pull", &reference, "-o", s(&out), "--plain-http"]);
+    assert_eq!(fs::read(&out).unwrap(), filter());
+
+    // No wasm layer to fall back on: the error names the layers and what each lacks; no file.
+    let reference = push(
+        "fallback/none:v1",
+        oci,
+        &[(&config, SOLO_CONFIG), (&no_plugin, OCI_TAR_GZIP)],
+    );
+    let (_, manifest) = oras_manifest(&reference);
+    assert!(istio_extract(&manifest, blob).is_err());
+    let out = ctx.path("none.wasm");
+    let e = ctx.fails(&["pull", &reference, "-o", s(&out), "--plain-http"]);
+    for part in [
+        "layer 1 (application/vnd.oci.image.layer.v1.tar+gzip): plugin.wasm not found in the archive",
+        "no wasm layer to read instead",
+        "0: application/vnd.module.wasm.config.v1+json",
+        SOLO_LAYER,
+    ] {
+        assert!(e.contains(part), "{part:?} missing from:\n{e}");
+    }
+    assert_nothing_written(&out);
+}
+
 #[test]
 fn the_bearer_token_flow_logs_in_pushes_and_pulls() {
     let reg = Registry::start_with_token_auth("alice", "s3cret-Pw");

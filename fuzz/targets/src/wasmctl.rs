@@ -82,13 +82,26 @@ fn istio_layer(m: &Manifest) -> Option<usize> {
         .position(|l| l.media_type == media::SOLO_WASM_LAYER)
 }
 
+/// The layer of Istio's oci variant, which it reads when the compat variant fails (a tar.gz
+/// without `plugin.wasm`): not for Docker manifests; exactly two layers, the first solo one.
+fn istio_oci_layer(m: &Manifest) -> Option<usize> {
+    if m.media_type.as_deref() == Some(media::DOCKER_MANIFEST) || m.layers.len() != 2 {
+        return None;
+    }
+    m.layers
+        .iter()
+        .position(|l| l.media_type == media::SOLO_WASM_LAYER)
+}
+
 /// `image_layout`: a manifest, then after a NUL byte a runtime config blob, then after another a
 /// compat layer (tar.gz).
 ///
 /// - An accepted manifest survives its own serialisation (what `push` uploads).
 /// - `locate` (what `pull` and the agent read) names a layer the manifest has, of a type it
 ///   can read; when Istio would load the image, `locate` picks the layer Istio reads, so the
-///   agent and Istio's fetcher deliver the same module.
+///   agent and Istio's fetcher deliver the same module. The same holds when a tar.gz `locate`
+///   picked has no `plugin.wasm`: `locate_without_plugin` names a raw wasm layer, the one Istio
+///   then reads when it loads the image.
 /// - The verdicts give a reason whenever they refuse, and `None` ("not checked") judges as a
 ///   tar.gz that holds `plugin.wasm`.
 /// - A runtime config `RuntimeConfig::parse` accepts reads back the same from its JSON.
@@ -151,6 +164,36 @@ pub fn image_layout(data: &[u8]) {
             layout::istio_verdict(&m, None),
             layout::istio_verdict(&m, Some(true))
         );
+        if let Ok(l) = &located
+            && l.tar_gz
+        {
+            let instead = layout::locate_without_plugin(&m);
+            if let Ok(i) = &instead {
+                let t = m.layers.get(i.layer).map(|l| l.media_type.as_str());
+                assert!(
+                    !i.tar_gz
+                        && [
+                            media::SOLO_WASM_LAYER,
+                            media::CNCF_WASM_LAYER,
+                            media::WASM_TO_OCI_LAYER
+                        ]
+                        .iter()
+                        .any(|r| Some(*r) == t),
+                    "without plugin.wasm, pull reads layer {} of type {t:?}",
+                    i.layer
+                );
+            }
+            if layout::istio_verdict(&m, Some(false)).loads {
+                let want = istio_oci_layer(&m);
+                assert!(want.is_some(), "Istio loads it from no layer we know");
+                match instead {
+                    Ok(i) => assert_eq!(Some(i.layer), want, "without plugin.wasm"),
+                    Err(e) => {
+                        panic!("Istio loads the image without plugin.wasm, pull refuses: {e}")
+                    }
+                }
+            }
+        }
         if layout::istio_verdict(&m, None).loads {
             let want = istio_layer(&m);
             assert!(want.is_some(), "Istio loads it from no layer we know");

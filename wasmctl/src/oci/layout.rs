@@ -421,36 +421,15 @@ fn layer_list(m: &Manifest) -> String {
 /// Find the module in a manifest, in any layout pull accepts. An image Istio's fetcher loads is
 /// read from the layer Istio reads, so the agent and a `WasmPlugin` deliver the same module;
 /// other images from their one raw wasm layer, else a last tar.gz layer.
+///
+/// A tar.gz layer is located on the assumption that it holds `plugin.wasm`; only its content
+/// tells. When it does not, the module is where [`locate_without_plugin`] says.
 pub fn locate(m: &Manifest) -> std::result::Result<Located, String> {
     if let Some(found) = istio_layer(m) {
         return Ok(found);
     }
-    let raw: Vec<usize> = (0..m.layers.len())
-        .filter(|&i| is_raw_wasm(&m.layers[i].media_type))
-        .collect();
-    match raw.as_slice() {
-        [i] => {
-            let layout = match m.layers[*i].media_type.as_str() {
-                media::SOLO_WASM_LAYER => Layout::Solo {
-                    layers: m.layers.len(),
-                },
-                media::CNCF_WASM_LAYER => Layout::Cncf,
-                _ => Layout::WasmToOci,
-            };
-            return Ok(Located {
-                layout,
-                layer: *i,
-                tar_gz: false,
-            });
-        }
-        [] => {}
-        many => {
-            return Err(format!(
-                "{} wasm layers ({}): ambiguous, which one is the filter?",
-                many.len(),
-                layer_list(m)
-            ));
-        }
+    if let Some(found) = raw_layer(m)? {
+        return Ok(found);
     }
     if let Some(last) = m.layers.last() {
         let docker = m.media_type.as_deref() == Some(media::DOCKER_MANIFEST);
@@ -474,10 +453,61 @@ pub fn locate(m: &Manifest) -> std::result::Result<Located, String> {
     ))
 }
 
+/// Where the module is when the tar.gz layer [`locate`] found holds no `plugin.wasm` (or is not
+/// a readable tar.gz). Istio's fetcher then tries its oci variant: of an OCI manifest with
+/// exactly two layers, the first solo wasm layer, so pull reads that one too. An image Istio
+/// then refuses (a Docker manifest, more or fewer than two layers, no solo wasm layer) is read,
+/// as [`locate`] reads the images Istio does not load, from its one raw wasm layer. `Err` says
+/// why there is nothing to read instead, naming the layers.
+pub fn locate_without_plugin(m: &Manifest) -> std::result::Result<Located, String> {
+    if let Some(layer) = oci_variant_layer(m) {
+        return Ok(Located {
+            layout: Layout::Solo { layers: 2 },
+            layer,
+            tar_gz: false,
+        });
+    }
+    raw_layer(m)?.ok_or_else(|| {
+        format!(
+            "no wasm layer to read instead ({}; Istio's oci variant needs exactly two layers, one of type {})",
+            layer_list(m),
+            media::SOLO_WASM_LAYER
+        )
+    })
+}
+
+/// The image's one raw wasm layer (solo, CNCF or wasm-to-oci type); `Err` when it has several.
+fn raw_layer(m: &Manifest) -> std::result::Result<Option<Located>, String> {
+    let raw: Vec<usize> = (0..m.layers.len())
+        .filter(|&i| is_raw_wasm(&m.layers[i].media_type))
+        .collect();
+    match raw.as_slice() {
+        [] => Ok(None),
+        [i] => {
+            let layout = match m.layers[*i].media_type.as_str() {
+                media::SOLO_WASM_LAYER => Layout::Solo {
+                    layers: m.layers.len(),
+                },
+                media::CNCF_WASM_LAYER => Layout::Cncf,
+                _ => Layout::WasmToOci,
+            };
+            Ok(Some(Located {
+                layout,
+                layer: *i,
+                tar_gz: false,
+            }))
+        }
+        many => Err(format!(
+            "{} wasm layers ({}): ambiguous, which one is the filter?",
+            many.len(),
+            layer_list(m)
+        )),
+    }
+}
+
 /// The layer Istio's fetcher (`pkg/wasm/imagefetcher.go`) reads the module from, when it loads
 /// the image (a tar.gz layer taken to hold `plugin.wasm`): a Docker manifest's last layer; an
-/// OCI tar+gzip last layer (the compat variant, tried first); else, of exactly two layers, the
-/// first solo wasm layer (the oci variant).
+/// OCI tar+gzip last layer (the compat variant, tried first); else the oci variant's layer.
 fn istio_layer(m: &Manifest) -> Option<Located> {
     let last = m.layers.len().checked_sub(1)?;
     let compat = |docker| Located {
@@ -491,18 +521,24 @@ fn istio_layer(m: &Manifest) -> Option<Located> {
     if m.layers[last].media_type == media::OCI_LAYER_TAR_GZIP {
         return Some(compat(false));
     }
-    if m.layers.len() != 2 {
-        return None;
-    }
-    let layer = m
-        .layers
-        .iter()
-        .position(|l| l.media_type == media::SOLO_WASM_LAYER)?;
+    let layer = oci_variant_layer(m)?;
     Some(Located {
         layout: Layout::Solo { layers: 2 },
         layer,
         tar_gz: false,
     })
+}
+
+/// Istio's oci variant (`extractOCIArtifactImage`), which it tries when the manifest is not
+/// Docker's and the compat variant failed: exactly two layers, the module in the first one of
+/// the solo wasm type.
+fn oci_variant_layer(m: &Manifest) -> Option<usize> {
+    if m.media_type.as_deref() == Some(media::DOCKER_MANIFEST) || m.layers.len() != 2 {
+        return None;
+    }
+    m.layers
+        .iter()
+        .position(|l| l.media_type == media::SOLO_WASM_LAYER)
 }
 
 /// Whether one consumer loads an image, and why not when it does not.
@@ -754,6 +790,169 @@ mod tests {
         img.manifest.layers.push(img.manifest.layers[1].clone());
         assert!(!istio_verdict(&img.manifest, None).loads);
         assert_eq!(locate(&img.manifest).unwrap().layer, 0);
+    }
+
+    /// A gzip tar holding `files`.
+    fn targz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut header = tar::Header::new_ustar();
+            header.set_path(name).unwrap();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append(&header, *data).unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// An OCI manifest (or a Docker one) with these layers, each a descriptor of its bytes.
+    fn manifest_of(docker: bool, layers: &[(&str, &[u8])]) -> Manifest {
+        Manifest {
+            schema_version: 2,
+            media_type: Some(
+                if docker {
+                    media::DOCKER_MANIFEST
+                } else {
+                    media::OCI_MANIFEST
+                }
+                .into(),
+            ),
+            artifact_type: None,
+            config: descriptor(media::SOLO_CONFIG, &cfg().to_json(), None),
+            layers: layers
+                .iter()
+                .map(|(media_type, data)| descriptor(media_type, data, None))
+                .collect(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// What pull reads: the located layer; a tar.gz's `plugin.wasm`, or where
+    /// `locate_without_plugin` says when the archive has none. (layer, bytes) or the error.
+    fn pulled(m: &Manifest, blobs: &[&[u8]]) -> std::result::Result<(usize, Vec<u8>), String> {
+        let found = locate(m)?;
+        if !found.tar_gz {
+            return Ok((found.layer, blobs[found.layer].to_vec()));
+        }
+        match extract_compat(blobs[found.layer], DEFAULT_MAX_SIZE) {
+            Ok(Some(module)) => Ok((found.layer, module)),
+            _ => locate_without_plugin(m).map(|l| (l.layer, blobs[l.layer].to_vec())),
+        }
+    }
+
+    #[test]
+    fn a_tar_gz_without_plugin_wasm_beside_a_solo_layer_is_read_as_istio_reads_it() {
+        let wasm = wasm();
+        let other = module_with_exports(&["proxy_abi_version_0_2_0"]);
+        let config = cfg().to_json();
+        let no_plugin = targz(&[("runtime-config.json", &config)]);
+        let with_plugin = targz(&[("plugin.wasm", &other)]);
+        assert_eq!(extract_compat(&no_plugin, DEFAULT_MAX_SIZE), Ok(None));
+        let (solo, oci_tar, docker_tar) = (
+            media::SOLO_WASM_LAYER,
+            media::OCI_LAYER_TAR_GZIP,
+            media::DOCKER_LAYER_TAR_GZIP,
+        );
+
+        // Two layers, the wasm and a tar.gz without plugin.wasm: Istio's compat variant fails,
+        // its oci variant reads the wasm layer. Pull reads it too.
+        let m = manifest_of(false, &[(solo, &wasm), (oci_tar, &no_plugin)]);
+        assert_eq!(locate(&m).unwrap().layer, 1, "the tar.gz is tried first");
+        let instead = locate_without_plugin(&m).unwrap();
+        assert_eq!(
+            instead,
+            Located {
+                layout: Layout::Solo { layers: 2 },
+                layer: 0,
+                tar_gz: false
+            }
+        );
+        assert_eq!(pulled(&m, &[&wasm, &no_plugin]), Ok((0, wasm.clone())));
+        let v = istio_verdict(&m, Some(false));
+        assert!(v.loads && v.why.contains("oci variant"), "{}", v.why);
+        // A tar.gz that is no tar.gz at all fails Istio's compat variant the same way.
+        assert!(extract_compat(b"not gzip", DEFAULT_MAX_SIZE).is_err());
+        assert_eq!(pulled(&m, &[&wasm, b"not gzip"]), Ok((0, wasm.clone())));
+        // With plugin.wasm in the archive, Istio takes it from there (compat first), so does pull.
+        assert_eq!(pulled(&m, &[&wasm, &with_plugin]), Ok((1, other.clone())));
+
+        // The tar.gz first, the wasm last: not the compat variant (last layer's type); the oci
+        // variant reads the wasm layer, without looking into the archive.
+        let m = manifest_of(false, &[(oci_tar, &no_plugin), (solo, &wasm)]);
+        assert_eq!(
+            locate(&m).unwrap(),
+            Located {
+                layout: Layout::Solo { layers: 2 },
+                layer: 1,
+                tar_gz: false
+            }
+        );
+        assert!(istio_verdict(&m, None).loads);
+
+        // Images Istio refuses when the archive has no plugin.wasm: pull reads their one raw wasm
+        // layer, as it reads any image Istio refuses.
+        // A Docker manifest: Istio reads its last layer only.
+        let m = manifest_of(true, &[(solo, &wasm), (docker_tar, &no_plugin)]);
+        assert_eq!(locate(&m).unwrap().layer, 1);
+        assert!(istio_verdict(&m, Some(true)).loads);
+        let v = istio_verdict(&m, Some(false));
+        assert!(
+            !v.loads && v.why.contains("plugin.wasm not found"),
+            "{}",
+            v.why
+        );
+        assert_eq!(pulled(&m, &[&wasm, &no_plugin]), Ok((0, wasm.clone())));
+        // Three layers: not the oci variant.
+        let m = manifest_of(
+            false,
+            &[
+                (media::SOLO_CONFIG, &config),
+                (solo, &wasm),
+                (oci_tar, &no_plugin),
+            ],
+        );
+        let v = istio_verdict(&m, Some(false));
+        assert!(
+            !v.loads && v.why.contains("must be 2 but got 3"),
+            "{}",
+            v.why
+        );
+        assert_eq!(
+            pulled(&m, &[&config, &wasm, &no_plugin]),
+            Ok((1, wasm.clone()))
+        );
+
+        // Nothing to read instead: the error names the layers and what is missing.
+        let m = manifest_of(
+            false,
+            &[(media::SOLO_CONFIG, &config), (oci_tar, &no_plugin)],
+        );
+        assert!(!istio_verdict(&m, Some(false)).loads);
+        let e = pulled(&m, &[&config, &no_plugin]).unwrap_err();
+        for part in [
+            "no wasm layer to read instead",
+            "0: application/vnd.module.wasm.config.v1+json",
+            "1: application/vnd.oci.image.layer.v1.tar+gzip",
+            media::SOLO_WASM_LAYER,
+        ] {
+            assert!(e.contains(part), "{part:?} missing from: {e}");
+        }
+        let m = manifest_of(
+            false,
+            &[
+                (media::CNCF_WASM_LAYER, &wasm),
+                (solo, &wasm),
+                (oci_tar, &no_plugin),
+            ],
+        );
+        let e = pulled(&m, &[&wasm, &wasm, &no_plugin]).unwrap_err();
+        assert!(
+            e.contains("2 wasm layers") && e.contains("ambiguous"),
+            "{e}"
+        );
     }
 
     #[test]

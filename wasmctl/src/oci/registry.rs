@@ -540,6 +540,27 @@ impl Remote {
         Ok(out)
     }
 
+    /// Download layer `index` of `manifest` (with a progress bar when asked and it is large),
+    /// and name it: `layer 1 (media type)`.
+    async fn layer(
+        &self,
+        manifest: &Manifest,
+        index: usize,
+        max: u64,
+        progress: bool,
+    ) -> Result<(Vec<u8>, String)> {
+        let desc = &manifest.layers[index];
+        let what = format!("layer {index} ({})", desc.media_type);
+        let bar = Progress::new(
+            progress && desc.size > CHUNK_SIZE as u64,
+            format!("pulling {}", self.text),
+            desc.size,
+        );
+        let blob = self.blob(desc, &what, max, &bar).await;
+        bar.finish();
+        Ok((blob?, what))
+    }
+
     async fn upload(&self, blob: &layout::Blob, progress: &Arc<Progress>) -> Result<bool> {
         let what = format!(
             "upload of blob {} ({})",
@@ -872,39 +893,36 @@ pub async fn fetch(
         reference: remote.text.clone(),
         reason,
     })?;
-    let desc = &manifest.layers[found.layer];
-    let what = format!("layer {} ({})", found.layer, desc.media_type);
-    let progress = Progress::new(
-        opts.progress && desc.size > CHUNK_SIZE as u64,
-        format!("pulling {}", remote.text),
-        desc.size,
-    );
-    let blob = remote.blob(desc, &what, max, &progress).await;
-    progress.finish();
-    let blob = blob?;
+    let (blob, what) = remote
+        .layer(&manifest, found.layer, max, opts.progress)
+        .await?;
     let mut downloaded = blob.len() as u64;
-    let (module, what) = if found.tar_gz {
-        let what = format!("{}, file {}", what, media::COMPAT_FILE_NAME);
-        match layout::extract_compat(&blob, max) {
-            Ok(Some(m)) => (m, what),
-            Ok(None) => {
-                return Err(Error::NotWasmImage {
+    let plugin = found.tar_gz.then(|| {
+        layout::extract_compat(&blob, max)?
+            .ok_or_else(|| format!("{} not found in the archive", media::COMPAT_FILE_NAME))
+    });
+    let (found, module, what) = match plugin {
+        None => (found, blob, what),
+        Some(Ok(module)) => (
+            found,
+            module,
+            format!("{what}, file {}", media::COMPAT_FILE_NAME),
+        ),
+        // What Istio's fetcher does when its compat variant fails: read the layer of its oci
+        // variant (for an image Istio refuses, the one raw wasm layer, as for any such image).
+        Some(Err(missing)) => {
+            let instead =
+                layout::locate_without_plugin(&manifest).map_err(|why| Error::NotWasmImage {
                     reference: remote.text.clone(),
-                    reason: format!(
-                        "{what}: {} not found in the archive",
-                        media::COMPAT_FILE_NAME
-                    ),
-                });
-            }
-            Err(reason) => {
-                return Err(Error::NotWasmImage {
-                    reference: remote.text.clone(),
-                    reason: format!("{what}: {reason}"),
-                });
-            }
+                    reason: format!("{what}: {missing}; {why}"),
+                })?;
+            let (blob, raw) = remote
+                .layer(&manifest, instead.layer, max, opts.progress)
+                .await?;
+            downloaded += blob.len() as u64;
+            let what = format!("{raw}, read because {what} is no compat layer: {missing}");
+            (instead, blob, what)
         }
-    } else {
-        (blob, what)
     };
     layout::require_magic(&module, &remote.text, &what)?;
     let mut root_ids = Vec::new();
@@ -981,10 +999,18 @@ pub async fn inspect(reference: &str, opts: &Options) -> Result<Inspection> {
         digest,
         manifest_size: bytes.len(),
         layout: match located {
-            Ok(l) if l.tar_gz && compat_has_plugin == Some(false) => Err(format!(
-                "last layer is a tar.gz without {}",
-                media::COMPAT_FILE_NAME
-            )),
+            // Pull then reads the layer Istio's oci variant reads, if there is one.
+            Ok(l) if l.tar_gz && compat_has_plugin == Some(false) => {
+                layout::locate_without_plugin(&manifest)
+                    .map(|instead| instead.layout)
+                    .map_err(|why| {
+                        format!(
+                            "layer {} is a tar.gz without {}; {why}",
+                            l.layer,
+                            media::COMPAT_FILE_NAME
+                        )
+                    })
+            }
             Ok(l) => Ok(l.layout),
             Err(e) => Err(e),
         },
