@@ -4,13 +4,17 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
-.PHONY: help setup control-plane nodes cluster-up cluster-down demo-cluster cosign go-example build image test lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
+.PHONY: help setup setup-rust control-plane nodes cluster-up cluster-down demo-cluster cosign go-example build image test test-fast lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: ## Install what is missing: wasm32-wasip1, Envoy 1.40, docker-registry, htpasswd, oras-py, curl, node/npm
 	@scripts/setup
+
+# Only the Rust targets and components: what test-fast and lint need.
+setup-rust:
+	@scripts/setup --rust
 
 control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, istiod, pilot-agent, istioctl (Go modules; cached)
 	@scripts/control-plane-build >/dev/null
@@ -37,17 +41,33 @@ build: setup ## Build the filter: target/wasm32-wasip1/wasm/header_filter.wasm
 image: setup ## The wasmctl image (static binary, FROM scratch) with buildah; PUSH=REF [PLAIN_HTTP=1] pushes it
 	@scripts/image $(if $(PUSH),--push $(PUSH),) $(if $(PLAIN_HTTP),--plain-http,)
 
-lint: setup lint-filters ## cargo fmt --check and clippy -D warnings on everything (host and wasm)
-	$(CARGO) clippy --all-targets -- -D warnings
+# clippy checks every crate and dependency in check mode (metadata only): artifacts of their own,
+# beside the test builds, with the same features (--workspace --all-targets, as `cargo test
+# --workspace` resolves them), so build scripts and proc macros are shared.
+lint: setup-rust lint-filters ## cargo fmt --check, then clippy -D warnings on every crate and target (host) and on the filters (wasm)
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The filters' no-panic rule (clippy denies unwrap/expect/panic) is checked on every test run; the
 # whole-workspace clippy lives in `lint`, so a test run does not compile every dependency twice.
-lint-filters: setup
+lint-filters: setup-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -- -D warnings
 
 test: setup control-plane nodes cosign lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio, a real cluster; as root)
 	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace
+
+# The integration tests that start no external process: wasmctl's render tests (not
+# render_schemas: Istio's CRDs come from the control-plane build, and kubectl), the harness's own,
+# the fuzz corpora replayed, and the e2e tests that drive compiled modules in the harness or
+# `wasmctl run`. Every other e2e test starts Envoy, a registry, an API server, istiod, a
+# cluster, oras, cosign, wrk, npm or git.
+FAST_TESTS := render_errors render_snapshots render_envoy_types failures host_calls replay harness_filter harness_host_calls wasmctl_run
+
+# The same cargo profile and features as `make test` (--workspace; only the targets narrowed), so
+# one never rebuilds what the other built. --doc cannot share an invocation with other targets.
+test-fast: setup-rust ## Every test that starts no external process: unit tests of every crate, harness, render, plan, fuzz corpora, doc tests
+	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace --lib --bins $(addprefix --test ,$(FAST_TESTS))
+	$(CARGO) test --workspace --doc
 
 demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot update under the same tag; stop all
 	@scripts/demo
@@ -58,7 +78,7 @@ demo-istio: setup control-plane ## The real control plane: render | kubectl appl
 demo-cluster: setup control-plane nodes ## The whole path on a real 2-node cluster: injection, agent, controller, curl from a Pod, an upgrade; then down
 	@scripts/demo-cluster
 
-docs: setup ## Rewrite README.md's demo and wasmctl run transcripts and module sizes from a real run
+docs: setup ## Rewrite the docs' transcripts (README.md), module sizes and digests (every doc) from a real run
 	UPDATE_DOCS=1 $(CARGO) test -p e2e --test docs_figures -- --nocapture
 
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
