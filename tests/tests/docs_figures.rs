@@ -1,19 +1,45 @@
-//! README.md quotes real output; these tests hold it to a real run. The `make demo` transcript
-//! (abridged: `...` lines mark omitted output) and the `wasmctl run` example are run again and
-//! compared line by line; the module sizes are compared with the built module and with the last
-//! benchmark run (`docs/bench/results.json`).
+//! The docs quote real output and figures that the build determines; these tests hold them to a
+//! real run.
+//!
+//! README.md: the `make demo` transcript (abridged: `...` lines mark omitted output) and the
+//! `wasmctl run` example are run again and compared line by line; the module sizes are compared
+//! with the built module and with the last benchmark run (`docs/bench/results.json`).
+//! host-harness/README.md: its example is compiled and run here as written.
+//!
+//! Every Markdown doc of the project (found by walking the workspace: README.md, BENCHMARKS.md,
+//! `docs/*.md`, the READMEs of `filter/`, `host-harness/`, `wasmctl/`, `examples/*/`,
+//! `manifests/`, `fuzz/`; not build output, installed packages, hidden directories, fuzz corpora
+//! or `docs/bench/`, the benchmark's generated record of its own run) is scanned for:
+//! - sizes of `header_filter.wasm`: the agent's `bytes=N` and `wasmctl push`'s `pushed N bytes`
+//!   wherever they occur, and the sentences of [`DOC_FIGURES`] (filter/README.md's artifact size,
+//!   examples/go-filter/README.md's `53 KB`, BENCHMARKS.md's sizes from the benchmark run and the
+//!   module's code section in KB), against the built module or `docs/bench/results.json`;
+//! - the size of the Go example module (`go_filter.wasm`, in bytes and MB) as built;
+//! - digests, whole or cut short with `...` (then a prefix is checked): the module's sha256
+//!   (`sha256=HEX`, `sha256 HEX`, the agent's file `HEX.wasm`) against the built module, and
+//!   manifest digests (`sha256:HEX`) against a real `wasmctl push IMAGE header_filter.wasm
+//!   --root-id my_root_id` (pushes are reproducible). A digest of anything else
+//!   (`previous_sha256=HEX`, another module's image) is nothing a test reproduces: docs mask it
+//!   (`sha256:...`).
+//!
+//! A figure must stay where the scan finds it ([`MUST_SHOW`], [`DOC_FIGURES`]), so rewording a
+//! line out of the test's reach fails too.
 //!
 //! `make docs` runs them with `UPDATE_DOCS=1`: each documented line is then replaced by the real
-//! line it corresponds to, and each size figure by the real size. Only README.md is rewritten.
+//! line it corresponds to, each size figure by the real size and each digest by the real one (an
+//! abbreviation keeps its length), in every doc checked; one lock serialises reading and
+//! rewriting the docs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-/// Serialises reading and rewriting README.md between the tests of this file.
-static README_LOCK: Mutex<()> = Mutex::new(());
+/// Serialises reading and rewriting the docs between the tests of this file (one lock for every
+/// doc: a test may check several, and README.md is checked by several tests).
+static DOCS_LOCK: Mutex<()> = Mutex::new(());
 
 fn readme_path() -> PathBuf {
     e2e::workspace_root().join("README.md")
@@ -23,27 +49,34 @@ fn updating() -> bool {
     std::env::var_os("UPDATE_DOCS").is_some_and(|v| v == "1")
 }
 
-/// Run `check` on README.md's lines (`what` it checks, for messages); with `UPDATE_DOCS=1` it may
-/// edit them and the result is written back. Fails with whatever `check` reports (in update mode:
-/// what it could not fix).
+/// Run `check` on the lines of `doc` (a path relative to the workspace root; `what` it checks, for
+/// messages); with `UPDATE_DOCS=1` it may edit them and the result is written back. Returns
+/// whatever `check` reports (in update mode: what it could not fix).
+fn edit_doc(
+    doc: &str,
+    what: &str,
+    check: impl FnOnce(&mut Vec<String>, bool) -> Vec<String>,
+) -> Vec<String> {
+    let _guard = DOCS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = e2e::workspace_root().join(doc);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{doc}: {e}"));
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let update = updating();
+    let failures = check(&mut lines, update);
+    let mut new = lines.join("\n");
+    if text.ends_with('\n') {
+        new.push('\n');
+    }
+    if update && new != text {
+        std::fs::write(&path, &new).unwrap();
+        eprintln!("{doc}: {what} rewritten from a real run");
+    }
+    failures
+}
+
+/// [`edit_doc`] on README.md; fails with what `check` reports.
 fn with_readme(what: &str, check: impl FnOnce(&mut Vec<String>, bool) -> Vec<String>) {
-    let failures = {
-        let _guard = README_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let path = readme_path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let update = updating();
-        let failures = check(&mut lines, update);
-        let mut new = lines.join("\n");
-        if text.ends_with('\n') {
-            new.push('\n');
-        }
-        if update && new != text {
-            std::fs::write(&path, &new).unwrap();
-            eprintln!("README.md: {what} rewritten from a real run");
-        }
-        failures
-    };
+    let failures = edit_doc("README.md", what, check);
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
 
@@ -470,6 +503,92 @@ enum Size {
     Built,
     /// A number in `docs/bench/results.json` (a JSON pointer).
     Bench(&'static str),
+    /// The size of the built `header_filter.wasm`'s code section (what `wasm-objdump -x -j Code`
+    /// reports).
+    Code,
+    /// The size of the built Go example filter, `go_filter.wasm` (`make go-example`).
+    Go,
+}
+
+/// The built `header_filter.wasm`: its size, its code section's size and its sha256 (hex).
+struct Module {
+    bytes: u64,
+    code: u64,
+    sha256: String,
+}
+
+/// The header filter as the build makes it now (built once per test process).
+fn built_module() -> &'static Module {
+    static BUILT: OnceLock<Module> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let path = e2e::filter_wasm();
+        let wasm = std::fs::read(&path).unwrap();
+        Module {
+            bytes: wasm.len() as u64,
+            code: code_section_size(&wasm),
+            sha256: e2e::agent::sha256_file(&path),
+        }
+    })
+}
+
+/// The payload size of a wasm module's code section (id 10).
+fn code_section_size(wasm: &[u8]) -> u64 {
+    assert!(wasm.starts_with(b"\0asm"), "not a wasm module");
+    let mut at = 8;
+    while at < wasm.len() {
+        let id = wasm[at];
+        at += 1;
+        let (mut size, mut shift) = (0u64, 0);
+        loop {
+            let b = wasm[at];
+            at += 1;
+            size |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b < 0x80 {
+                break;
+            }
+        }
+        if id == 10 {
+            return size;
+        }
+        at += usize::try_from(size).unwrap();
+    }
+    panic!("the module has no code section")
+}
+
+/// The number at `pointer` in `docs/bench/results.json`.
+fn bench_size(pointer: &str) -> u64 {
+    static RESULTS: OnceLock<serde_json::Value> = OnceLock::new();
+    let results = RESULTS.get_or_init(|| {
+        let path = e2e::workspace_root().join("docs/bench/results.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    });
+    results
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("docs/bench/results.json has no number at {pointer}"))
+}
+
+/// The real value of `source`, and its origin for messages (`... {origin} {value}`).
+fn real_size(source: Size) -> (u64, String) {
+    match source {
+        Size::Built => (
+            built_module().bytes,
+            "the built header_filter.wasm is".to_string(),
+        ),
+        Size::Bench(p) => (
+            bench_size(p),
+            format!("docs/bench/results.json ({p}) records"),
+        ),
+        Size::Code => (
+            built_module().code,
+            "the built header_filter.wasm's code section is".to_string(),
+        ),
+        Size::Go => (
+            std::fs::metadata(e2e::go_wasm()).unwrap().len(),
+            "the built go_filter.wasm is".to_string(),
+        ),
+    }
 }
 
 const BENCH_FILTER: &str = "/modules/header_filter.wasm";
@@ -553,16 +672,8 @@ fn with_commas(n: u64) -> String {
 
 #[test]
 fn module_sizes_match_the_build_and_the_benchmark() {
-    let built = std::fs::metadata(e2e::filter_wasm()).unwrap().len();
-    let results_path = e2e::workspace_root().join("docs/bench/results.json");
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&results_path).unwrap()).unwrap();
-    let bench = |pointer: &str| {
-        results
-            .pointer(pointer)
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or_else(|| panic!("docs/bench/results.json has no number at {pointer}"))
-    };
+    let built = built_module().bytes;
+    let bench = bench_size;
     let mut stale = Vec::new();
     if bench(BENCH_FILTER) != built {
         stale.push(format!(
@@ -590,10 +701,7 @@ fn module_sizes_match_the_build_and_the_benchmark() {
             };
             // From the last number back, so that the earlier byte ranges stay valid.
             for (&(start, end, shown), &source) in numbers.iter().zip(sources).rev() {
-                let (real, origin) = match source {
-                    Size::Built => (built, "the built header_filter.wasm is".to_string()),
-                    Size::Bench(p) => (bench(p), format!("docs/bench/results.json ({p}) records")),
-                };
+                let (real, origin) = real_size(source);
                 if shown == real {
                     continue;
                 }
@@ -613,6 +721,546 @@ fn module_sizes_match_the_build_and_the_benchmark() {
         failures.extend(stale);
         failures
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every doc: module sizes and digests
+
+/// Directories (by name, or by path from the workspace root) whose Markdown is not the project's
+/// docs: build output, installed packages, the benchmark's generated record of its own run (each
+/// file there describes the module of that run, which `make bench-envoy` rewrites), fuzz
+/// corpora. Hidden directories (`.git`, `.venv`) are skipped too.
+const NOT_DOCS: &[&str] = &["target", "node_modules", "docs/bench", "fuzz/corpus"];
+
+/// Every Markdown doc of the project, as paths relative to the workspace root, sorted.
+fn docs() -> Vec<String> {
+    fn walk(root: &Path, rel: &str, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                if !name.starts_with('.') && !NOT_DOCS.iter().any(|&n| n == name || n == path) {
+                    walk(root, &path, out);
+                }
+            } else if kind.is_file() && name.ends_with(".md") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(e2e::workspace_root(), "", &mut out);
+    out
+}
+
+/// How a documented figure shows a size.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// The byte count (commas allowed: `52,978` or `52978`).
+    Bytes,
+    /// Kilobytes of 1,000 bytes, rounded to the decimals shown (`53 KB`).
+    Kb,
+    /// Megabytes of 1,000,000 bytes, rounded to the decimals shown (`3.5 MB`).
+    Mb,
+}
+
+/// `bytes` as a doc showing `shown` in `unit` would write it now.
+fn display(bytes: u64, unit: Unit, shown: &str) -> String {
+    let decimals = shown.split_once('.').map_or(0, |(_, d)| d.len());
+    #[allow(clippy::cast_precision_loss)] // module sizes are far below 2^52
+    let scaled = |per: f64| format!("{:.decimals$}", bytes as f64 / per);
+    match unit {
+        Unit::Bytes if shown.contains(',') => with_commas(bytes),
+        Unit::Bytes => bytes.to_string(),
+        Unit::Kb => scaled(1e3),
+        Unit::Mb => scaled(1e6),
+    }
+}
+
+/// Figures recognised in every doc, wherever they occur, each match checked: the agent's
+/// `bytes=` field (in the `updated` line, the module it installed) and `wasmctl push`'s
+/// `pushed N bytes`. The module they show is the header filter; a doc that shows another
+/// module's size here masks it (`bytes=...`).
+const EVERY_DOC_FIGURES: &[(&str, Size, Unit)] = &[
+    ("bytes={}", Size::Built, Unit::Bytes),
+    ("pushed {} bytes", Size::Built, Unit::Bytes),
+];
+
+/// Where the numbers of a figure come from, and in which unit each is shown.
+type Sources = &'static [(Size, Unit)];
+
+/// The size figures of the other docs (README.md's are [`FIGURES`]): the doc, a sentence pattern
+/// (`{}` a number, commas and decimals allowed) found once in it, and where each of its numbers
+/// comes from and in which unit.
+const DOC_FIGURES: &[(&str, &str, Sources)] = &[
+    (
+        "filter/README.md",
+        "`header_filter.wasm`, {} bytes",
+        &[(Size::Built, Unit::Bytes)],
+    ),
+    (
+        "examples/go-filter/README.md",
+        "go_filter.wasm {} bytes",
+        &[(Size::Go, Unit::Bytes)],
+    ),
+    (
+        "examples/go-filter/README.md",
+        "The module is {} MB",
+        &[(Size::Go, Unit::Mb)],
+    ),
+    (
+        "examples/go-filter/README.md",
+        "against the header filter's {} KB",
+        &[(Size::Built, Unit::Kb)],
+    ),
+    (
+        "BENCHMARKS.md",
+        "before it spoke the ABI directly; {} bytes",
+        &[(Size::Bench(BENCH_BEFORE), Unit::Bytes)],
+    ),
+    (
+        "BENCHMARKS.md",
+        "| header_filter.wasm bytes | {} |",
+        &[(Size::Bench(BENCH_FILTER), Unit::Bytes)],
+    ),
+    (
+        "BENCHMARKS.md",
+        "| minimal_filter.wasm bytes | {} |",
+        &[(Size::Bench(BENCH_MINIMAL), Unit::Bytes)],
+    ),
+    (
+        "BENCHMARKS.md",
+        "| {} bytes (minimal: {}) | **met** ({} before) |",
+        &[
+            (Size::Bench(BENCH_FILTER), Unit::Bytes),
+            (Size::Bench(BENCH_MINIMAL), Unit::Bytes),
+            (Size::Bench(BENCH_BEFORE), Unit::Bytes),
+        ],
+    ),
+    ("BENCHMARKS.md", "{} KB of code", &[(Size::Code, Unit::Kb)]),
+];
+
+/// A number at the start of `s`: digits, with commas between them and an optional decimal part.
+/// Its length.
+fn decimal_at(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let mut end = 0;
+    while digit(end) || (end > 0 && b.get(end) == Some(&b',') && digit(end + 1)) {
+        end += 1;
+    }
+    if end > 0 && b.get(end) == Some(&b'.') && digit(end + 1) {
+        end += 1;
+        while digit(end) {
+            end += 1;
+        }
+    }
+    (end > 0).then_some(end)
+}
+
+/// Every place where `pattern` matches `line`, left to right, without overlap: the byte range of
+/// each `{}`'s number. A pattern that starts with a letter or digit matches only at a word start.
+fn find_figures(line: &str, pattern: &str) -> Vec<Vec<(usize, usize)>> {
+    let parts: Vec<&str> = pattern.split("{}").collect();
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let number_char = |c: char| c.is_ascii_digit() || c == ',' || c == '.';
+    let mut found = Vec::new();
+    let mut from = 0;
+    'start: for (start, _) in line.char_indices() {
+        if start < from {
+            continue;
+        }
+        let before = line[..start].chars().next_back();
+        let boundary: fn(char) -> bool = if parts[0].is_empty() {
+            number_char
+        } else {
+            word
+        };
+        if (parts[0].is_empty() || parts[0].starts_with(word)) && before.is_some_and(boundary) {
+            continue;
+        }
+        let mut at = start;
+        let mut numbers = Vec::new();
+        for (k, literal) in parts.iter().enumerate() {
+            if !line[at..].starts_with(literal) {
+                continue 'start;
+            }
+            at += literal.len();
+            if k + 1 < parts.len() {
+                let Some(len) = decimal_at(&line[at..]) else {
+                    continue 'start;
+                };
+                numbers.push((at, at + len));
+                at += len;
+            }
+        }
+        found.push(numbers);
+        from = at.max(start + 1);
+    }
+    found
+}
+
+/// Compare the numbers at `ranges` of `line` with `sources`; with `update`, rewrite them (from
+/// the last back, so that the earlier ranges stay valid). `place` (`doc:line`) is for messages.
+fn check_numbers(
+    line: &mut String,
+    ranges: &[(usize, usize)],
+    sources: &[(Size, Unit)],
+    update: bool,
+    place: &str,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let original = line.clone();
+    for (&(start, end), &(source, unit)) in ranges.iter().zip(sources).rev() {
+        let shown = original[start..end].to_string();
+        let (real, origin) = real_size(source);
+        let expected = display(real, unit, &shown);
+        if shown.replace(',', "") == expected.replace(',', "") {
+            continue;
+        }
+        if update {
+            line.replace_range(start..end, &expected);
+        } else {
+            let written = if expected.replace(',', "") == real.to_string() {
+                String::new()
+            } else {
+                format!(" ({expected} as this doc writes it)")
+            };
+            failures.push(format!(
+                "{place}: {shown}, but {origin} {}{written}; run `make docs`\n  doc: {original}",
+                with_commas(real)
+            ));
+        }
+    }
+    failures
+}
+
+/// What a hex digest quoted in a doc names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Digest {
+    /// The sha256 of `header_filter.wasm` as built: `sha256=HEX`, `sha256 HEX`, and the
+    /// agent's content-addressed file `HEX.wasm`.
+    Module,
+    /// The manifest digest of `header_filter.wasm` pushed as the docs push it (`wasmctl push
+    /// IMAGE header_filter.wasm --root-id my_root_id`, solo layout): `sha256:HEX`.
+    Manifest,
+    /// Another module's (`previous_sha256=HEX`): no build reproduces it, so it is masked.
+    Other,
+}
+
+/// A digest quoted in a line: the byte range of its hex, whether it is marked abbreviated
+/// (`...` right after it), and what it names.
+#[derive(PartialEq, Eq, Debug)]
+struct Quote {
+    start: usize,
+    end: usize,
+    abbreviated: bool,
+    names: Digest,
+}
+
+/// The digests quoted in `line`: every word of lower-case hex (four or more characters, a digit
+/// among them) that follows `sha256:`, `sha256=` or `sha256 `, or is a file name `HEX.wasm` (or
+/// `HEX....wasm`, abbreviated). Masked digests (`sha256:...`) have no hex and are not quotes.
+fn digests(line: &str) -> Vec<Quote> {
+    let word = |c: char| c.is_ascii_alphanumeric();
+    let mut quotes = Vec::new();
+    let mut at = 0;
+    while at < line.len() {
+        let Some(start) = line[at..].find(word).map(|i| at + i) else {
+            break;
+        };
+        let end = line[start..]
+            .find(|c: char| !word(c))
+            .map_or(line.len(), |i| start + i);
+        at = end;
+        let hex = &line[start..end];
+        if hex.len() < 4
+            || !hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+            || !hex.chars().any(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let (before, after) = (&line[..start], &line[end..]);
+        let key = ["sha256:", "sha256=", "sha256 "]
+            .into_iter()
+            .find(|k| before.ends_with(k));
+        let names = match key {
+            Some("sha256:") => Digest::Manifest,
+            Some(k) => {
+                let prefix = &before[..before.len() - k.len()];
+                if prefix.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    Digest::Other
+                } else {
+                    Digest::Module
+                }
+            }
+            None => {
+                let file = [".wasm", "....wasm"].into_iter().any(|ext| {
+                    after
+                        .strip_prefix(ext)
+                        .is_some_and(|rest| !rest.starts_with(word))
+                });
+                if !file {
+                    continue;
+                }
+                Digest::Module
+            }
+        };
+        quotes.push(Quote {
+            start,
+            end,
+            abbreviated: after.starts_with("..."),
+            names,
+        });
+    }
+    quotes
+}
+
+/// The manifest digest (hex, without `sha256:`) of the built `header_filter.wasm` pushed with
+/// `wasmctl push IMAGE header_filter.wasm --root-id my_root_id` to a real registry, once per test
+/// process. Pushes are reproducible: the digest depends on the module and the options, not on
+/// the registry or the repository.
+fn pushed_digest() -> &'static str {
+    static DIGEST: OnceLock<String> = OnceLock::new();
+    DIGEST.get_or_init(|| {
+        let registry = e2e::registry::Registry::start();
+        let out = Command::new(e2e::wasmctl_bin())
+            .arg("push")
+            .arg(registry.reference("filters/header-filter:v1"))
+            .arg(e2e::filter_wasm())
+            .args(["--root-id", "my_root_id", "--plain-http"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "wasmctl push failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("digest: sha256:"))
+            .unwrap_or_else(|| panic!("wasmctl push printed no digest: {stdout}"))
+            .to_string()
+    })
+}
+
+/// Check the digests quoted in `line` against the build; with `update`, rewrite them (an
+/// abbreviated one keeps its length). `place` (`doc:line`) is for messages.
+fn check_digests(line: &mut String, update: bool, place: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let original = line.clone();
+    for q in digests(&original).iter().rev() {
+        let shown = &original[q.start..q.end];
+        let (real, what) = match q.names {
+            Digest::Module => (
+                built_module().sha256.as_str(),
+                "the built header_filter.wasm's sha256",
+            ),
+            Digest::Manifest => (
+                pushed_digest(),
+                "the manifest digest of the built header_filter.wasm pushed with --root-id \
+                 my_root_id",
+            ),
+            Digest::Other => {
+                failures.push(format!(
+                    "{place}: {shown} is no digest of the current build and no test reproduces \
+                     it; mask it as `...`\n  doc: {original}"
+                ));
+                continue;
+            }
+        };
+        let expected = if q.abbreviated {
+            &real[..shown.len().min(real.len())]
+        } else {
+            real
+        };
+        if shown == expected {
+            continue;
+        }
+        if update {
+            line.replace_range(q.start..q.end, expected);
+        } else {
+            let form = if q.abbreviated {
+                "its abbreviation starts"
+            } else if shown.len() < real.len() {
+                "the digest is cut short without `...`; it is"
+            } else {
+                "it is"
+            };
+            failures.push(format!(
+                "{place}: {shown} is not {what}: {form} {expected}; run `make docs`, or mask it \
+                 as `...` if the doc means another module\n  doc: {original}"
+            ));
+        }
+    }
+    failures
+}
+
+/// Figures a doc must keep showing in a form the scan recognises (a count of zero means the
+/// line was rewritten out of the test's reach): the doc, and the pattern of
+/// [`EVERY_DOC_FIGURES`] or the [`Digest`] kind.
+const MUST_SHOW: &[(&str, &str)] = &[
+    ("README.md", "bytes={}"),
+    ("README.md", "Module"),
+    ("README.md", "Manifest"),
+    ("wasmctl/README.md", "bytes={}"),
+    ("wasmctl/README.md", "pushed {} bytes"),
+    ("wasmctl/README.md", "Module"),
+    ("wasmctl/README.md", "Manifest"),
+];
+
+/// Check one doc's build figures; `shown` counts what was found, by pattern or digest kind.
+fn check_doc(
+    doc: &str,
+    lines: &mut [String],
+    update: bool,
+    shown: &mut BTreeMap<(String, String), usize>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut count = |what: String| *shown.entry((doc.to_string(), what)).or_default() += 1;
+    for (i, line) in lines.iter_mut().enumerate() {
+        let place = format!("{doc}:{}", i + 1);
+        for &(pattern, source, unit) in EVERY_DOC_FIGURES {
+            // From the last match back, so that the earlier byte ranges stay valid.
+            for ranges in find_figures(line, pattern).iter().rev() {
+                count(pattern.to_string());
+                failures.extend(check_numbers(
+                    line,
+                    ranges,
+                    &[(source, unit)],
+                    update,
+                    &place,
+                ));
+            }
+        }
+        for q in digests(line) {
+            count(format!("{:?}", q.names));
+        }
+        failures.extend(check_digests(line, update, &place));
+    }
+    for &(_, pattern, sources) in DOC_FIGURES.iter().filter(|(d, _, _)| *d == doc) {
+        let found: Vec<(usize, Vec<(usize, usize)>)> = lines
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| find_figures(l, pattern).into_iter().map(move |r| (i, r)))
+            .collect();
+        let [(i, ranges)] = &found[..] else {
+            failures.push(format!(
+                "{doc}: {} places match {pattern:?}, expected one (if the sentence changed, \
+                 change DOC_FIGURES in tests/tests/docs_figures.rs)",
+                found.len()
+            ));
+            continue;
+        };
+        let place = format!("{doc}:{}", i + 1);
+        failures.extend(check_numbers(
+            &mut lines[*i],
+            ranges,
+            sources,
+            update,
+            &place,
+        ));
+    }
+    failures
+}
+
+#[test]
+fn every_doc_quotes_the_build_s_sizes_and_digests() {
+    let docs = docs();
+    eprintln!("docs checked: {}", docs.join(", "));
+    let mut failures = Vec::new();
+    for doc in DOC_FIGURES
+        .iter()
+        .map(|(d, _, _)| *d)
+        .chain(MUST_SHOW.iter().map(|(d, _)| *d))
+    {
+        if !docs.iter().any(|d| d == doc) {
+            failures.push(format!(
+                "{doc} is not among the docs found ({}); if it moved, change \
+                 tests/tests/docs_figures.rs",
+                docs.join(", ")
+            ));
+        }
+    }
+    let mut shown = BTreeMap::new();
+    for doc in &docs {
+        failures.extend(edit_doc(
+            doc,
+            "module sizes and digests",
+            |lines, update| check_doc(doc, lines, update, &mut shown),
+        ));
+    }
+    for &(doc, what) in MUST_SHOW {
+        if !shown.contains_key(&(doc.to_string(), what.to_string())) {
+            failures.push(format!(
+                "{doc}: no figure {what:?} found any more; the test checks it there (if the doc \
+                 changed on purpose, change MUST_SHOW in tests/tests/docs_figures.rs)"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+#[test]
+fn figures_and_digests_are_recognised() {
+    let line = "ts=x event=updated digest=sha256:3db0... sha256=9216c6d7... bytes=52978 \
+                previous_sha256=1234abcd... file=/tmp/.../9216c6d7....wasm kept=\"sha256 9216 from sha256:...\"";
+    let kinds: Vec<(Digest, &str, bool)> = digests(line)
+        .iter()
+        .map(|q| (q.names, &line[q.start..q.end], q.abbreviated))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (Digest::Manifest, "3db0", true),
+            (Digest::Module, "9216c6d7", true),
+            (Digest::Other, "1234abcd", true),
+            (Digest::Module, "9216c6d7", true),
+            (Digest::Module, "9216", false),
+        ]
+    );
+    // Prose, masked digests, commits and other file names are no quotes.
+    for text in [
+        "the sha256 of a module, `@sha256:...`, commit 12e4965, header_filter.wasm, <64 hex>.wasm",
+        "DIR/<sha256-of-the-module>.wasm, a1b2c3d4.wasmx",
+    ] {
+        assert_eq!(digests(text), []);
+    }
+    let full = "module=/tmp/.tmpaRCGH7/wasm-filters/9216c6d77a562d5cfb6aeddfc510d1ea54d897136e75e65273d1e012e9c695fb.wasm";
+    assert_eq!(digests(full).len(), 1);
+    assert!(!digests(full)[0].abbreviated);
+
+    assert_eq!(
+        find_figures(
+            "a bytes=52978 b bytes=... pull_bytes=7 bytes=1,2",
+            "bytes={}"
+        ),
+        [vec![(8, 13)], vec![(45, 48)]]
+    );
+    assert_eq!(
+        find_figures("The module is 3.5 MB (Go)", "The module is {} MB"),
+        [vec![(14, 17)]]
+    );
+    assert_eq!(
+        find_figures("x 46 KB of code", "{} KB of code"),
+        [vec![(2, 4)]]
+    );
+    assert_eq!(display(52_978, Unit::Kb, "52"), "53");
+    assert_eq!(display(3_522_241, Unit::Mb, "3.5"), "3.5");
+    assert_eq!(display(46_404, Unit::Kb, "46"), "46");
+    assert_eq!(display(52_978, Unit::Bytes, "52,447"), "52,978");
+    assert_eq!(display(52_978, Unit::Bytes, "52447"), "52978");
 }
 
 #[test]
