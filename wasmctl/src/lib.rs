@@ -17,7 +17,8 @@
 //! - [`controller`]: keeps `FilterDeployment`s in a cluster rendered, applied and reported.
 //! - [`run`], [`bench`]: the harness commands (`wasmctl run`, `wasmctl bench`).
 //!
-//! The agent and the controller share only [`oci`], [`ops`] and [`pipeline`].
+//! The agent and the controller share only [`oci`], [`ops`] and [`pipeline`], and the formats of
+//! the two objects between them in [`render`] (the image list, [`render::node_report`]).
 //!
 //! A worked example, without a registry: build the image `wasmctl push` would upload, and check
 //! that Istio's rules accept it.

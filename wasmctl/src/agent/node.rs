@@ -11,8 +11,10 @@
 //! reads every node's report with one labelled list. The report is owned by its Node, so it
 //! goes when the node does.
 
-use super::store;
 use crate::ops::log::log;
+pub use crate::render::node_report::{
+    MODULES_KEY, NODE_KEY, REPORT_LABEL, modules_of, report_name,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -20,27 +22,6 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The label every node report carries (value: the node's name).
-pub const REPORT_LABEL: &str = "filters.envoy-wasm-toolkit.io/node-report";
-/// The key listing the module shas, one per line.
-pub const MODULES_KEY: &str = "modules";
-/// The key naming the node.
-pub const NODE_KEY: &str = "node";
-
-/// The name of `node`'s report.
-pub fn report_name(node: &str) -> String {
-    format!("wasm-node-{node}")
-}
-
-/// The modules a report lists.
-pub fn modules_of(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| store::module_sha(&format!("{l}.wasm")).is_some())
-        .map(str::to_string)
-        .collect()
-}
 
 /// Publish `held` (the modules the agent's listed entries hold) as `node`'s report in
 /// `namespace`, whenever it changes (checked every `poll`) and at least every `refresh`; errors

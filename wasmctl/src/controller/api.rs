@@ -5,8 +5,7 @@
 
 use super::Ctx;
 use super::plan::{self, Failure, Reason};
-use crate::agent::node;
-use crate::render::{self, spec::KeyKind, spec::KeyRef};
+use crate::render::{self, node_report, spec::KeyKind, spec::KeyRef};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::Value;
@@ -149,7 +148,7 @@ impl Ctx {
     pub(super) async fn node_reports(&self) -> Result<BTreeMap<String, BTreeSet<String>>, Failure> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), render::AGENT_NAMESPACE);
         let list = api
-            .list(&ListParams::default().labels(node::REPORT_LABEL))
+            .list(&ListParams::default().labels(node_report::REPORT_LABEL))
             .await
             .map_err(|e| {
                 Failure::new(
@@ -160,16 +159,7 @@ impl Ctx {
         Ok(list
             .items
             .into_iter()
-            .filter_map(|cm| {
-                let data = cm.data?;
-                let name = data.get(node::NODE_KEY)?.clone();
-                let modules = node::modules_of(
-                    data.get(node::MODULES_KEY)
-                        .map(String::as_str)
-                        .unwrap_or(""),
-                );
-                Some((name, modules))
-            })
+            .filter_map(|cm| node_report::read(&cm.data?))
             .collect())
     }
 }

@@ -236,22 +236,33 @@ impl Ctx {
 
 /// The FilterDeployment APIs to watch: one per namespace of `namespaces`, exactly those; all
 /// namespaces when it is empty.
-fn watched(client: &Client, namespaces: &[String]) -> Vec<Api<DynamicObject>> {
+fn watched(client: &Client, namespaces: &[String]) -> Vec<(Api<DynamicObject>, Option<String>)> {
     let fds = filter_deployments();
     if namespaces.is_empty() {
-        return vec![Api::all_with(client.clone(), &fds)];
+        return vec![(Api::all_with(client.clone(), &fds), None)];
     }
     let mut seen = std::collections::BTreeSet::new();
     namespaces
         .iter()
         .filter(|ns| seen.insert(ns.as_str()))
-        .map(|ns| Api::namespaced_with(client.clone(), ns, &fds))
+        .map(|ns| {
+            (
+                Api::namespaced_with(client.clone(), ns, &fds),
+                Some(ns.clone()),
+            )
+        })
         .collect()
 }
 
 /// A controller for the FilterDeployments of `api`, also woken by what moves a rollout on: a
-/// node report (any FilterDeployment mid-rollout) and a Pod (those whose workload it is).
-fn controller(client: &Client, api: Api<DynamicObject>) -> Controller<DynamicObject> {
+/// node report (any FilterDeployment mid-rollout) and a Pod (those whose workload it is). Pods
+/// are watched in `namespace` only when the FilterDeployments are (a Role there is enough; a
+/// workload elsewhere is looked at again by the resync).
+fn controller(
+    client: &Client,
+    api: Api<DynamicObject>,
+    namespace: Option<&str>,
+) -> Controller<DynamicObject> {
     use k8s_openapi::api::core::v1::{ConfigMap, Pod};
     let fds = filter_deployments();
     let c = Controller::new_with(api, watcher::Config::default(), fds);
@@ -270,11 +281,14 @@ fn controller(client: &Client, api: Api<DynamicObject>) -> Controller<DynamicObj
     };
     c.watches(
         reports,
-        watcher::Config::default().labels(crate::agent::node::REPORT_LABEL),
+        watcher::Config::default().labels(render::node_report::REPORT_LABEL),
         by_report,
     )
     .watches(
-        Api::<Pod>::all(client.clone()),
+        match namespace {
+            Some(ns) => Api::<Pod>::namespaced(client.clone(), ns),
+            None => Api::<Pod>::all(client.clone()),
+        },
         watcher::Config::default(),
         by_pod,
     )
@@ -361,7 +375,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     let controllers: Vec<Controller<DynamicObject>> = watched(&client, &cfg.namespaces)
         .into_iter()
-        .map(|api| controller(&client, api))
+        .map(|(api, ns)| controller(&client, api, ns.as_deref()))
         .collect();
     let ctx = Arc::new(Ctx {
         recorder: kube::runtime::events::Recorder::new(

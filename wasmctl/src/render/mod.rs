@@ -36,6 +36,7 @@
 //! # Ok::<(), wasmctl::Error>(())
 //! ```
 
+pub mod node_report;
 pub mod schema;
 pub mod spec;
 
