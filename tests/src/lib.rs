@@ -27,6 +27,7 @@ pub mod host_state;
 pub mod http1;
 pub mod kubelet;
 pub mod load;
+pub mod longlived;
 pub mod mesh;
 pub mod netns;
 pub mod pods;

@@ -100,12 +100,39 @@ impl Sidecar {
         node_dir: &Path,
         app: http1::Upstream,
     ) -> Sidecar {
+        let addr = app.addr();
+        Sidecar::start_routed(cp, workload, node_dir, app, addr)
+    }
+
+    /// [`Sidecar::start`] in front of an app of the caller's at `app_addr` (`app` stays idle).
+    pub fn start_in_front_of(
+        cp: &ControlPlane,
+        workload: Workload,
+        node_dir: &Path,
+        app_addr: SocketAddr,
+    ) -> Sidecar {
+        Sidecar::start_routed(
+            cp,
+            workload,
+            node_dir,
+            http1::Upstream::start(&[]),
+            app_addr,
+        )
+    }
+
+    fn start_routed(
+        cp: &ControlPlane,
+        workload: Workload,
+        node_dir: &Path,
+        app: http1::Upstream,
+        app_addr: SocketAddr,
+    ) -> Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = controlplane::free_port();
         let inbound: SocketAddr = ([127, 0, 0, 1], port).into();
         let admin: SocketAddr = ([127, 0, 0, 1], controlplane::free_port()).into();
         ensure_namespace(cp, &workload);
-        cp.apply(&sidecar_resource(&workload, port, app.addr()))
+        cp.apply(&sidecar_resource(&workload, port, app_addr))
             .unwrap_or_else(|e| panic!("apply the Sidecar resource: {e}"));
         // The projected service-account token a Pod gets (audience istio-ca), where
         // pilot-agent reads it: istiod authenticates the sidecar with it.
@@ -134,6 +161,11 @@ impl Sidecar {
             "drainDuration": "1s",
             "terminationDrainDuration": "1s",
             "proxyMetadata": {"METRICS_LOCALHOST_ACCESS_ONLY": "true"},
+            // Istio keeps few of Envoy's stats; the tests read ECDS's (filters delivered as
+            // extension configs) and the listeners' drains too.
+            "proxyStatsMatcher": {"inclusionPrefixes": [
+                "extension_config_discovery", "listener.", "listener_manager.", "http.",
+            ]},
         });
         // The kubelet's part: mounts in a namespace of the sidecar's own, then pilot-agent.
         // Without root, a mount point that cannot be made comes from a private tmpfs over its

@@ -395,7 +395,14 @@ fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
     cp.apply(&good).unwrap();
     let (_agent, details) = details_from_the_agent(&cp, work.path(), &node);
     let pid = details.envoy_pid().expect("envoy runs");
-    let rejected = |s: &Sidecar| s.stat("listener_manager.lds.update_rejected").unwrap_or(0);
+    // The filter comes through ECDS: a bad config is an extension config update rejected, and
+    // the listener is never touched.
+    let rejected = |s: &Sidecar| {
+        s.stat("extension_config_discovery.http_filter.default.details-v1-wasmfiltering.update_rejected")
+            .unwrap_or(0)
+    };
+    let listener_rejected =
+        |s: &Sidecar| s.stat("listener_manager.lds.update_rejected").unwrap_or(0);
     assert_eq!(rejected(&details), 0);
 
     let load = load_on(&details);
@@ -422,11 +429,19 @@ fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
     );
     assert!(
         seen.is_some(),
-        "the sidecar never rejected the update\n{}",
+        "the sidecar never rejected the update\n{}\n{}",
+        e2e::http1::get(
+            details.admin,
+            "/stats?filter=extension_config_discovery",
+            &[]
+        )
+        .map(|r| r.text())
+        .unwrap_or_default(),
         details.log()
     );
     report.assert_clean(&["old"]);
     assert_eq!(details.envoy_pid(), Some(pid));
+    assert_eq!(listener_rejected(&details), 0, "the listener was updated");
     let log = details.log();
     for line in log
         .lines()

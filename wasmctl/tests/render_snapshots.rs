@@ -140,8 +140,30 @@ fn seed_example_has_the_seed_shape() {
         ef["spec"]["workloadSelector"]["labels"],
         serde_json::json!({"app": "details", "version": "v1"})
     );
-    let patch = &ef["spec"]["configPatches"][0];
+    // Through ECDS: the Wasm config is an extension config; the HTTP filter names it.
+    let ext = &ef["spec"]["configPatches"][0];
+    assert_eq!(ext["applyTo"], "EXTENSION_CONFIG");
+    assert_eq!(ext["patch"]["operation"], "ADD");
+    assert_eq!(
+        ext["patch"]["value"]["name"],
+        "default.details-v1-wasmfiltering"
+    );
+    let patch = &ef["spec"]["configPatches"][1];
     assert_eq!(patch["applyTo"], "HTTP_FILTER");
+    assert_eq!(
+        patch["patch"]["value"]["name"],
+        "default.details-v1-wasmfiltering"
+    );
+    let discovery = &patch["patch"]["value"]["config_discovery"];
+    assert_eq!(discovery["config_source"]["ads"], serde_json::json!({}));
+    assert_eq!(
+        discovery["type_urls"][0],
+        "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+    );
+    assert!(
+        patch["patch"]["value"].get("typed_config").is_none(),
+        "the listener carries no Wasm config: an update never drains it"
+    );
     assert_eq!(patch["match"]["context"], "SIDECAR_INBOUND");
     assert_eq!(
         patch["match"]["listener"]["filterChain"]["filter"]["name"],
@@ -152,7 +174,7 @@ fn seed_example_has_the_seed_shape() {
         "envoy.filters.http.router"
     );
     assert_eq!(patch["patch"]["operation"], "INSERT_BEFORE");
-    let tc = &patch["patch"]["value"]["typed_config"];
+    let tc = &ext["patch"]["value"]["typed_config"];
     assert_eq!(
         tc["@type"],
         "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"

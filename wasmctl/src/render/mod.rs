@@ -3,8 +3,11 @@
 //! Two delivery modes:
 //!
 //! - **envoyFilter** (the node agent brings the module to the host): an Istio `EnvoyFilter` that
-//!   inserts `envoy.filters.http.wasm` before the router, loading
-//!   `/var/local/lib/wasm-filters/NAMESPACE.NAME.wasm`; a strategic-merge patch of the workload
+//!   delivers `envoy.filters.http.wasm` through ECDS (an `EXTENSION_CONFIG` patch with the Wasm
+//!   config, and an `HTTP_FILTER` before the router that names it with `config_discovery`, so an
+//!   update never touches the listener), loading the agent's content-addressed
+//!   `/var/local/lib/wasm-filters/SHA256.wasm` (or, unresolved, the per-deployment link
+//!   `NAMESPACE.NAME.wasm`); a strategic-merge patch of the workload
 //!   (or the patched workload, when its manifest is given) adding the read-only `hostPath`
 //!   volume through `sidecar.istio.io/userVolume` and `userVolumeMount`; and the agent's image
 //!   list, ConfigMap `wasm-agent-images` in `wasm-system`, merging every FilterDeployment.
@@ -561,6 +564,9 @@ fn envoy_filter(d: &FilterDeployment, module: Option<&String>) -> Value {
     for (k, v) in &d.spec.workload.labels {
         selector.insert(k.clone(), json!(v));
     }
+    // Through ECDS: the Wasm config is an extension config of its own (istiod serves it by
+    // name), and the listener's HTTP filter only names it. A new module or new parameters then
+    // change the extension config, never the listener, so no connection is drained.
     json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
@@ -571,26 +577,48 @@ fn envoy_filter(d: &FilterDeployment, module: Option<&String>) -> Value {
         },
         "spec": {
             "workloadSelector": {"labels": selector},
-            "configPatches": [{
-                "applyTo": "HTTP_FILTER",
-                "match": {"context": context, "listener": listener},
-                "patch": {
-                    "operation": "INSERT_BEFORE",
-                    "value": {
-                        "name": id,
-                        "typed_config": {"@type": WASM_TYPE_URL, "config": config},
+            "configPatches": [
+                {
+                    "applyTo": "EXTENSION_CONFIG",
+                    "patch": {
+                        "operation": "ADD",
+                        "value": {
+                            "name": id,
+                            "typed_config": {"@type": WASM_TYPE_URL, "config": config},
+                        },
                     },
                 },
-            }],
+                {
+                    "applyTo": "HTTP_FILTER",
+                    "match": {"context": context, "listener": listener},
+                    "patch": {
+                        "operation": "INSERT_BEFORE",
+                        "value": {
+                            "name": id,
+                            "config_discovery": {
+                                // Wait for the extension config rather than serve without
+                                // the filter: istiod sends it with the listener.
+                                "config_source": {"ads": {}, "initial_fetch_timeout": "0s"},
+                                "type_urls": [WASM_TYPE_URL],
+                            },
+                        },
+                    },
+                },
+            ],
         },
     })
 }
 
 /// The Wasm HTTP filter (`envoy.filters.http.wasm` with its typed config) that the EnvoyFilter
-/// `envoy_filter` inserts: what Envoy receives, for checks outside Kubernetes.
+/// `envoy_filter` delivers through ECDS, as `{name, typed_config}`: what Envoy receives, for
+/// checks outside Kubernetes (an `HttpFilter` of that shape loads the same filter inline).
 pub fn http_filter_of(envoy_filter: &Value) -> Option<&Value> {
     envoy_filter
-        .pointer("/spec/configPatches/0/patch/value")
+        .pointer("/spec/configPatches")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|p| p["applyTo"] == "EXTENSION_CONFIG")?
+        .pointer("/patch/value")
         .filter(|v| v.is_object())
 }
 
