@@ -230,6 +230,57 @@ fn parameters_the_filter_refuses_fail_with_its_reason() {
     ]);
 }
 
+/// `--no-resolve --module FILE` names the node's file by the module's sha256 (as the agent
+/// names it): another module renders another EnvoyFilter, which reaches running sidecars.
+#[test]
+fn an_unresolved_render_with_a_module_names_its_content() {
+    let wasm = e2e::filter_wasm();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fd = write_fd(
+        dir.path(),
+        "registry.example.com/f/h:v1",
+        r#"{"name":"hello","value":"hello details"}"#,
+    );
+    let mut other = std::fs::read(&wasm).expect("read");
+    // The same module with a custom section appended: another sha256.
+    other.extend_from_slice(&[0, 4, 1, b'v', b'2', b'!']);
+    let other_path = dir.path().join("other.wasm");
+    std::fs::write(&other_path, &other).expect("write");
+    let sha = |bytes: &[u8]| {
+        let o = Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().expect("stdin").write_all(bytes)?;
+                c.wait_with_output()
+            })
+            .expect("sha256sum");
+        String::from_utf8_lossy(&o.stdout)[..64].to_string()
+    };
+    let rendered = |m: &Path| {
+        render_ok(&[
+            "--no-resolve",
+            "--module",
+            m.to_str().expect("path"),
+            fd.to_str().expect("path"),
+        ])
+    };
+    let one = rendered(&wasm);
+    let two = rendered(&other_path);
+    let first = sha(&std::fs::read(&wasm).expect("read"));
+    assert!(
+        one.contains(&format!("/var/local/lib/wasm-filters/{first}.wasm")),
+        "{one}"
+    );
+    assert!(
+        two.contains(&format!("/var/local/lib/wasm-filters/{}.wasm", sha(&other))),
+        "{two}"
+    );
+    assert_ne!(one, two, "another module must render another EnvoyFilter");
+}
+
 #[test]
 fn tags_are_pinned_from_the_registry_and_pulled_modules_check_parameters() {
     let wasm = e2e::filter_wasm();

@@ -196,7 +196,7 @@ struct RenderArgs {
     #[arg(long)]
     no_resolve: bool,
     /// Check the parameters against this module (run its on_configure in the harness) instead of
-    /// the pulled one
+    /// the pulled one; with --no-resolve, the EnvoyFilter names the node's file by its sha256
     #[arg(long, value_name = "FILE.wasm")]
     module: Option<PathBuf>,
     /// Write one file per object into this directory instead of a YAML stream on stdout
@@ -621,13 +621,25 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
         if a.verify_key.is_some() {
             bail!("--verify-key checks the images' digests, which --no-resolve does not ask for");
         }
-        // Nothing is asked of a registry; a module named on the command line is still run.
+        // Nothing is asked of a registry; a module named on the command line is still run, and
+        // names the node's file by its sha256 (the agent's content-addressed name), so that
+        // another module renders another EnvoyFilter and reaches running sidecars.
+        let mut resolved = render::Resolved::default();
         if let Some(m) = &a.module {
             for s in &inputs.deployments {
                 render::check_parameters(s, m)?;
             }
+            let bytes = std::fs::read(m).with_context(|| format!("cannot read {}", m.display()))?;
+            let sha = wasmctl::oci::layout::sha256_hex(&bytes);
+            for image in render::images(&inputs) {
+                resolved.modules.insert(image, sha.clone());
+            }
+            eprintln!(
+                "note: --no-resolve --module: the EnvoyFilter names {}/{sha}.wasm; the image must hold exactly that module",
+                render::NODE_DIR
+            );
         }
-        render::Resolved::default()
+        resolved
     } else {
         let ropts = options(&a.transport, true, None);
         let key = match &a.verify_key {
