@@ -565,3 +565,63 @@ fn repeated_namespace_flags_watch_exactly_those_namespaces() {
         "a WasmPlugin was made in team-c"
     );
 }
+
+/// `delivery: trafficExtension` by the controller: the TrafficExtension, digest-pinned and owned;
+/// switching the same FilterDeployment to wasmPlugin replaces it with a WasmPlugin (the
+/// TrafficExtension is deleted), and back.
+#[test]
+fn traffic_extension_delivery_and_a_switch_of_mode() {
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    let digest = push_filter(&registry);
+    apply_manifests(&cp);
+    let controller = Controller::start(&cp, &FAST);
+    let te = example(
+        "bookinfo-details-trafficextension",
+        &registry,
+        "filters/header-filter:v1",
+    );
+    let name = "details-v1-trafficextension";
+    cp.apply(&te).unwrap();
+    let fd = wait_ready(&cp, "default", name, "True", &controller);
+    assert_eq!(fd["status"]["digest"], digest.as_str());
+    let obj = get_json(&cp, &["trafficextension", "-n", "default", name]);
+    assert!(
+        obj["spec"]["wasm"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("@{digest}")),
+        "{obj}"
+    );
+    assert_eq!(
+        obj["metadata"]["ownerReferences"][0]["kind"],
+        "FilterDeployment"
+    );
+
+    let wp = te
+        .replace("delivery: trafficExtension", "delivery: wasmPlugin")
+        .replace("  trafficExtension:\n", "  wasmPlugin:\n");
+    cp.apply(&wp).unwrap();
+    wait_ready(&cp, "default", name, "True", &controller);
+    let gone = e2e::poll_until(Instant::now() + PROPAGATION, || {
+        try_get_json(&cp, &["trafficextension", "-n", "default", name])
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the TrafficExtension outlived the switch\n{}",
+        controller.log()
+    );
+    assert!(try_get_json(&cp, &["wasmplugin", "-n", "default", name]).is_some());
+
+    cp.apply(&te).unwrap();
+    wait_ready(&cp, "default", name, "True", &controller);
+    let gone = e2e::poll_until(Instant::now() + PROPAGATION, || {
+        try_get_json(&cp, &["wasmplugin", "-n", "default", name])
+            .is_none()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "the WasmPlugin outlived the switch back");
+    delete_and_wait(&cp, name, "trafficextension");
+}

@@ -458,3 +458,80 @@ fn a_bad_update_is_rejected_by_the_sidecar_and_the_old_filter_keeps_serving() {
         "no rejection in the sidecar's log:\n{log}"
     );
 }
+
+/// `delivery: trafficExtension`: the rendered TrafficExtension serves the filter through istiod
+/// to the sidecar (Istio's fetcher pulls the digest-pinned image), a new digest reaches the same
+/// Envoy with no failed request, and the API server refuses invalid ones naming the field: a
+/// `spec.trafficExtension` block without that delivery (our CRD's CEL) and a TrafficExtension
+/// whose `wasm.url` has no scheme Istio takes (Istio's CRD).
+#[test]
+fn traffic_extension_delivery_through_istiod_and_a_new_digest() {
+    let v2_wasm = e2e::assemblyscript_wasm(); // built before the clock starts
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    let v1 = push_filter(&registry);
+    let work = tempfile::tempdir().unwrap();
+    apply_manifests(&cp);
+    let details = Sidecar::start(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &work.path().join("node"),
+    );
+    assert_eq!(hello(&details.get("/details/0")), None);
+    let fd = |rest: &str| {
+        example("bookinfo-details-trafficextension", &registry, rest)
+            .replace("port: 9080", &format!("port: {}", details.inbound.port()))
+    };
+    let rendered = render(work.path(), &[("fd.yaml", &fd("filters/header-filter:v1"))]);
+    assert!(rendered.contains("kind: TrafficExtension"), "{rendered}");
+    assert!(
+        rendered.contains(&format!("header-filter@{v1}")),
+        "{rendered}"
+    );
+    cp.apply(&rendered).unwrap();
+    let r = details.get_until("/details/0", PROPAGATION, |r| hello(r).is_some());
+    assert_eq!(hello(&r), Some("hello details"), "{:?}", r.headers);
+    let pid = details.envoy_pid().expect("envoy runs");
+
+    let load = load_on(&details);
+    let v2 = agent::push(
+        &registry.reference("filters/header-filter:v1"),
+        &v2_wasm,
+        "as_filter",
+        &[],
+    );
+    assert_ne!(v1, v2);
+    let rendered = render(
+        work.path(),
+        &[(
+            "fd.yaml",
+            &fd("filters/header-filter:v1").replace("rootId: my_root_id", "rootId: as_filter"),
+        )],
+    );
+    assert!(
+        rendered.contains(&format!("header-filter@{v2}")),
+        "{rendered}"
+    );
+    cp.apply(&rendered).unwrap();
+    let report = finish_after(load, "new", 500);
+    report.assert_clean(&["old", "new"]);
+    assert_eq!(
+        details.envoy_pid(),
+        Some(pid),
+        "the sidecar's Envoy was restarted"
+    );
+
+    // Refused at admission, naming the field.
+    let misplaced = example(
+        "bookinfo-details-trafficextension",
+        &registry,
+        "filters/header-filter:v1",
+    )
+    .replace("delivery: trafficExtension", "delivery: wasmPlugin");
+    let e = cp.apply(&misplaced).unwrap_err();
+    assert!(e.contains("spec.trafficExtension"), "{e}");
+    let bad_url = rendered.replace("url: oci://", "url: ftp://");
+    assert_ne!(bad_url, rendered);
+    let e = cp.apply(&bad_url).unwrap_err();
+    assert!(e.contains("spec.wasm.url"), "{e}");
+}

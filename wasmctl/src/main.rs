@@ -181,6 +181,8 @@ enum ModeArg {
     EnvoyFilter,
     /// Istio WasmPlugin (Istio's agent pulls the image)
     WasmPlugin,
+    /// Istio TrafficExtension (Istio 1.30 and later; Istio's agent pulls the image)
+    TrafficExtension,
 }
 
 #[derive(Args)]
@@ -594,6 +596,7 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
         mode: a.mode.map(|m| match m {
             ModeArg::EnvoyFilter => render::spec::Delivery::EnvoyFilter,
             ModeArg::WasmPlugin => render::spec::Delivery::WasmPlugin,
+            ModeArg::TrafficExtension => render::spec::Delivery::TrafficExtension,
         }),
     };
     for s in &inputs.deployments {

@@ -81,7 +81,7 @@ fn check_object(v: &Value, what: &str) {
         .as_str()
         .unwrap_or_else(|| panic!("{what}: no kind"));
     let crd = match kind {
-        "EnvoyFilter" | "WasmPlugin" => Some(istio_crd(kind)),
+        "EnvoyFilter" | "WasmPlugin" | "TrafficExtension" => Some(istio_crd(kind)),
         "FilterDeployment" => Some(own_crd()),
         _ => None,
     };
@@ -161,6 +161,11 @@ fn istio_crds_serve_the_versions_rendered() {
         schema::crd_schema(&wp, "v1alpha1").is_some(),
         "WasmPlugin v1alpha1 is served"
     );
+    let te = istio_crd("TrafficExtension");
+    assert!(
+        schema::crd_schema(&te, "v1alpha1").is_some(),
+        "TrafficExtension v1alpha1 is served"
+    );
 }
 
 #[test]
@@ -171,6 +176,7 @@ fn every_rendered_object_validates_in_both_modes() {
             None,
             Some(Delivery::EnvoyFilter),
             Some(Delivery::WasmPlugin),
+            Some(Delivery::TrafficExtension),
         ] {
             for v in render_example(&ex.inputs, mode) {
                 let what = format!("{} ({mode:?}): {}", ex.dir.display(), v["kind"]);
@@ -189,7 +195,13 @@ fn every_rendered_object_validates_in_both_modes() {
             }
         }
     }
-    for kind in ["EnvoyFilter", "WasmPlugin", "ConfigMap", "Deployment"] {
+    for kind in [
+        "EnvoyFilter",
+        "WasmPlugin",
+        "TrafficExtension",
+        "ConfigMap",
+        "Deployment",
+    ] {
         assert!(seen.contains(kind), "no {kind} was rendered: {seen:?}");
     }
 }

@@ -28,6 +28,29 @@ pub fn wasm_plugins() -> ApiResource {
     resource("extensions.istio.io/v1alpha1", "WasmPlugin")
 }
 
+/// See [`envoy_filters`].
+pub fn traffic_extensions() -> ApiResource {
+    resource("extensions.istio.io/v1alpha1", "TrafficExtension")
+}
+
+/// The kind a delivery mode produces, and the kinds the others do (left behind by a switch).
+pub fn kinds(delivery: crate::render::spec::Delivery) -> (ApiResource, Vec<ApiResource>) {
+    use crate::render::spec::Delivery;
+    let all = [envoy_filters(), wasm_plugins(), traffic_extensions()];
+    let this = match delivery {
+        Delivery::EnvoyFilter => 0,
+        Delivery::WasmPlugin => 1,
+        Delivery::TrafficExtension => 2,
+    };
+    let others = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != this)
+        .map(|(_, a)| a.clone())
+        .collect();
+    (all[this].clone(), others)
+}
+
 impl Ctx {
     /// The API of `ar` objects in `namespace` (all namespaces: `None`).
     pub(super) fn api(&self, ar: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {

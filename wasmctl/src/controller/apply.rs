@@ -4,7 +4,7 @@
 //! Each write counts in `wasm_controller_writes_total`.
 
 use super::Ctx;
-use super::api::{envoy_filters, resource, wasm_plugins};
+use super::api::{envoy_filters, resource, traffic_extensions, wasm_plugins};
 use super::plan::{self, Failure, Reason};
 use crate::render::{self, spec::Delivery};
 use kube::api::{ApiResource, DeleteParams, Patch, PatchParams};
@@ -193,7 +193,7 @@ impl Ctx {
         let d = &inputs.deployments[0].deployment;
         let name = d.metadata.name.clone();
         let wns = render::workload_namespace(d).to_string();
-        for ar in [envoy_filters(), wasm_plugins()] {
+        for ar in [envoy_filters(), wasm_plugins(), traffic_extensions()] {
             self.delete_owned(&ar, &wns, &name, obj).await?;
         }
         if d.spec.delivery != Delivery::EnvoyFilter {

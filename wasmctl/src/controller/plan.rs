@@ -298,8 +298,18 @@ pub fn filter_object(
     let mut object = objects
         .into_iter()
         .map(|o| o.value)
-        .find(|v| matches!(v["kind"].as_str(), Some("EnvoyFilter" | "WasmPlugin")))
-        .ok_or_else(|| Failure::new(Reason::InvalidSpec, "renders no EnvoyFilter or WasmPlugin"))?;
+        .find(|v| {
+            matches!(
+                v["kind"].as_str(),
+                Some("EnvoyFilter" | "WasmPlugin" | "TrafficExtension")
+            )
+        })
+        .ok_or_else(|| {
+            Failure::new(
+                Reason::InvalidSpec,
+                "renders no EnvoyFilter, WasmPlugin or TrafficExtension",
+            )
+        })?;
     if let (Some(sha), "EnvoyFilter") = (module, object["kind"].as_str().unwrap_or("")) {
         object["metadata"]["annotations"] =
             json!({IMAGE_ANNOTATION: pinned, MODULE_ANNOTATION: sha});

@@ -5,7 +5,6 @@
 //! backoff ([`error_policy`]).
 
 use super::Ctx;
-use super::api::{envoy_filters, wasm_plugins};
 use super::plan::{self, Applied, Failure, Reason};
 use super::rollout::{self, Step};
 use super::status::now;
@@ -170,19 +169,17 @@ async fn deploy(
 
     let mut objects = Vec::new();
     // A switch of delivery mode leaves the other kind's object behind: remove it.
-    let (this_kind, other) = match d.spec.delivery {
-        Delivery::EnvoyFilter => (envoy_filters(), wasm_plugins()),
-        Delivery::WasmPlugin => (wasm_plugins(), envoy_filters()),
-    };
+    let (this_kind, others) = super::api::kinds(d.spec.delivery);
     let wns = render::workload_namespace(d).to_string();
-    ctx.delete_owned(&other, &wns, &d.metadata.name, obj)
-        .await?;
+    for other in &others {
+        ctx.delete_owned(other, &wns, &d.metadata.name, obj).await?;
+    }
 
-    if d.spec.delivery == Delivery::WasmPlugin {
+    if d.spec.delivery != Delivery::EnvoyFilter {
         // Each sidecar's istio-agent pulls the image itself: nothing to wait for.
         let filter = plan::filter_object(&inputs, &image, &pinned, None, obj)?;
         ctx.apply(&filter).await?;
-        objects.push(format!("WasmPlugin {}", plan::key(&filter)));
+        objects.push(format!("{} {}", this_kind.kind, plan::key(&filter)));
         let list = ctx.image_list(obj, None)?;
         ctx.apply_list_if_changed(&list).await?;
         return Ok(Applied {

@@ -362,11 +362,9 @@ fn check(d: &FilterDeployment, origin: &str) -> Result<()> {
             format!("{name:?} is not a valid object name"),
         ));
     }
-    let refs = d
-        .spec
-        .wasm_plugin
-        .as_ref()
-        .is_some_and(|o| !o.target_refs.is_empty());
+    let refs = [&d.spec.wasm_plugin, &d.spec.traffic_extension]
+        .iter()
+        .any(|o| o.as_ref().is_some_and(|o| !o.target_refs.is_empty()));
     if w.labels.is_empty() && !refs {
         return Err(err(
             origin,
@@ -622,9 +620,35 @@ pub fn http_filter_of(envoy_filter: &Value) -> Option<&Value> {
         .filter(|v| v.is_object())
 }
 
-fn wasm_plugin(d: &FilterDeployment, resolved: &Resolved) -> Value {
+/// The `TrafficExtension` of one deployment: what its `WasmPlugin` would say, with the Wasm
+/// fields under `wasm` and the attachment (selector or targetRefs, phase, priority, match) at
+/// the top, as the CRD has them.
+fn traffic_extension(d: &FilterDeployment, resolved: &Resolved) -> Value {
+    let plugin = wasm_plugin(d, resolved, Delivery::TrafficExtension);
+    let mut spec = Map::new();
+    let mut wasm = Map::new();
+    if let Some(all) = plugin["spec"].as_object() {
+        for (k, v) in all {
+            match k.as_str() {
+                "selector" | "targetRefs" | "phase" | "priority" | "match" => {
+                    spec.insert(k.clone(), v.clone())
+                }
+                _ => wasm.insert(k.clone(), v.clone()),
+            };
+        }
+    }
+    spec.insert("wasm".into(), Value::Object(wasm));
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "TrafficExtension",
+        "metadata": plugin["metadata"].clone(),
+        "spec": spec,
+    })
+}
+
+fn wasm_plugin(d: &FilterDeployment, resolved: &Resolved, mode: Delivery) -> Value {
     let f = &d.spec.filter;
-    let opts = d.spec.wasm_plugin.clone().unwrap_or_default();
+    let opts = d.spec.image_options(mode);
     let mut spec = json!({
         "url": format!("oci://{}", image_for(d, resolved)),
         "pluginName": f.root_id,
@@ -849,15 +873,20 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
         let d = &s.deployment;
         match delivery(d, opts) {
             Delivery::EnvoyFilter => {
-                if d.spec
-                    .wasm_plugin
-                    .as_ref()
-                    .is_some_and(|o| !o.target_refs.is_empty())
+                if let Some((field, _)) = [
+                    ("spec.wasmPlugin.targetRefs", &d.spec.wasm_plugin),
+                    (
+                        "spec.trafficExtension.targetRefs",
+                        &d.spec.traffic_extension,
+                    ),
+                ]
+                .into_iter()
+                .find(|(_, o)| o.as_ref().is_some_and(|o| !o.target_refs.is_empty()))
                 {
                     return Err(err(
                         &s.origin,
-                        "spec.wasmPlugin.targetRefs",
-                        "only the wasmPlugin delivery can attach by reference; the envoyFilter delivery selects by spec.workload.labels",
+                        field,
+                        "only the image-based deliveries (wasmPlugin, trafficExtension) can attach by reference; the envoyFilter delivery selects by spec.workload.labels",
                     ));
                 }
                 objects.push(envoy_filter(d, resolved.modules.get(&d.spec.filter.image)));
@@ -895,13 +924,17 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
                         .or_insert_with(|| workload_patch(d, name));
                 }
             }
-            Delivery::WasmPlugin => {
+            mode @ (Delivery::WasmPlugin | Delivery::TrafficExtension) => {
                 if let Some(Value::String(_)) = &d.spec.filter.parameters
                     && parameters_value(d).is_none()
                 {
                     return Err(err(&s.origin, "spec.filter.parameters", "not JSON"));
                 }
-                objects.push(wasm_plugin(d, resolved));
+                objects.push(if mode == Delivery::WasmPlugin {
+                    wasm_plugin(d, resolved, mode)
+                } else {
+                    traffic_extension(d, resolved)
+                });
             }
         }
     }

@@ -62,6 +62,22 @@ pub struct Spec {
     /// Options that only the `wasmPlugin` delivery uses.
     #[serde(default)]
     pub wasm_plugin: Option<WasmPluginOptions>,
+    /// Options that only the `trafficExtension` delivery uses (the same as `wasmPlugin`'s).
+    #[serde(default)]
+    pub traffic_extension: Option<WasmPluginOptions>,
+}
+
+impl Spec {
+    /// The options of an image-based delivery (`wasmPlugin` or `trafficExtension`): its own
+    /// block, else the other one's (`render --mode` may pick the other mode; the fields are the
+    /// same).
+    pub fn image_options(&self, delivery: Delivery) -> WasmPluginOptions {
+        let (own, other) = match delivery {
+            Delivery::TrafficExtension => (&self.traffic_extension, &self.wasm_plugin),
+            _ => (&self.wasm_plugin, &self.traffic_extension),
+        };
+        own.clone().or_else(|| other.clone()).unwrap_or_default()
+    }
 }
 
 /// Kind of the workload.
@@ -215,6 +231,9 @@ pub enum Delivery {
     EnvoyFilter,
     /// Istio's own fetcher pulls it (`WasmPlugin`).
     WasmPlugin,
+    /// Istio's own fetcher pulls it (`TrafficExtension`, the successor of `WasmPlugin` since
+    /// Istio 1.30).
+    TrafficExtension,
 }
 
 /// WasmPlugin-only options.
