@@ -244,12 +244,17 @@ impl Series {
     }
 }
 
-/// 10 updates (odd: a new module, even: new parameters) in `inline` form or not, each served,
-/// while the four connections are held.
-fn series(d: &mut Deployer, sidecar: &Sidecar, inline: bool, first_module: usize) -> Series {
+/// Hold the four connections open across `UPDATES` calls of `update` (each returns once its
+/// version is served), then see what they went through; the idle connection must then be
+/// answered with `hello: final_value()`.
+fn hold_during(
+    sidecar: &Sidecar,
+    mut update: impl FnMut(usize),
+    final_value: impl Fn() -> String,
+) -> Series {
     let mut idle = http1::Client::connect(sidecar.inbound).unwrap();
     let first = idle.get("/details/0", &[]).unwrap();
-    assert_eq!(hello(&first), Some(d.value.as_str()));
+    assert!(hello(&first).is_some(), "{:?}", first.headers);
     let holders = [
         Holder::stream(sidecar.inbound),
         Holder::websocket(sidecar.inbound),
@@ -268,32 +273,25 @@ fn series(d: &mut Deployer, sidecar: &Sidecar, inline: bool, first_module: usize
     );
     let before = counters(sidecar);
     for i in 1..=UPDATES {
-        if i % 2 == 1 {
-            d.push(first_module + i);
-        } else {
-            d.value = format!("hello details u{}", first_module + i);
-        }
-        let (objects, sha) = d.render();
-        d.apply(&objects, inline);
-        let took = wait_served(sidecar, &sha, &d.value);
-        println!(
-            "update {i} ({}): served after {took:?}",
-            if i % 2 == 1 {
-                "new module"
-            } else {
-                "new parameters"
-            }
-        );
+        update(i);
     }
-    // Let the sidecar's drain (1 s in these sidecars) run out before looking.
-    std::thread::sleep(Duration::from_secs(2));
+    // Past the sidecar's drain time (1 s here): 2 s more of chunks and echoes, or a cut.
+    let seen: Vec<u64> = holders.iter().map(Holder::received).collect();
+    e2e::poll_until(Instant::now() + Duration::from_secs(10), || {
+        holders
+            .iter()
+            .zip(&seen)
+            .all(|(h, n)| h.cut() || h.received() >= n + 20)
+            .then_some(())
+    });
     let after = counters(sidecar);
     let held = holders
         .into_iter()
         .map(|h| (h.what().to_string(), h.finish()))
         .collect();
+    let want = final_value();
     let idle_kept = match idle.get("/details/0", &[]) {
-        Ok(m) if hello(&m) == Some(d.value.as_str()) => Ok(()),
+        Ok(m) if hello(&m) == Some(want.as_str()) => Ok(()),
         Ok(m) => Err(format!("answered {} {:?}", m.status(), hello(&m))),
         Err(e) => Err(format!("closed ({e})")),
     };
@@ -303,6 +301,36 @@ fn series(d: &mut Deployer, sidecar: &Sidecar, inline: bool, first_module: usize
         before,
         after,
     }
+}
+
+fn kind_of(i: usize) -> &'static str {
+    if i % 2 == 1 {
+        "new module"
+    } else {
+        "new parameters"
+    }
+}
+
+/// 10 envoyFilter updates (odd: a new module, even: new parameters) in `inline` form or not,
+/// each served, while the four connections are held.
+fn series(d: &mut Deployer, sidecar: &Sidecar, inline: bool, first_module: usize) -> Series {
+    let value = std::cell::RefCell::new(d.value.clone());
+    hold_during(
+        sidecar,
+        |i| {
+            if i % 2 == 1 {
+                d.push(first_module + i);
+            } else {
+                d.value = format!("hello details u{}", first_module + i);
+            }
+            let (objects, sha) = d.render();
+            d.apply(&objects, inline);
+            let took = wait_served(sidecar, &sha, &d.value);
+            value.replace(d.value.clone());
+            println!("update {i} ({}): served after {took:?}", kind_of(i));
+        },
+        || value.borrow().clone(),
+    )
 }
 
 #[test]
@@ -397,4 +425,105 @@ fn updates_through_ecds_keep_every_connection_and_stream() {
         new.after, new.before,
         "a listener changed or drained during the ECDS updates"
     );
+}
+
+fn ecds_dump(sidecar: &Sidecar) -> String {
+    http1::get(sidecar.admin, "/config_dump?resource=ecds_filters", &[])
+        .map(|r| r.text())
+        .unwrap_or_default()
+}
+
+/// The image-based deliveries (`example`: the WasmPlugin or TrafficExtension example): istiod
+/// sends the filter through ECDS and pilot-agent fetches each new digest; 10 updates (new module,
+/// new parameters) while the four connections are held: none is cut, no listener changes.
+fn image_based(example_name: &str) {
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = App::start();
+    apply_manifests(&cp);
+    let sidecar = Sidecar::start_in_front_of(
+        &cp,
+        Workload::new("default", "details-v1-0", DETAILS),
+        &work.path().join("node"),
+        app.addr,
+    );
+    let mut value = "hello details".to_string();
+    let push = |n: usize| {
+        agent::push(
+            &registry.reference("filters/header-filter:v1"),
+            &module(work.path(), n),
+            "my_root_id",
+            &[],
+        )
+    };
+    let apply = |value: &str| -> String {
+        let fd = example(example_name, &registry, "filters/header-filter:v1")
+            .replace("port: 9080", &format!("port: {}", sidecar.inbound.port()))
+            .replace("value: hello details", &format!("value: {value}"));
+        let rendered = render(work.path(), &[("fd.yaml", &fd)]);
+        cp.apply(&rendered).unwrap();
+        rendered
+    };
+    let wait = |value: &str, dump_before: Option<&str>| {
+        let ok = e2e::poll_until(Instant::now() + PROPAGATION, || {
+            let dump = ecds_dump(&sidecar);
+            let moved = dump_before.is_none_or(|b| dump != b);
+            let get = http1::get(sidecar.inbound, "/details/0", &[]).ok()?;
+            (moved && hello(&get) == Some(value)).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "the sidecar never served {value:?}\n{}",
+            sidecar.log()
+        );
+    };
+    let mut digest = push(0);
+    let rendered = apply(&value);
+    assert!(rendered.contains(&format!("@{digest}")), "{rendered}");
+    wait(&value, None);
+    let value_cell = std::cell::RefCell::new(value.clone());
+    let s = hold_during(
+        &sidecar,
+        |i| {
+            let t = Instant::now();
+            let before = ecds_dump(&sidecar);
+            if i % 2 == 1 {
+                let d = push(i);
+                assert_ne!(d, digest, "module {i} is the same image");
+                digest = d;
+            } else {
+                value = format!("hello details u{i}");
+            }
+            let rendered = apply(&value);
+            assert!(rendered.contains(&format!("@{digest}")), "{rendered}");
+            wait(&value, Some(&before));
+            value_cell.replace(value.clone());
+            println!(
+                "update {i} ({}): served after {:?}",
+                kind_of(i),
+                t.elapsed()
+            );
+        },
+        || value_cell.borrow().clone(),
+    );
+    s.print(example_name);
+    assert_eq!(s.lost(), Vec::<String>::new(), "connections lost");
+    for (what, h) in &s.held {
+        assert!(h.received >= 20, "{what} received only {}", h.received);
+    }
+    assert_eq!(
+        s.after, s.before,
+        "a listener changed or drained during the updates"
+    );
+}
+
+#[test]
+fn wasm_plugin_updates_keep_every_connection_and_stream() {
+    image_based("bookinfo-details-wasmplugin");
+}
+
+#[test]
+fn traffic_extension_updates_keep_every_connection_and_stream() {
+    image_based("bookinfo-details-trafficextension");
 }
