@@ -198,6 +198,37 @@ fn fd_write_logs_stdout_without_its_newline_and_refuses_other_fds() {
 }
 
 #[test]
+fn fd_write_gathers_under_a_cap() {
+    let engine = Engine::default();
+    let mut s = store(&engine);
+    // 32 iovecs at 1024, each naming the same 60 KiB at 4096: 1.9 MiB gathered from 60 KiB.
+    for i in 0..32 {
+        poke(&mut s, 1024 + i * 8, &[0, 16, 0, 0, 0, 240, 0, 0]);
+    }
+    let r = call(&mut s, wasi::fd_write, (1, 1024, 32, 32)).unwrap();
+    assert_eq!(r, 22, "EFBIG");
+    assert!(logs(&s).is_empty(), "nothing past the cap is logged");
+    // Up to the cap it is written: 17 x 60 KiB = 1,044,480 bytes.
+    let r = call(&mut s, wasi::fd_write, (1, 1024, 17, 32)).unwrap();
+    assert_eq!(r, 0);
+    assert_eq!(peek_u32(&s, 32), 17 * 61440);
+    // More iovecs than IOV_MAX, or a negative count: EINVAL before any is read.
+    let r = call(
+        &mut s,
+        wasi::fd_write,
+        (1, 1024, wasi::FD_WRITE_MAX_IOVS + 1, 32),
+    )
+    .unwrap();
+    assert_eq!(r, 28, "EINVAL");
+    let r = call(&mut s, wasi::fd_write, (1, 1024, -1, 32)).unwrap();
+    assert_eq!(r, 28, "EINVAL");
+    // A negative length is a bad address, as before.
+    poke(&mut s, 1024, &[0, 16, 0, 0, 255, 255, 255, 255]);
+    let r = call(&mut s, wasi::fd_write, (1, 1024, 1, 32)).unwrap();
+    assert_eq!(r, 21, "EFAULT");
+}
+
+#[test]
 fn the_table_traps_calls_envoy_restricts() {
     let engine = Engine::default();
     let mut s = store(&engine);

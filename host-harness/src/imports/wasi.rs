@@ -21,6 +21,14 @@ const ERRNO_BADF: i32 = 8;
 const ERRNO_INVAL: i32 = 28;
 const ERRNO_NOTSUP: i32 = 58;
 const ERRNO_FAULT: i32 = 21;
+const ERRNO_FBIG: i32 = 22;
+
+/// Most iovecs one `fd_write` takes (POSIX's `IOV_MAX`, which wasi-libc's `writev` keeps to).
+pub const FD_WRITE_MAX_IOVS: i32 = 1024;
+/// Most bytes one `fd_write` gathers: iovecs may name the same memory again and again, so without
+/// a cap a guest makes the host allocate without bound (Envoy's host has none; nothing a real
+/// filter writes to its log comes near).
+pub const FD_WRITE_MAX_BYTES: usize = 1 << 20;
 
 /// The value of a `Result`, or return `EFAULT` from the WASI function.
 macro_rules! tri_errno {
@@ -43,11 +51,18 @@ pub(super) fn fd_write(
     if fd != 1 && fd != 2 {
         return Ok(ERRNO_BADF);
     }
+    if !(0..=FD_WRITE_MAX_IOVS).contains(&n) {
+        return Ok(ERRNO_INVAL);
+    }
     let mut out = Vec::new();
     for i in 0..n {
         let iov = tri_errno!(read(&mut c, iovs + i * 8, 8));
         let p = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
         let l = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+        // Checked before reading: nothing past the cap is ever copied.
+        if usize::try_from(l).map_or(true, |l| out.len() + l > FD_WRITE_MAX_BYTES) {
+            return Ok(if l < 0 { ERRNO_FAULT } else { ERRNO_FBIG });
+        }
         out.extend(tri_errno!(read(&mut c, p, l)));
     }
     let n = out.len() as u32;
