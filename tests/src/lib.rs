@@ -183,6 +183,14 @@ pub fn minimal_wasm() -> PathBuf {
         .clone()
 }
 
+/// `tcp_filter.wasm` (examples/tcp-filter: a network filter), built once per test process.
+pub fn tcp_filter_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_wasm("tcp-filter", "tcp_filter.wasm"))
+        .clone()
+}
+
 /// `ticker_service.wasm` (examples/ticker-service, a bootstrap service), built once per test
 /// process.
 pub fn ticker_wasm() -> PathBuf {

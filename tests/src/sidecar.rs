@@ -101,7 +101,7 @@ impl Sidecar {
         app: http1::Upstream,
     ) -> Sidecar {
         let addr = app.addr();
-        Sidecar::start_routed(cp, workload, node_dir, app, addr)
+        Sidecar::start_routed(cp, workload, node_dir, app, addr, "HTTP")
     }
 
     /// [`Sidecar::start`] in front of an app of the caller's at `app_addr` (`app` stays idle).
@@ -117,6 +117,25 @@ impl Sidecar {
             node_dir,
             http1::Upstream::start(&[]),
             app_addr,
+            "HTTP",
+        )
+    }
+
+    /// [`Sidecar::start_in_front_of`] with a TCP inbound port: Istio gives it a `tcp_proxy`
+    /// filter chain (network filters apply, HTTP filters do not).
+    pub fn start_tcp(
+        cp: &ControlPlane,
+        workload: Workload,
+        node_dir: &Path,
+        app_addr: SocketAddr,
+    ) -> Sidecar {
+        Sidecar::start_routed(
+            cp,
+            workload,
+            node_dir,
+            http1::Upstream::start(&[]),
+            app_addr,
+            "TCP",
         )
     }
 
@@ -126,13 +145,14 @@ impl Sidecar {
         node_dir: &Path,
         app: http1::Upstream,
         app_addr: SocketAddr,
+        protocol: &str,
     ) -> Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = controlplane::free_port();
         let inbound: SocketAddr = ([127, 0, 0, 1], port).into();
         let admin: SocketAddr = ([127, 0, 0, 1], controlplane::free_port()).into();
         ensure_namespace(cp, &workload);
-        cp.apply(&sidecar_resource(&workload, port, app_addr))
+        cp.apply(&sidecar_resource_for(&workload, port, app_addr, protocol))
             .unwrap_or_else(|e| panic!("apply the Sidecar resource: {e}"));
         // The projected service-account token a Pod gets (audience istio-ca), where
         // pilot-agent reads it: istiod authenticates the sidecar with it.
@@ -333,6 +353,11 @@ fn ensure_namespace(cp: &ControlPlane, w: &Workload) {
 
 /// The `Sidecar` resource that gives a workload without interception its inbound listener.
 pub fn sidecar_resource(w: &Workload, port: u16, app: SocketAddr) -> String {
+    sidecar_resource_for(w, port, app, "HTTP")
+}
+
+/// [`sidecar_resource`] with the ingress port's `protocol` (`HTTP`, `TCP`).
+pub fn sidecar_resource_for(w: &Workload, port: u16, app: SocketAddr, protocol: &str) -> String {
     let v = json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "Sidecar",
@@ -340,7 +365,7 @@ pub fn sidecar_resource(w: &Workload, port: u16, app: SocketAddr) -> String {
         "spec": {
             "workloadSelector": {"labels": w.labels_json()},
             "ingress": [{
-                "port": {"number": port, "protocol": "HTTP", "name": "http"},
+                "port": {"number": port, "protocol": protocol, "name": protocol.to_ascii_lowercase()},
                 "bind": "127.0.0.1",
                 "defaultEndpoint": format!("127.0.0.1:{}", app.port()),
             }],

@@ -7,13 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use e2e::agent;
+use e2e::agent::{self, Agent};
 use e2e::controlplane::ControlPlane;
+use e2e::http1;
 use e2e::mesh::*;
 use e2e::registry::Registry;
 use e2e::sidecar::{Sidecar, Workload};
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// bookinfo's productpage-v1, as a cluster holds it before any filter is deployed.
 const PRODUCTPAGE: &str = "apiVersion: apps/v1
@@ -534,4 +535,114 @@ fn traffic_extension_delivery_through_istiod_and_a_new_digest() {
     assert_ne!(bad_url, rendered);
     let e = cp.apply(&bad_url).unwrap_err();
     assert!(e.contains("spec.wasm.url"), "{e}");
+}
+
+/// `spec.filter.type: NETWORK` in each delivery mode: the example TCP filter
+/// (manifests/examples/tcp-bytes-count, examples/tcp-filter) reaches a sidecar whose inbound port
+/// is TCP, through istiod, as an EnvoyFilter (the agent holding the module), a WasmPlugin and a
+/// TrafficExtension (pilot-agent fetching it); each time a connection through the sidecar is
+/// counted both ways in the filter's log line.
+#[test]
+fn a_network_filter_counts_a_tcp_connections_bytes_in_each_mode() {
+    let cp = ControlPlane::start();
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let node = work.path().join("node");
+    apply_manifests(&cp);
+    agent::push(
+        &registry.reference("filters/tcp-filter:v1"),
+        &e2e::tcp_filter_wasm(),
+        "tcp_root",
+        &[],
+    );
+    let app = e2e::longlived::App::start();
+    let sidecar = Sidecar::start_tcp(
+        &cp,
+        Workload::new("default", "mongodb-v1-0", &[("app", "mongodb")]),
+        &node,
+        app.addr,
+    );
+    let fd_path = work.path().join("fd.yaml");
+    let images = work.path().join("images.yaml");
+    let mut agent = None;
+    let name = "ratings-tcp-bytes";
+    for (mode, prefix) in [
+        ("envoy-filter", "through-envoyfilter"),
+        ("wasm-plugin", "through-wasmplugin"),
+        ("traffic-extension", "through-trafficextension"),
+    ] {
+        for kind in ["envoyfilter", "wasmplugin", "trafficextension"] {
+            cp.kubectl_ok(&["delete", kind, "-n", "default", name, "--ignore-not-found"]);
+        }
+        let fd = example("tcp-bytes-count", &registry, "filters/tcp-filter:v1")
+            .replace("port: 27017", &format!("port: {}", sidecar.inbound.port()))
+            .replace("prefix: mongodb", &format!("prefix: {prefix}"));
+        std::fs::write(&fd_path, &fd).unwrap();
+        let rendered = wasmctl_in(
+            work.path(),
+            &[
+                "render".into(),
+                "--plain-http".into(),
+                "--mode".into(),
+                mode.into(),
+                fd_path.display().to_string(),
+            ],
+        );
+        // The workload's volume patch is for a Deployment this test has not: apply the rest.
+        let objects: Vec<serde_json::Value> = serde_norway::Deserializer::from_str(&rendered)
+            .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+            .filter(|v| !v.is_null() && v["kind"] != "Deployment")
+            .collect();
+        if mode == "envoy-filter" {
+            let list =
+                objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap()["data"]["images.yaml"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+            agent::write_atomic(&images, &list);
+            let a = agent.get_or_insert_with(|| Agent::start(&images, &node, &agent::FAST));
+            let ef = objects.iter().find(|o| o["kind"] == "EnvoyFilter").unwrap();
+            assert_eq!(ef["spec"]["configPatches"][1]["applyTo"], "NETWORK_FILTER");
+            let sha = ef
+                .to_string()
+                .split("/var/local/lib/wasm-filters/")
+                .nth(1)
+                .and_then(|t| t.split(".wasm").next())
+                .unwrap()
+                .to_string();
+            let path = node.join(format!("{sha}.wasm"));
+            a.wait_for("the module on the node", PROPAGATION, |_| path.exists());
+        } else {
+            let o = &objects[0];
+            let wasm_type = if mode == "wasm-plugin" {
+                &o["spec"]["type"]
+            } else {
+                &o["spec"]["wasm"]["type"]
+            };
+            assert_eq!(wasm_type, "NETWORK", "{o}");
+        }
+        let text = objects
+            .iter()
+            .map(|o| serde_json::to_string(o).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        cp.apply(&text).unwrap();
+        let wanted = format!("tcp-filter {prefix}: downstream");
+        let line = e2e::poll_until(Instant::now() + PROPAGATION, || {
+            let r = http1::get(sidecar.inbound, "/through-tcp", &[]).ok()?;
+            assert_eq!(r.status(), 200);
+            sidecar
+                .log()
+                .lines()
+                .find(|l| l.contains(&wanted))
+                .map(str::to_string)
+        });
+        let line =
+            line.unwrap_or_else(|| panic!("{mode}: no byte count logged\n{}", sidecar.log()));
+        println!("{mode}: {line}");
+        assert!(
+            !line.contains("downstream 0 bytes") && !line.contains("upstream 0 bytes"),
+            "{line}"
+        );
+    }
 }

@@ -360,3 +360,78 @@ fn tags_are_pinned_from_the_registry_and_pulled_modules_check_parameters() {
     assert!(!o.status.success());
     assert!(err.contains("nope") && err.contains("not found"), "{err}");
 }
+
+/// `spec.filter.type: NETWORK` (manifests/examples/tcp-bytes-count): the rendered network filter
+/// runs in Envoy 1.40 before `tcp_proxy`, and the example TCP filter (examples/tcp-filter) logs
+/// the bytes of a connection through it, both ways, when the connection closes.
+#[test]
+fn the_network_filter_example_counts_a_connections_bytes_in_envoy() {
+    let wasm = e2e::tcp_filter_wasm();
+    let ef = envoy_filters("tcp-bytes-count", &[]).remove(0);
+    assert_eq!(ef["spec"]["configPatches"][1]["applyTo"], "NETWORK_FILTER");
+    let filter = http_filter(&ef, &wasm);
+    assert_eq!(
+        filter["typed_config"]["@type"],
+        "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
+    );
+    let app = e2e::longlived::App::start();
+    let config = serde_json::json!({
+        "node": {"id": "test-node", "cluster": "test-cluster"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [filter, {
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "tcp",
+                        "cluster": "app",
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "app",
+                "connect_timeout": "2s",
+                "type": "STATIC",
+                "load_assignment": {
+                    "cluster_name": "app",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1",
+                        "port_value": app.addr.port(),
+                    }}}}]}],
+                },
+            }],
+        },
+    });
+    let v = validate(&config);
+    assert!(
+        v.status.success(),
+        "envoy --mode validate:\n{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let proxy = Envoy::must_start(&config);
+    let r = http1::get(proxy.listener, "/through-tcp", &[]).expect("request through tcp_proxy");
+    assert_eq!(r.status(), 200);
+    let line = e2e::poll_until(
+        std::time::Instant::now() + std::time::Duration::from_secs(10),
+        || {
+            proxy
+                .log()
+                .lines()
+                .find(|l| l.contains("tcp-filter mongodb: downstream"))
+                .map(str::to_string)
+        },
+    )
+    .unwrap_or_else(|| panic!("no byte count logged\n{}", proxy.log()));
+    let count = |side: &str| -> u64 {
+        line.split(&format!("{side} "))
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("downstream") > 0 && count("upstream") > 0, "{line}");
+}

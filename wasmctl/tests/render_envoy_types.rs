@@ -90,12 +90,19 @@ fn every_rendered_wasm_config_parses_strictly() {
     let pool = pool();
     for (what, filter) in rendered_filters() {
         let tc = &filter["typed_config"];
-        assert_eq!(tc["@type"], render::WASM_TYPE_URL);
+        // An HTTP filter's config, or a network (TCP) filter's.
+        assert!(
+            tc["@type"] == render::WASM_TYPE_URL || tc["@type"] == render::NETWORK_WASM_TYPE_URL,
+            "{what}: {}",
+            tc["@type"]
+        );
         let msg = parse_any(&pool, tc).unwrap_or_else(|e| panic!("{what}: {e}\n{tc:#}"));
         // Unpack the Any and look at the fields Envoy will use.
-        let wasm = pool
-            .get_message_by_name("envoy.extensions.filters.http.wasm.v3.Wasm")
-            .unwrap();
+        let name = tc["@type"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("type.googleapis.com/");
+        let wasm = pool.get_message_by_name(name).unwrap();
         let any: prost_types_any::Any = prost_types_any::from_dynamic(&msg);
         let decoded = DynamicMessage::decode(wasm, any.value.as_slice()).unwrap();
         let back = serde_json::to_value(&decoded).unwrap();

@@ -72,7 +72,8 @@ fn output_does_not_depend_on_input_order() {
         names,
         [
             "default.details-v1-wasmfiltering",
-            "default.productpage-caller"
+            "default.productpage-caller",
+            "default.ratings-tcp-bytes"
         ]
     );
 }

@@ -70,6 +70,9 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const FROM_LABEL: &str = "filters.envoy-wasm-toolkit.io/filter-deployment";
 /// Type URL of the Wasm HTTP filter's config.
 pub const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// Type URL of Envoy's Wasm network filter config.
+pub const NETWORK_WASM_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
 /// Type URL of the plugin configuration wrapper.
 pub const STRING_VALUE_TYPE_URL: &str = "type.googleapis.com/google.protobuf.StringValue";
 /// The V8 runtime (the one Istio's and Envoy's builds carry).
@@ -529,12 +532,24 @@ fn envoy_filter(d: &FilterDeployment, module: Option<&String>) -> Value {
         Direction::Outbound => "SIDECAR_OUTBOUND",
         Direction::Gateway => "GATEWAY",
     };
-    let mut listener = json!({
-        "filterChain": {"filter": {
-            "name": "envoy.filters.network.http_connection_manager",
-            "subFilter": {"name": "envoy.filters.http.router"},
-        }},
-    });
+    // An HTTP filter goes before the router; a network filter before tcp_proxy.
+    let (apply_to, type_url, mut listener) = match f.kind {
+        spec::FilterType::HTTP => (
+            "HTTP_FILTER",
+            WASM_TYPE_URL,
+            json!({
+                "filterChain": {"filter": {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "subFilter": {"name": "envoy.filters.http.router"},
+                }},
+            }),
+        ),
+        spec::FilterType::NETWORK => (
+            "NETWORK_FILTER",
+            NETWORK_WASM_TYPE_URL,
+            json!({"filterChain": {"filter": {"name": "envoy.filters.network.tcp_proxy"}}}),
+        ),
+    };
     if let Some(port) = d.spec.placement.port {
         listener["portNumber"] = json!(port);
     }
@@ -582,12 +597,12 @@ fn envoy_filter(d: &FilterDeployment, module: Option<&String>) -> Value {
                         "operation": "ADD",
                         "value": {
                             "name": id,
-                            "typed_config": {"@type": WASM_TYPE_URL, "config": config},
+                            "typed_config": {"@type": type_url, "config": config},
                         },
                     },
                 },
                 {
-                    "applyTo": "HTTP_FILTER",
+                    "applyTo": apply_to,
                     "match": {"context": context, "listener": listener},
                     "patch": {
                         "operation": "INSERT_BEFORE",
@@ -597,7 +612,7 @@ fn envoy_filter(d: &FilterDeployment, module: Option<&String>) -> Value {
                                 // Wait for the extension config rather than serve without
                                 // the filter: istiod sends it with the listener.
                                 "config_source": {"ads": {}, "initial_fetch_timeout": "0s"},
-                                "type_urls": [WASM_TYPE_URL],
+                                "type_urls": [type_url],
                             },
                         },
                     },
@@ -652,7 +667,10 @@ fn wasm_plugin(d: &FilterDeployment, resolved: &Resolved, mode: Delivery) -> Val
     let mut spec = json!({
         "url": format!("oci://{}", image_for(d, resolved)),
         "pluginName": f.root_id,
-        "type": "HTTP",
+        "type": match f.kind {
+            spec::FilterType::HTTP => "HTTP",
+            spec::FilterType::NETWORK => "NETWORK",
+        },
         "failStrategy": match d.spec.failure_policy {
             FailurePolicy::Open => "FAIL_OPEN",
             FailurePolicy::Closed => "FAIL_CLOSE",

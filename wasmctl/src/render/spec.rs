@@ -147,6 +147,20 @@ pub struct Filter {
     /// Apply only a digest that carries a cosign signature verifying with this key.
     #[serde(default)]
     pub verification: Option<Verification>,
+    /// An HTTP filter (default) or a network (TCP) filter.
+    #[serde(default, rename = "type")]
+    pub kind: FilterType,
+}
+
+/// What kind of Envoy filter the module is.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum FilterType {
+    /// `envoy.filters.http.wasm`, in the HTTP connection manager's filter chain.
+    #[default]
+    HTTP,
+    /// `envoy.filters.network.wasm`, before `tcp_proxy` in a TCP filter chain.
+    NETWORK,
 }
 
 /// Signature verification of the image (cosign's format, key pairs only).
