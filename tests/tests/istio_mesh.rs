@@ -646,3 +646,58 @@ fn a_network_filter_counts_a_tcp_connections_bytes_in_each_mode() {
         );
     }
 }
+
+/// `spec.targetRefs` (manifests/examples/gateway-trafficextension): the API server takes the
+/// example and its rendered TrafficExtension; it refuses, naming the field, targetRefs beside
+/// workload labels, targetRefs with the envoyFilter delivery, and a kind Istio cannot target;
+/// `wasmctl render` refuses the envoyFilter mode for it with the reason.
+#[test]
+fn target_refs_are_checked_at_admission_and_by_render() {
+    let cp = ControlPlane::start();
+    apply_manifests(&cp);
+    let dir = examples().join("gateway-trafficextension");
+    let fd = fs::read_to_string(dir.join("filterdeployment.yaml")).unwrap();
+    cp.apply(&fd).unwrap();
+    cp.apply(&fs::read_to_string(dir.join("rendered.yaml")).unwrap())
+        .unwrap();
+    let refused = |text: &str, what: &str| {
+        assert_ne!(text, fd, "{what}: the example moved; update the test");
+        let e = cp.apply(text).unwrap_err();
+        assert!(e.contains("spec.targetRefs"), "{what}: {e}");
+        e
+    };
+    let e = refused(
+        &fd.replace(
+            "spec:\n  targetRefs:",
+            "spec:\n  workload:\n    labels: {app: gw}\n  targetRefs:",
+        ),
+        "labels too",
+    );
+    assert!(e.contains("one way"), "{e}");
+    let e = refused(
+        &fd.replace("delivery: trafficExtension", "delivery: envoyFilter"),
+        "envoyFilter",
+    );
+    assert!(e.contains("envoyFilter delivery cannot attach"), "{e}");
+    let e = refused(
+        &fd.replace("kind: Gateway\n", "kind: Deployment\n"),
+        "a Deployment",
+    );
+    assert!(e.contains("Gateway or GatewayClass"), "{e}");
+
+    let out = std::process::Command::new(e2e::wasmctl_bin())
+        .args(["render", "--no-resolve", "--mode", "envoy-filter"])
+        .arg(dir.join("filterdeployment.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "rendered: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("spec.targetRefs") && err.contains("userVolume"),
+        "{err}"
+    );
+}

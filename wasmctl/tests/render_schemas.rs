@@ -142,11 +142,19 @@ fn render_example(inputs: &[std::path::PathBuf], mode: Option<Delivery>) -> Vec<
         .map(|p| render::parse_file(p).unwrap())
         .collect();
     let inputs = render::merge(all).unwrap();
-    render::render(&inputs, &Options { mode }, &Resolved::default())
-        .unwrap()
-        .into_iter()
-        .map(|o| o.value)
-        .collect()
+    let by_ref = inputs
+        .deployments
+        .iter()
+        .any(|s| !s.deployment.spec.target_refs.is_empty());
+    match render::render(&inputs, &Options { mode }, &Resolved::default()) {
+        Ok(objects) => objects.into_iter().map(|o| o.value).collect(),
+        // Attached by reference: no envoyFilter form, and render names the field.
+        Err(e) if by_ref && mode == Some(Delivery::EnvoyFilter) => {
+            assert!(e.to_string().contains("spec.targetRefs"), "{e}");
+            Vec::new()
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
 
 #[test]
@@ -282,18 +290,37 @@ fn our_crd_is_structural_and_matches_the_parser() {
             "filter": {
                 "image": "registry.example.com/f/h:v1", "rootId": "r", "id": "x", "vmId": "vm",
                 "parameters": {"name": "a", "value": "b"}, "pullSecret": "regcred",
+                "type": "NETWORK",
             },
             "placement": {"direction": "gateway", "port": 8443},
             "failurePolicy": "reload",
             "delivery": "wasmPlugin",
-            "wasmPlugin": {"phase": "AUTHZ", "priority": -5, "targetRefs": [
-                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}]},
+            "wasmPlugin": {"phase": "AUTHZ", "priority": -5},
         },
     });
     let r = schema::validate_resource(&crd, &full);
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     let yaml = serde_norway::to_string(&full).unwrap();
     render::parse_str(&yaml, "all-fields.yaml").unwrap();
+    // By reference instead of labels (the two exclude each other): spec.targetRefs, and the
+    // delivery options' targetRefs.
+    let mut by_ref = full.clone();
+    by_ref["spec"]["workload"] = json!({"namespace": "data"});
+    by_ref["spec"]["delivery"] = json!("trafficExtension");
+    by_ref["spec"]["trafficExtension"] = json!({"phase": "AUTHN", "priority": 1});
+    by_ref["spec"].as_object_mut().unwrap().remove("wasmPlugin");
+    by_ref["spec"]["targetRefs"] = json!([
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}]);
+    let r = schema::validate_resource(&crd, &by_ref);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let yaml = serde_norway::to_string(&by_ref).unwrap();
+    render::parse_str(&yaml, "by-ref.yaml").unwrap();
+    let mut old_place = full.clone();
+    old_place["spec"]["wasmPlugin"]["targetRefs"] = by_ref["spec"]["targetRefs"].clone();
+    let r = schema::validate_resource(&crd, &old_place);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let yaml = serde_norway::to_string(&old_place).unwrap();
+    render::parse_str(&yaml, "old-place.yaml").unwrap();
     // Both refuse an unknown field.
     let mut bad = full.clone();
     bad["spec"]["filter"]["rootID"] = json!("r");

@@ -365,9 +365,51 @@ fn check(d: &FilterDeployment, origin: &str) -> Result<()> {
             format!("{name:?} is not a valid object name"),
         ));
     }
-    let refs = [&d.spec.wasm_plugin, &d.spec.traffic_extension]
-        .iter()
-        .any(|o| o.as_ref().is_some_and(|o| !o.target_refs.is_empty()));
+    let (field, targets) = d.spec.target_refs();
+    let refs = !targets.is_empty();
+    if !d.spec.target_refs.is_empty()
+        && [&d.spec.wasm_plugin, &d.spec.traffic_extension]
+            .iter()
+            .any(|o| o.as_ref().is_some_and(|o| !o.target_refs.is_empty()))
+    {
+        return Err(err(
+            origin,
+            "spec.targetRefs",
+            "given twice: here and in the delivery's options; keep spec.targetRefs",
+        ));
+    }
+    // The older place (the delivery options' targetRefs) came with labels, which it ignores.
+    if !d.spec.target_refs.is_empty() && !w.labels.is_empty() {
+        return Err(err(
+            origin,
+            field,
+            "and spec.workload.labels both select proxies; keep one (targetRefs for gateways and waypoints, labels for sidecars)",
+        ));
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if !spec::TARGET_KINDS.contains(&(t.group.as_str(), t.kind.as_str())) {
+            let allowed: Vec<String> = spec::TARGET_KINDS
+                .iter()
+                .map(|(g, k)| {
+                    if g.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{k} ({g})")
+                    }
+                })
+                .collect();
+            return Err(err(
+                origin,
+                &format!("{field}[{i}]"),
+                format!(
+                    "{} (group {:?}) cannot be targeted; one of {}",
+                    t.kind,
+                    t.group,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
     if w.labels.is_empty() && !refs {
         return Err(err(
             origin,
@@ -677,11 +719,12 @@ fn wasm_plugin(d: &FilterDeployment, resolved: &Resolved, mode: Delivery) -> Val
             FailurePolicy::Reload => "FAIL_RELOAD",
         },
     });
-    if opts.target_refs.is_empty() {
+    let (_, targets) = d.spec.target_refs();
+    if targets.is_empty() {
         spec["selector"] = json!({"matchLabels": d.spec.workload.labels});
     } else {
         spec["targetRefs"] = Value::Array(
-            opts.target_refs
+            targets
                 .iter()
                 .map(|r| json!({"group": r.group, "kind": r.kind, "name": r.name}))
                 .collect(),
@@ -891,20 +934,12 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
         let d = &s.deployment;
         match delivery(d, opts) {
             Delivery::EnvoyFilter => {
-                if let Some((field, _)) = [
-                    ("spec.wasmPlugin.targetRefs", &d.spec.wasm_plugin),
-                    (
-                        "spec.trafficExtension.targetRefs",
-                        &d.spec.traffic_extension,
-                    ),
-                ]
-                .into_iter()
-                .find(|(_, o)| o.as_ref().is_some_and(|o| !o.target_refs.is_empty()))
-                {
+                let (field, targets) = d.spec.target_refs();
+                if !targets.is_empty() {
                     return Err(err(
                         &s.origin,
                         field,
-                        "only the image-based deliveries (wasmPlugin, trafficExtension) can attach by reference; the envoyFilter delivery selects by spec.workload.labels",
+                        "only the image-based deliveries (wasmPlugin, trafficExtension) can attach by reference: the envoyFilter delivery needs the node agent's directory mounted through sidecar.istio.io/userVolume, which Istio's gateway injection template does not read; select sidecars by spec.workload.labels, or use delivery wasmPlugin or trafficExtension",
                     ));
                 }
                 objects.push(envoy_filter(d, resolved.modules.get(&d.spec.filter.image)));

@@ -46,8 +46,13 @@ pub struct Metadata {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
-    /// The workload whose sidecars (or gateway) get the filter.
+    /// The workload whose sidecars (or gateway) get the filter (absent with `targetRefs`).
+    #[serde(default)]
     pub workload: Workload,
+    /// Attach by reference instead of by pod labels: Gateway API `Gateway`s and
+    /// `GatewayClass`es, or `Service`s (a waypoint's); the image-based deliveries only.
+    #[serde(default)]
+    pub target_refs: Vec<TargetRef>,
     /// The filter: image, root id, parameters.
     pub filter: Filter,
     /// Which traffic: inbound, outbound or gateway, and optionally one listener port.
@@ -67,7 +72,33 @@ pub struct Spec {
     pub traffic_extension: Option<WasmPluginOptions>,
 }
 
+/// The kinds a `targetRefs` entry may name, with their API group, as Istio takes them.
+pub const TARGET_KINDS: [(&str, &str); 3] = [
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+    ("", "Service"),
+];
+
 impl Spec {
+    /// The references the filter attaches by: `spec.targetRefs`, else the image-based
+    /// options' `targetRefs` (the older place), with the field's name.
+    pub fn target_refs(&self) -> (&'static str, &[TargetRef]) {
+        if !self.target_refs.is_empty() {
+            return ("spec.targetRefs", &self.target_refs);
+        }
+        for (field, o) in [
+            ("spec.wasmPlugin.targetRefs", &self.wasm_plugin),
+            ("spec.trafficExtension.targetRefs", &self.traffic_extension),
+        ] {
+            if let Some(o) = o
+                && !o.target_refs.is_empty()
+            {
+                return (field, &o.target_refs);
+            }
+        }
+        ("spec.targetRefs", &[])
+    }
+
     /// The options of an image-based delivery (`wasmPlugin` or `trafficExtension`): its own
     /// block, else the other one's (`render --mode` may pick the other mode; the fields are the
     /// same).
@@ -81,9 +112,10 @@ impl Spec {
 }
 
 /// Kind of the workload.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 pub enum WorkloadKind {
     /// apps/v1 Deployment.
+    #[default]
     Deployment,
     /// apps/v1 StatefulSet.
     StatefulSet,
@@ -103,7 +135,7 @@ impl WorkloadKind {
 }
 
 /// The workload selector.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
     /// Deployment, StatefulSet or DaemonSet (default Deployment).
@@ -114,6 +146,7 @@ pub struct Workload {
     #[serde(default)]
     pub name: Option<String>,
     /// Pod labels that select the proxies (EnvoyFilter `workloadSelector`, WasmPlugin `selector`).
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Namespace of the workload; default: the FilterDeployment's.
     #[serde(default)]
