@@ -72,7 +72,7 @@ test-fast: setup-rust ## Every test that starts no external process: unit tests 
 demo: setup ## Registry, push, node agent, Envoy by ECDS, curl, then a hot update under the same tag; stop all
 	@scripts/demo
 
-demo-istio: setup control-plane ## The real control plane: render | kubectl apply, both delivery modes through istiod, updates; stop all
+demo-istio: setup control-plane ## The real control plane: render | kubectl apply, the three delivery modes through istiod, updates; stop all
 	@scripts/demo-istio
 
 demo-cluster: setup control-plane nodes ## The whole path on a real 2-node cluster: injection, agent, controller, curl from a Pod, an upgrade; then down

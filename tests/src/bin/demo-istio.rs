@@ -311,16 +311,51 @@ fn run() -> Result<(), String> {
         return Err("wasmPlugin update: the response lacks x-as-filter".into());
     }
 
-    step("the controller: wasmctl controller keeps FilterDeployments applied (no render step)");
+    step(
+        "trafficExtension delivery (Istio 1.30's successor of WasmPlugin): replace the WasmPlugin",
+    );
     kubectl(
         &cp,
         "kubectl delete wasmplugin details-v1-wasmplugin",
         &["delete", "wasmplugin", "details-v1-wasmplugin"],
         None,
     )?;
-    wait("the WasmPlugin gone from the sidecar", PROPAGATION, || {
-        details.get("/details/0").header("hello").is_none()
+    indent(&example(
+        &fd,
+        "bookinfo-details-trafficextension",
+        &reference,
+        &[
+            ("port: 9080", &port),
+            ("rootId: my_root_id", "rootId: as_filter"),
+        ],
+    )?);
+    render_apply(&cp, &[&fd])?;
+    let took = wait("the TrafficExtension in the sidecar", PROPAGATION, || {
+        let dump = details.config_dump("").to_string();
+        dump.contains("details-v1-trafficextension")
+            && details.get("/details/0").header("x-as-filter").is_some()
     })?;
+    println!("    served {took:.1?} after the apply");
+    same_envoy(&details, pid)?;
+    if !curl(&url)?.to_ascii_lowercase().contains("x-as-filter:") {
+        return Err("trafficExtension: the response lacks x-as-filter".into());
+    }
+
+    step("the controller: wasmctl controller keeps FilterDeployments applied (no render step)");
+    kubectl(
+        &cp,
+        "kubectl delete trafficextension details-v1-trafficextension",
+        &["delete", "trafficextension", "details-v1-trafficextension"],
+        None,
+    )?;
+    wait(
+        "the TrafficExtension gone from the sidecar",
+        PROPAGATION,
+        || {
+            details.get("/details/0").header("x-as-filter").is_none()
+                && details.get("/details/0").header("hello").is_none()
+        },
+    )?;
     println!("    the sidecar serves no filter now");
     let controller = e2e::controller::Controller::start(&cp, &["--plain-http", "--resync", "10s"]);
     println!(
@@ -413,7 +448,7 @@ fn run() -> Result<(), String> {
         left.unwrap_or(false)
     ));
     println!(
-        "\nOK: both delivery modes served the filter through istiod, each update reached the same Envoy, and the controller applied and removed a FilterDeployment"
+        "\nOK: the three delivery modes served the filter through istiod, each update reached the same Envoy, and the controller applied and removed a FilterDeployment"
     );
     Ok(())
 }
