@@ -383,7 +383,7 @@ fn check(d: &FilterDeployment, origin: &str) -> Result<()> {
         return Err(err(
             origin,
             field,
-            "and spec.workload.labels both select proxies; keep one (targetRefs for gateways and waypoints, labels for sidecars)",
+            "set together with spec.workload.labels: the proxies are selected one way; keep targetRefs for gateways and waypoints, or labels for sidecars",
         ));
     }
     for (i, t) in targets.iter().enumerate() {
