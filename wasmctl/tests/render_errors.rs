@@ -174,3 +174,33 @@ fn duplicate_deployments_across_files() {
         "both files named: {e}"
     );
 }
+
+#[test]
+fn target_refs_are_named_when_they_cannot_be() {
+    let refs = "  targetRefs:\n  - {group: gateway.networking.k8s.io, kind: Gateway, name: gw}\n";
+    let by_ref = GOOD.replace(
+        "  workload: {name: details-v1, labels: {app: details}}\n",
+        refs,
+    ) + "  delivery: trafficExtension\n";
+    // Labels beside targetRefs.
+    let (file, e) = fails(&format!("{GOOD}{refs}  delivery: wasmPlugin\n"));
+    assert!(
+        e.contains(&format!(
+            "{file}: spec.targetRefs: set together with spec.workload.labels"
+        )),
+        "{e}"
+    );
+    // A kind Istio cannot target.
+    let (file, e) = fails(&by_ref.replace("kind: Gateway", "kind: Deployment"));
+    assert!(
+        e.contains(&format!("{file}: spec.targetRefs[0]: Deployment")),
+        "{e}"
+    );
+    // The envoyFilter delivery cannot attach by reference, and says why.
+    let (file, e) = fails(&by_ref.replace("delivery: trafficExtension", "delivery: envoyFilter"));
+    assert!(
+        e.contains(&format!("{file}: spec.targetRefs: only the image-based")),
+        "{e}"
+    );
+    assert!(e.contains("sidecar.istio.io/userVolume"), "{e}");
+}
