@@ -274,7 +274,14 @@ fn every_command_of_the_deploy_guide_runs_on_a_real_cluster() {
                 out.contains("\"name\": \"default.details-v1-wasmfiltering\""),
                 "{out}"
             );
-            assert!(out.contains("/var/local/lib/wasm-filters/"), "{out}");
+        });
+        // The Wasm config comes by ECDS: its code is the agent's content-addressed file.
+        check("istioctl proxy-config ecds", &mut |out| {
+            assert!(
+                out.contains("\"name\": \"default.details-v1-wasmfiltering\"")
+                    && out.contains("/var/local/lib/wasm-filters/"),
+                "{out}"
+            );
         });
         check("kubectl logs deploy/details-v1", &mut |out| {
             assert!(out.contains("header-filter: rule 0"), "{out}")
@@ -317,6 +324,7 @@ fn every_command_of_the_deploy_guide_runs_on_a_real_cluster() {
         "istioctl proxy-status",
         "wasmctl verify",
         "istioctl proxy-config listener",
+        "istioctl proxy-config ecds",
         "kubectl logs deploy/details-v1",
         "deployed",
         "upgraded",
