@@ -348,7 +348,7 @@ fn a_new_digest_reaches_the_same_sidecar_with_no_failed_request() {
 }
 
 /// New parameters (EnvoyFilter) reach the same Envoy process with no failed request under
-/// keep-alive load: istiod pushes the changed listener, Envoy updates its filter chain in place.
+/// keep-alive load: istiod pushes the changed extension config (ECDS); the listener stays.
 #[test]
 fn new_parameters_reach_the_same_sidecar_with_no_failed_request() {
     let cp = ControlPlane::start();
