@@ -527,3 +527,28 @@ fn every_overlay_renders_offline_and_validates() {
     assert_eq!(list["configMap"]["name"], "wasm-agent-images");
     assert_eq!(list["configMap"]["optional"], true);
 }
+
+/// A waypoint's attachment: `spec.targetRefs` naming a Service renders a WasmPlugin and a
+/// TrafficExtension that Istio's CRD schemas accept (no waypoint runs in the tests).
+#[test]
+fn a_service_target_for_a_waypoint_renders_valid_objects() {
+    let text = std::fs::read_to_string(
+        workspace_root().join("manifests/examples/gateway-trafficextension/filterdeployment.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "  - group: gateway.networking.k8s.io\n    kind: Gateway\n    name: bookinfo-gateway\n",
+        "  - kind: Service\n    name: reviews\n",
+    );
+    assert!(text.contains("kind: Service"), "the example moved: {text}");
+    let inputs = render::parse_str(&text, "waypoint.yaml").unwrap();
+    for mode in [Delivery::WasmPlugin, Delivery::TrafficExtension] {
+        let objects =
+            render::render(&inputs, &Options { mode: Some(mode) }, &Resolved::default()).unwrap();
+        assert_eq!(objects.len(), 1);
+        let v = &objects[0].value;
+        assert_eq!(v["spec"]["targetRefs"][0]["kind"], "Service", "{v}");
+        assert!(v["spec"].get("selector").is_none(), "{v}");
+        check_object(v, &format!("{mode:?} for a waypoint"));
+    }
+}
