@@ -13,6 +13,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The most requests one load across an update sends.
+const MAX_REQUESTS: u64 = 200_000;
+
 const CONFIG: &str = r#"{"name":"resp-header-demo","value":"added by our filter"}"#;
 const FILTER: &str = "header-filter";
 const NAME: &str = "demo.header-filter";
@@ -120,12 +123,13 @@ fn a_repushed_tag_reaches_the_same_envoy_with_no_failed_request() {
     let pid = m.envoy.pid();
     let reloads_before = m.stat("config_reload");
 
-    // Bounded load across the update: 4 keep-alive connections, at most 30000 requests or 60 s.
+    // Bounded load across the update: 4 keep-alive connections, at most 200000 requests or 60 s
+    // (an idle machine sends 30000 within the agent's 1 s resync).
     let load = Load::start(
         m.envoy.listener,
         "/details/0",
         4,
-        30_000,
+        MAX_REQUESTS,
         Duration::from_secs(60),
         classify,
     );
@@ -146,7 +150,7 @@ fn a_repushed_tag_reaches_the_same_envoy_with_no_failed_request() {
         {
             agent_latency = Some(pushed.elapsed());
         }
-        (load.seen("new") >= 500 || load.sent() >= 30_000).then_some(())
+        (load.seen("new") >= 500 || load.sent() >= MAX_REQUESTS).then_some(())
     });
     let to_envoy = pushed.elapsed();
     let report = load.finish();
