@@ -22,18 +22,18 @@ impl App {
     /// Start it on a free port.
     pub fn start() -> App {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the app");
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("app address");
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
+        // Blocking accepts; drop wakes the last one with a connection of its own.
         thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let st = st.clone();
-                        thread::spawn(move || serve(conn, &st));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let st = st.clone();
+                    thread::spawn(move || serve(conn, &st));
                 }
             }
         });
@@ -44,6 +44,7 @@ impl App {
 impl Drop for App {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
     }
 }
 
@@ -453,10 +454,9 @@ mod tests {
         let app = App::start();
         let s = Holder::stream(app.addr);
         let w = Holder::websocket(app.addr);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while (s.received() < 3 || w.received() < 3) && std::time::Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
+        crate::poll_until(std::time::Instant::now() + Duration::from_secs(10), || {
+            (s.received() >= 3 && w.received() >= 3).then_some(())
+        });
         let (s, w) = (s.finish(), w.finish());
         assert!(s.cut.is_none() && s.received >= 3, "{s:?}");
         assert!(w.cut.is_none() && w.received >= 3, "{w:?}");

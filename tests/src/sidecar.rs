@@ -111,14 +111,7 @@ impl Sidecar {
         node_dir: &Path,
         app_addr: SocketAddr,
     ) -> Sidecar {
-        Sidecar::start_routed(
-            cp,
-            workload,
-            node_dir,
-            http1::Upstream::start(&[]),
-            app_addr,
-            "HTTP",
-        )
+        Sidecar::in_front_of(cp, workload, node_dir, app_addr, "HTTP")
     }
 
     /// [`Sidecar::start_in_front_of`] with a TCP inbound port: Istio gives it a `tcp_proxy`
@@ -129,14 +122,18 @@ impl Sidecar {
         node_dir: &Path,
         app_addr: SocketAddr,
     ) -> Sidecar {
-        Sidecar::start_routed(
-            cp,
-            workload,
-            node_dir,
-            http1::Upstream::start(&[]),
-            app_addr,
-            "TCP",
-        )
+        Sidecar::in_front_of(cp, workload, node_dir, app_addr, "TCP")
+    }
+
+    fn in_front_of(
+        cp: &ControlPlane,
+        workload: Workload,
+        node_dir: &Path,
+        app_addr: SocketAddr,
+        protocol: &str,
+    ) -> Sidecar {
+        let idle = http1::Upstream::start(&[]);
+        Sidecar::start_routed(cp, workload, node_dir, idle, app_addr, protocol)
     }
 
     fn start_routed(

@@ -20,16 +20,18 @@ impl StallProxy {
     /// Relay 127.0.0.1:FREE to `target`.
     pub fn start(target: SocketAddr) -> StallProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("relay address");
         let stalled = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (stalled.clone(), stop.clone());
+        // Blocking accepts; drop wakes the last one with a connection of its own.
         std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let _ = client.set_nonblocking(false);
+            for client in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client {
+                    Ok(client) => {
                         let Ok(upstream) = TcpStream::connect(target) else {
                             continue;
                         };
@@ -43,7 +45,7 @@ impl StallProxy {
                             }
                         }
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => continue,
                 }
             }
         });
@@ -64,6 +66,7 @@ impl Drop for StallProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.stalled.store(false, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
     }
 }
 
