@@ -22,6 +22,14 @@ pub enum Error {
         /// What is wrong (line, column, field).
         message: String,
     },
+    /// A project file (`wasmctl.yaml`) is malformed.
+    #[error("project file {file}: {message}")]
+    Project {
+        /// The project file.
+        file: PathBuf,
+        /// What is wrong (line, column, field).
+        message: String,
+    },
     /// The node agent's image list (or one of its entries) is invalid; `reason` names the
     /// entry, the line or the field.
     #[error("image list {file}: {reason}")]

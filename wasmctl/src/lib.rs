@@ -16,6 +16,9 @@
 //! - [`agent`]: the node agent: keeps a directory of modules in step with an image list.
 //! - [`controller`]: keeps `FilterDeployment`s in a cluster rendered, applied and reported.
 //! - [`run`], [`bench`]: the harness commands (`wasmctl run`, `wasmctl bench`).
+//! - [`new`], [`suite`], [`dev`]: a filter author's loop: a new project (`wasmctl new`), its
+//!   scenarios as a suite (`wasmctl test`), a real Envoy that swaps in every rebuild
+//!   (`wasmctl dev`); [`project`] is the project file they share.
 //!
 //! The agent and the controller share only [`oci`], [`ops`] and [`pipeline`], and the formats of
 //! the two objects between them in [`render`] (the image list, [`render::node_report`]).
@@ -42,13 +45,17 @@
 pub mod agent;
 pub mod bench;
 pub mod controller;
+pub mod dev;
 pub mod error;
 pub mod fsutil;
 pub mod module;
+pub mod new;
 pub mod oci;
 pub mod ops;
 pub mod pipeline;
+pub mod project;
 pub mod render;
 pub mod run;
+pub mod suite;
 
 pub use error::{Error, Result};

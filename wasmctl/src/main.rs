@@ -1,7 +1,9 @@
-//! The `wasmctl` command line: run, bench, inspect, push, pull, login, agent, render, controller.
+//! The `wasmctl` command line: run, bench, inspect, push, pull, login, agent, render, controller,
+//! new, test, dev.
 //!
 //! Exit codes: 0 success; 1 an error (bad input, a module that fails to load, configure or
-//! run, a registry failure); 2 bad usage; 3 `run --scenario` whose expectations do not hold.
+//! run, a registry failure) or a `test` scenario that failed; 2 bad usage; 3 `run --scenario`
+//! whose expectations do not hold.
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -50,6 +52,15 @@ enum Command {
     /// Keep every FilterDeployment in the cluster rendered, resolved, applied and reported
     /// (kubeconfig from KUBECONFIG, ~/.kube/config or the in-cluster service account)
     Controller(ControllerArgs),
+    /// Create a filter project: a header filter on a proxy-wasm SDK (rust, go, assemblyscript),
+    /// two scenarios, a README, a .gitignore and a CI workflow; it builds and passes as created
+    New(wasmctl::new::NewArgs),
+    /// Run scenario files against a module as a suite: a line per scenario, then "N passed,
+    /// N failed"; exit 1 when any fails (module and scenarios from wasmctl.yaml when not given)
+    Test(wasmctl::suite::TestArgs),
+    /// Serve the module from a real Envoy (by ECDS) in front of an upstream or an echo server,
+    /// and swap in every new build of it, checked in the harness first; Ctrl-C stops it all
+    Dev(wasmctl::dev::DevArgs),
 }
 
 #[derive(Args)]
@@ -571,6 +582,9 @@ fn scenario(a: &RunArgs) -> anyhow::Result<proxy_wasm_harness::scenario::Scenari
     Ok(s)
 }
 
+/// Set when `test` ran a scenario that failed: exit code 1, after the suite's own report.
+static TESTS_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Set when `run` found unmet expectations: exit code 3.
 static EXPECTATIONS_FAILED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
@@ -689,6 +703,13 @@ fn print_report<R: serde::Serialize + std::fmt::Display>(
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(a) => return render(a),
+        Command::New(a) => wasmctl::new::run(&a)?,
+        Command::Test(a) => {
+            if !wasmctl::suite::run(&a)? {
+                TESTS_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Command::Dev(a) => wasmctl::dev::run(&a)?,
         Command::Run(RunCmd {
             run: a,
             service: true,
@@ -885,6 +906,7 @@ fn main() -> ExitCode {
         Ok(()) if EXPECTATIONS_FAILED.load(std::sync::atomic::Ordering::Relaxed) => {
             ExitCode::from(3)
         }
+        Ok(()) if TESTS_FAILED.load(std::sync::atomic::Ordering::Relaxed) => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
