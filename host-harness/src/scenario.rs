@@ -25,6 +25,7 @@ use crate::host::Host;
 use crate::plugin::Plugin;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// One scenario.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -106,6 +107,11 @@ impl Default for Answer {
 }
 
 /// Expectations; every given field must hold.
+///
+/// Most are about the [`Outcome`] (what a client and the upstream observe) and are checked by
+/// [`Scenario::check`], in the harness and against a real Envoy alike. `logs`, `metrics` and
+/// `http_calls` are what the module did inside the proxy: [`Scenario::check_observed`] checks
+/// them against what the harness recorded (`wasmctl run --scenario`, `wasmctl test`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Expect {
@@ -115,14 +121,128 @@ pub struct Expect {
     pub response_headers: BTreeMap<String, Vec<String>>,
     /// Response headers that must be absent.
     pub response_absent: Vec<String>,
+    /// Response header names whose first occurrences must come in this relative order (other
+    /// headers may stand between them; every name must be present).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_header_order: Vec<String>,
     /// Headers the upstream receives, with all their values.
     pub upstream_headers: BTreeMap<String, Vec<String>>,
     /// Headers the upstream must not receive.
     pub upstream_absent: Vec<String>,
+    /// Header names of the upstream's request whose first occurrences must come in this
+    /// relative order (as [`Expect::response_header_order`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstream_header_order: Vec<String>,
     /// Whether the upstream is reached at all.
     pub upstream_reached: Option<bool>,
+    /// The request the upstream receives: method, path, body (each optional); given, the
+    /// upstream must be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<ExpectRequest>,
+    /// The filter's local reply (`proxy_send_local_response`): status, details (each optional);
+    /// given, the filter must have sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_response: Option<ExpectLocalResponse>,
     /// Body the client gets.
     pub body: Option<String>,
+    /// Every HTTP call the module made (`proxy_http_call`), in order: as many as listed, each
+    /// matching (`[]`: none at all). Checked in the harness only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_calls: Option<Vec<ExpectCall>>,
+    /// Log lines the module must write, in this order, other lines between them allowed.
+    /// Checked in the harness only (which records every level, trace included).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<ExpectLog>,
+    /// Metrics by name (as the module defined it, without Envoy's `wasmcustom.` prefix) and
+    /// their final value (a counter's or gauge's, after the plugin stopped). Checked in the
+    /// harness only.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, i64>,
+}
+
+/// The request the upstream receives (`expect.upstream`); every given part must match.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpectRequest {
+    /// Method, as on the request line.
+    pub method: Option<String>,
+    /// Path with query, as on the request line.
+    pub path: Option<String>,
+    /// Body.
+    pub body: Option<String>,
+}
+
+/// The filter's local reply (`expect.local_response`); every given part must match.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpectLocalResponse {
+    /// Status.
+    pub status: Option<u16>,
+    /// Details (Envoy's response code details).
+    pub details: Option<String>,
+}
+
+/// One HTTP call the module made (an entry of `expect.http_calls`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectCall {
+    /// The cluster called.
+    pub cluster: String,
+    /// `:method`, when given.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// `:path`, when given.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A log line the module must write (an entry of `expect.logs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpectLog {
+    /// Level, when given: trace, debug, info, warn, error or critical.
+    #[serde(deserialize_with = "log_level")]
+    pub level: Option<String>,
+    /// Text the message contains (empty: any message).
+    pub contains: String,
+}
+
+/// The log levels a module logs at, as Envoy names them.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "critical"];
+
+fn log_level<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    let level = Option::<String>::deserialize(d)?;
+    match level {
+        Some(l) if !LOG_LEVELS.contains(&l.as_str()) => Err(serde::de::Error::invalid_value(
+            serde::de::Unexpected::Str(&l),
+            &"one of trace, debug, info, warn, error, critical",
+        )),
+        l => Ok(l),
+    }
+}
+
+impl fmt::Display for ExpectCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let or_any = |v: &Option<String>| v.clone().unwrap_or_else(|| "*".into());
+        write!(
+            f,
+            "{}: {} {}",
+            self.cluster,
+            or_any(&self.method),
+            or_any(&self.path)
+        )
+    }
+}
+
+impl fmt::Display for ExpectLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.level {
+            Some(l) => write!(f, "[{l}] containing {:?}", self.contains),
+            None => write!(f, "[any level] containing {:?}", self.contains),
+        }
+    }
 }
 
 /// What came out of a scenario, comparable between the harness and Envoy: everything a client,
@@ -379,6 +499,166 @@ impl Scenario {
         {
             bad.push(format!("body: expected {b:?}, got {:?}", o.body));
         }
+        if !e.response_header_order.is_empty() {
+            let got = first_order(&o.response_headers, &e.response_header_order);
+            if got != e.response_header_order {
+                bad.push(format!(
+                    "response header order: expected {:?}, got {got:?}",
+                    e.response_header_order
+                ));
+            }
+        }
+        if !e.upstream_header_order.is_empty() {
+            let got = first_order(&up, &e.upstream_header_order);
+            if got != e.upstream_header_order {
+                bad.push(format!(
+                    "upstream header order: expected {:?}, got {got:?}",
+                    e.upstream_header_order
+                ));
+            }
+        }
+        if let Some(want) = &e.upstream {
+            match &o.upstream {
+                None => bad.push(format!(
+                    "upstream: expected a request ({}), got none: the upstream was not reached",
+                    describe_request(want)
+                )),
+                Some(got) => {
+                    let parts = [
+                        ("method", &want.method, &got.method),
+                        ("path", &want.path, &got.path),
+                        ("body", &want.body, &got.body),
+                    ];
+                    for (part, want, got) in parts {
+                        if let Some(w) = want
+                            && w != got
+                        {
+                            bad.push(format!("upstream {part}: expected {w:?}, got {got:?}"));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(want) = &e.local_response {
+            match &o.local_response {
+                None => bad.push(format!(
+                    "local response: expected one ({}), got none (status {} {})",
+                    describe_local(want),
+                    o.status,
+                    if o.upstream.is_some() {
+                        "from the upstream"
+                    } else {
+                        "without a local response recorded"
+                    }
+                )),
+                Some((status, details)) => {
+                    if let Some(w) = want.status
+                        && w != *status
+                    {
+                        bad.push(format!("local response status: expected {w}, got {status}"));
+                    }
+                    if let Some(w) = &want.details
+                        && w != details
+                    {
+                        bad.push(format!(
+                            "local response details: expected {w:?}, got {details:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        if bad.is_empty() { Ok(()) } else { Err(bad) }
+    }
+
+    /// Check what only the harness observes of a run against `expect.logs`, `expect.metrics`
+    /// and `expect.http_calls`; every failure is listed. The arguments are in the shapes
+    /// `wasmctl run` reports: log lines as (level, message) in order (levels as
+    /// [`crate::abi::LogLevel`] prints them), metrics as (name, kind, value), and the HTTP
+    /// calls made as (cluster, method, path) in order.
+    pub fn check_observed(
+        &self,
+        logs: &[(String, String)],
+        metrics: &[(String, String, i64)],
+        http_calls: &[(String, String, String)],
+    ) -> std::result::Result<(), Vec<String>> {
+        let e = &self.expect;
+        let mut bad = Vec::new();
+        // A subsequence: each expected line after the one the previous expectation matched.
+        let matches = |want: &ExpectLog, (level, message): &(String, String)| {
+            want.level.as_ref().is_none_or(|l| l == level) && message.contains(&want.contains)
+        };
+        let mut next = 0;
+        let mut previous: Option<usize> = None;
+        for (i, want) in e.logs.iter().enumerate() {
+            match logs[next..].iter().position(|l| matches(want, l)) {
+                Some(at) => {
+                    next += at + 1;
+                    previous = Some(i);
+                }
+                None => {
+                    let after = match previous {
+                        Some(p) => format!(" after the line of logs[{p}]"),
+                        None => String::new(),
+                    };
+                    let earlier = if logs[..next].iter().any(|l| matches(want, l)) {
+                        " (a matching line comes earlier: out of order)"
+                    } else {
+                        ""
+                    };
+                    bad.push(format!(
+                        "logs[{i}]: expected a line {want}{after}, got none{earlier}; lines: {}",
+                        shown_lines(&logs[next..])
+                    ));
+                }
+            }
+        }
+        for (name, want) in &e.metrics {
+            match metrics.iter().rev().find(|(n, _, _)| n == name) {
+                Some((_, _, got)) if got == want => {}
+                Some((_, kind, got)) => bad.push(format!(
+                    "metric {name}: expected {want}, got {got} ({kind})"
+                )),
+                None => {
+                    let names: Vec<&str> = metrics.iter().map(|(n, _, _)| n.as_str()).collect();
+                    bad.push(format!(
+                        "metric {name}: expected {want}, got no such metric (defined: {names:?})"
+                    ));
+                }
+            }
+        }
+        if let Some(want) = &e.http_calls {
+            let shown = |calls: Vec<String>| format!("[{}]", calls.join(", "));
+            let got: Vec<String> = http_calls
+                .iter()
+                .map(|(c, m, p)| format!("{c}: {m} {p}"))
+                .collect();
+            if want.len() != http_calls.len() {
+                bad.push(format!(
+                    "http calls: expected {} {}, got {} {}",
+                    want.len(),
+                    shown(want.iter().map(ToString::to_string).collect()),
+                    got.len(),
+                    shown(got)
+                ));
+            } else {
+                for (i, (w, (cluster, method, path))) in want.iter().zip(http_calls).enumerate() {
+                    let parts = [
+                        ("cluster", Some(&w.cluster), cluster),
+                        ("method", w.method.as_ref(), method),
+                        ("path", w.path.as_ref(), path),
+                    ];
+                    for (part, want, got) in parts {
+                        if let Some(want) = want
+                            && want != got
+                        {
+                            bad.push(format!(
+                                "http_calls[{i}] {part}: expected {want:?}, got {got:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
         if bad.is_empty() { Ok(()) } else { Err(bad) }
     }
 
@@ -467,6 +747,52 @@ impl Scenario {
             self.name
         )))
     }
+}
+
+/// The names of `want` in the order of their first occurrence in `pairs` (absent names left out).
+fn first_order(pairs: &[(String, String)], want: &[String]) -> Vec<String> {
+    let mut got: Vec<String> = Vec::new();
+    for (k, _) in pairs {
+        if want.contains(k) && !got.contains(k) {
+            got.push(k.clone());
+        }
+    }
+    got
+}
+
+fn describe_request(r: &ExpectRequest) -> String {
+    let parts: Vec<String> = [("method", &r.method), ("path", &r.path), ("body", &r.body)]
+        .into_iter()
+        .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n} {v:?}")))
+        .collect();
+    if parts.is_empty() {
+        "any".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn describe_local(l: &ExpectLocalResponse) -> String {
+    match (&l.status, &l.details) {
+        (Some(s), Some(d)) => format!("status {s}, details {d:?}"),
+        (Some(s), None) => format!("status {s}"),
+        (None, Some(d)) => format!("details {d:?}"),
+        (None, None) => "any".into(),
+    }
+}
+
+/// Log lines for a failure message: `[level] message`, at most 20 of them.
+fn shown_lines(lines: &[(String, String)]) -> String {
+    const MAX: usize = 20;
+    let mut shown: Vec<String> = lines
+        .iter()
+        .take(MAX)
+        .map(|(l, m)| format!("[{l}] {m:?}"))
+        .collect();
+    if lines.len() > MAX {
+        shown.push(format!("... {} more", lines.len() - MAX));
+    }
+    format!("[{}]", shown.join(", "))
 }
 
 /// A scenario ready to run many times ([`Scenario::prepare`]).
@@ -607,7 +933,217 @@ fn pair_iter(h: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn with_expect(expect: &str) -> Scenario {
+        let text = format!("name: t\nexpect:\n{expect}");
+        Scenario::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// The upstream got `POST /a` with `x-1, x-2, x-1` and body `b`; the client got `x-a, x-b`.
+    fn proxied() -> Outcome {
+        Outcome {
+            status: 200,
+            response_headers: pairs(&[("x-a", "1"), ("date", "d"), ("x-b", "2"), ("x-a", "3")]),
+            body: String::new(),
+            upstream: Some(WireRequest {
+                method: "POST".into(),
+                path: "/a".into(),
+                headers: pairs(&[("host", "h"), ("x-1", "1"), ("x-2", "2"), ("x-1", "3")]),
+                body: "b".into(),
+            }),
+            local_response: None,
+        }
+    }
+
+    fn failures(s: &Scenario, o: &Outcome) -> Vec<String> {
+        s.check(o).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn header_order_is_the_order_of_first_occurrences() {
+        let o = proxied();
+        let s = with_expect(
+            "  response_header_order: [x-a, x-b]\n  upstream_header_order: [host, x-2]",
+        );
+        assert_eq!(failures(&s, &o), Vec::<String>::new());
+        let s = with_expect(
+            "  response_header_order: [x-b, x-a]\n  upstream_header_order: [x-2, x-1, x-3]",
+        );
+        assert_eq!(
+            failures(&s, &o),
+            [
+                r#"response header order: expected ["x-b", "x-a"], got ["x-a", "x-b"]"#,
+                r#"upstream header order: expected ["x-2", "x-1", "x-3"], got ["x-1", "x-2"]"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn the_upstream_request_is_checked_part_by_part() {
+        let o = proxied();
+        let s = with_expect("  upstream: {method: POST, path: /a, body: b}");
+        assert_eq!(failures(&s, &o), Vec::<String>::new());
+        let s = with_expect("  upstream: {path: /a}");
+        assert_eq!(failures(&s, &o), Vec::<String>::new());
+        let s = with_expect("  upstream: {method: GET, path: /b, body: ''}");
+        assert_eq!(
+            failures(&s, &o),
+            [
+                r#"upstream method: expected "GET", got "POST""#,
+                r#"upstream path: expected "/b", got "/a""#,
+                r#"upstream body: expected "", got "b""#,
+            ]
+        );
+        let not_reached = Outcome {
+            upstream: None,
+            ..proxied()
+        };
+        let s = with_expect("  upstream: {path: /a}");
+        assert_eq!(
+            failures(&s, &not_reached),
+            [r#"upstream: expected a request (path "/a"), got none: the upstream was not reached"#]
+        );
+    }
+
+    #[test]
+    fn the_local_response_is_checked_part_by_part() {
+        let local = Outcome {
+            status: 403,
+            upstream: None,
+            local_response: Some((403, "denied_by_auth".into())),
+            ..Outcome::default()
+        };
+        let s = with_expect("  local_response: {status: 403, details: denied_by_auth}");
+        assert_eq!(failures(&s, &local), Vec::<String>::new());
+        let s = with_expect("  local_response: {}");
+        assert_eq!(failures(&s, &local), Vec::<String>::new());
+        let s = with_expect("  local_response: {status: 401, details: other}");
+        assert_eq!(
+            failures(&s, &local),
+            [
+                "local response status: expected 401, got 403",
+                r#"local response details: expected "other", got "denied_by_auth""#,
+            ]
+        );
+        let s = with_expect("  local_response: {status: 403}");
+        assert_eq!(
+            failures(&s, &proxied()),
+            ["local response: expected one (status 403), got none (status 200 from the upstream)"]
+        );
+    }
+
+    #[test]
+    fn observed_expectations_are_not_checked_against_an_outcome() {
+        let s = with_expect(
+            "  logs: [{contains: never}]\n  metrics: {m: 1}\n  http_calls: [{cluster: auth}]",
+        );
+        assert_eq!(failures(&s, &proxied()), Vec::<String>::new());
+        assert!(s.check_observed(&[], &[], &[]).is_err());
+    }
+
+    fn lines() -> Vec<(String, String)> {
+        pairs(&[
+            ("info", "configured 2 rule(s)"),
+            ("debug", "rule 0 applied"),
+            ("warn", "rule 1 skipped"),
+        ])
+    }
+
+    #[test]
+    fn logs_match_in_order_by_level_and_text() {
+        let s = with_expect(
+            "  logs:\n  - {level: info, contains: configured}\n  - {contains: applied}\n  - {level: warn}",
+        );
+        assert_eq!(s.check_observed(&lines(), &[], &[]), Ok(()));
+        let s = with_expect("  logs: [{level: info, contains: rule 0}]");
+        let bad = s.check_observed(&lines(), &[], &[]).unwrap_err();
+        assert_eq!(bad.len(), 1);
+        assert!(
+            bad[0].starts_with(r#"logs[0]: expected a line [info] containing "rule 0", got none; lines: [[info] "configured 2 rule(s)", [debug] "rule 0 applied""#),
+            "{bad:?}"
+        );
+        // Out of order: each after the line the one before it matched.
+        let s = with_expect("  logs: [{contains: skipped}, {contains: applied}]");
+        let bad = s.check_observed(&lines(), &[], &[]).unwrap_err();
+        assert_eq!(
+            bad,
+            [
+                r#"logs[1]: expected a line [any level] containing "applied" after the line of logs[0], got none (a matching line comes earlier: out of order); lines: []"#
+            ]
+        );
+    }
+
+    #[test]
+    fn a_log_level_must_be_one_envoy_knows_and_fields_are_named() {
+        let e =
+            Scenario::from_yaml("name: t\nexpect:\n  logs: [{level: information}]").unwrap_err();
+        assert!(
+            e.contains("information") && e.contains("one of trace"),
+            "{e}"
+        );
+        assert!(e.contains("line 3"), "{e}");
+        let e = Scenario::from_yaml("name: t\nexpect:\n  upstream: {verb: GET}").unwrap_err();
+        assert!(
+            e.contains("unknown field `verb`") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = Scenario::from_yaml("name: t\nexpect:\n  http_calls: [{path: /x}]").unwrap_err();
+        assert!(e.contains("missing field `cluster`"), "{e}");
+    }
+
+    #[test]
+    fn metrics_are_checked_by_final_value() {
+        let m = vec![
+            ("a.count".to_string(), "counter".to_string(), 2),
+            ("a.level".to_string(), "gauge".to_string(), -1),
+        ];
+        let s = with_expect("  metrics: {a.count: 2, a.level: -1}");
+        assert_eq!(s.check_observed(&[], &m, &[]), Ok(()));
+        let s = with_expect("  metrics: {a.count: 3, a.gone: 0}");
+        assert_eq!(
+            s.check_observed(&[], &m, &[]).unwrap_err(),
+            [
+                r#"metric a.count: expected 3, got 2 (counter)"#,
+                r#"metric a.gone: expected 0, got no such metric (defined: ["a.count", "a.level"])"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn http_calls_are_all_of_them_in_order() {
+        let calls = vec![
+            ("auth".to_string(), "GET".to_string(), "/check".to_string()),
+            ("audit".to_string(), "POST".to_string(), "/log".to_string()),
+        ];
+        let s = with_expect(
+            "  http_calls: [{cluster: auth, method: GET, path: /check}, {cluster: audit}]",
+        );
+        assert_eq!(s.check_observed(&[], &[], &calls), Ok(()));
+        let s = with_expect("  http_calls: []");
+        assert_eq!(s.check_observed(&[], &[], &[]), Ok(()));
+        assert_eq!(
+            s.check_observed(&[], &[], &calls).unwrap_err(),
+            ["http calls: expected 0 [], got 2 [auth: GET /check, audit: POST /log]"]
+        );
+        let s = with_expect("  http_calls: [{cluster: audit}, {cluster: audit, path: /x}]");
+        assert_eq!(
+            s.check_observed(&[], &[], &calls).unwrap_err(),
+            [
+                r#"http_calls[0] cluster: expected "audit", got "auth""#,
+                r#"http_calls[1] path: expected "/x", got "/log""#,
+            ]
+        );
+        // Not given: not checked.
+        assert_eq!(with_expect("  {}").check_observed(&[], &[], &calls), Ok(()));
+    }
 
     #[test]
     fn http_dates_are_imf_fixdate() {

@@ -136,11 +136,22 @@ pub(crate) fn start(
 
 /// Load `module` and run `scenario` through it in a fresh harness host.
 pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
-    let m = Module::from_file(&Runtime::shared(), module).map_err(|e| Error::Harness {
+    run_loaded(&load(module)?, module, scenario)
+}
+
+/// Compile `module` in the process-wide harness runtime, for [`run_loaded`].
+pub fn load(module: &Path) -> Result<Module> {
+    Module::from_file(&Runtime::shared(), module).map_err(|e| Error::Harness {
         file: module.to_path_buf(),
         message: e.to_string(),
-    })?;
-    let (host, plugin) = start(&m, scenario, LogLevel::Trace, false);
+    })
+}
+
+/// Run `scenario` through a module compiled once ([`load`]) in a fresh harness host, as
+/// [`run`] does; `module` is its file, named in errors. A suite compiles once and runs each
+/// scenario this way.
+pub fn run_loaded(m: &Module, module: &Path, scenario: &Scenario) -> Result<Report> {
+    let (host, plugin) = start(m, scenario, LogLevel::Trace, false);
     let logs = |host: &Host| {
         host.logs()
             .into_iter()
@@ -210,24 +221,33 @@ pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
         upstream_sent
     };
     let response_changes = diff(&response_base, &own(&outcome.response_headers));
-    let failed_expectations = scenario.check(&outcome).err().unwrap_or_default();
+    let logs = logs(&host);
+    let metrics = metric_rows(&host);
+    let http_calls: Vec<(String, String, String)> = host
+        .http_calls_made()
+        .into_iter()
+        .map(|c| {
+            (
+                c.upstream,
+                c.headers.get(":method").unwrap_or_default(),
+                c.headers.get(":path").unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut failed_expectations = scenario.check(&outcome).err().unwrap_or_default();
+    failed_expectations.extend(
+        scenario
+            .check_observed(&logs, &metrics, &http_calls)
+            .err()
+            .unwrap_or_default(),
+    );
     Ok(Report {
         scenario: scenario.name.clone(),
         request_changes,
         response_changes,
-        logs: logs(&host),
-        metrics: metric_rows(&host),
-        http_calls: host
-            .http_calls_made()
-            .into_iter()
-            .map(|c| {
-                (
-                    c.upstream,
-                    c.headers.get(":method").unwrap_or_default(),
-                    c.headers.get(":path").unwrap_or_default(),
-                )
-            })
-            .collect(),
+        logs,
+        metrics,
+        http_calls,
         outcome,
         failed_expectations,
     })
