@@ -493,6 +493,129 @@ fn wasmctl_run_block_matches_a_real_run() {
     });
 }
 
+/// The opening of README.md's author-loop block, which [`author_loop_matches_a_real_run`] holds
+/// to a real run (its module is the new project's, not the header filter: the digest scan skips
+/// the block).
+const AUTHOR_LOOP: &str = "$ wasmctl new ";
+
+#[test]
+fn author_loop_matches_a_real_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("my-filter");
+    let mut real: Vec<String> = Vec::new();
+    let run = |real: &mut Vec<String>, shown: &str, cmd: &mut Command| {
+        real.push(format!("$ {shown}"));
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "`{shown}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        real.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    };
+    let wasmctl = || {
+        let mut c = Command::new(e2e::wasmctl_bin());
+        c.env("ENVOY_BIN", e2e::envoy::envoy_bin());
+        c
+    };
+    run(
+        &mut real,
+        "wasmctl new my-filter --lang rust",
+        wasmctl()
+            .args(["new", "my-filter", "--lang", "rust"])
+            .current_dir(dir.path()),
+    );
+    real.push("$ cd my-filter".into());
+    let build = "cargo build --target wasm32-wasip1 --release";
+    run(
+        &mut real,
+        build,
+        Command::new("sh")
+            .args(["-c", build])
+            .env_remove("CARGO_TARGET_DIR")
+            .current_dir(&project),
+    );
+    run(
+        &mut real,
+        "wasmctl test",
+        wasmctl().arg("test").current_dir(&project),
+    );
+
+    // dev, with a free port in place of 10000 (the masks make them equal), until it watches.
+    real.push("$ wasmctl dev --build".into());
+    let mut dev = wasmctl()
+        .args(["dev", "--build", "--port", "0"])
+        .current_dir(&project)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = dev.stdout.take().unwrap();
+    let dev = Stop(dev);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut listener = String::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("wasmctl dev did not start watching:\n{}", real.join("\n")));
+        if let Some(rest) = line.split("serves http://").nth(1) {
+            listener = rest.split_whitespace().next().unwrap().to_string();
+        }
+        let done = line.contains("watching for changes");
+        real.push(line);
+        if done {
+            break;
+        }
+    }
+    let url = format!("{listener}/hello");
+    real.push(format!("$ curl -si {url}"));
+    let out = Command::new("curl")
+        .args(["-si", "--max-time", "10", &url])
+        .output()
+        .unwrap();
+    real.extend(
+        String::from_utf8_lossy(&out.stdout)
+            .replace("\r\n", "\n")
+            .lines()
+            .map(str::to_string),
+    );
+    real.push("^C".into());
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(dev.0.id() as i32, libc::SIGINT);
+    }
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        real.push(line);
+    }
+    drop(dev);
+    with_readme("the author loop (new, test, dev)", |readme, update| {
+        check_block(readme, update, AUTHOR_LOOP, 0, &real, "the author loop")
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Module sizes
 
@@ -1129,8 +1252,22 @@ fn check_doc(
 ) -> Vec<String> {
     let mut failures = Vec::new();
     let mut count = |what: String| *shown.entry((doc.to_string(), what)).or_default() += 1;
+    // Inside README.md's author-loop block the module is the new project's, and the block is
+    // held to a real run as a whole (`author_loop_matches_a_real_run`).
+    let (mut fenced, mut author_loop) = (false, false);
     for (i, line) in lines.iter_mut().enumerate() {
         let place = format!("{doc}:{}", i + 1);
+        if line.starts_with("```") {
+            fenced = !fenced;
+            author_loop = false;
+            continue;
+        }
+        if fenced && line.starts_with(AUTHOR_LOOP) {
+            author_loop = true;
+        }
+        if author_loop {
+            continue;
+        }
         for &(pattern, source, unit) in EVERY_DOC_FIGURES {
             // From the last match back, so that the earlier byte ranges stay valid.
             for ranges in find_figures(line, pattern).iter().rev() {

@@ -189,13 +189,18 @@ pub fn run(a: &DevArgs) -> anyhow::Result<()> {
         std::thread::sleep(POLL);
     };
     dev.write_ecds(&first)?;
-    let quiet_level = level.to_string();
+    // Once stopping, Envoy's own farewell ("caught ENVOY_SIGTERM") is not news.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let quiet = stopping.clone();
     let mut envoy = Envoy::start(
         &bin,
         state.path(),
         &envoy::bootstrap(a.port, &dev.ecds_file, &upstream),
-        &quiet_level,
-        |line| {
+        level,
+        move |line| {
+            if quiet.load(Ordering::Relaxed) {
+                return;
+            }
             if let Some((level, text)) = envoy::parse_line(line) {
                 println!("  [{level}] {text}");
             } else {
@@ -254,6 +259,7 @@ pub fn run(a: &DevArgs) -> anyhow::Result<()> {
         b.kill();
     }
     let pid = envoy.pid();
+    stopping.store(true, Ordering::Relaxed);
     envoy.stop();
     drop(envoy);
     say(&format!("stopped Envoy (pid {pid})"));
@@ -588,12 +594,12 @@ impl Builder {
         match child.try_wait() {
             Ok(None) => true,
             Ok(Some(status)) => {
-                let took = started.elapsed().as_secs_f64();
+                let took = Duration::from_millis(started.elapsed().as_millis() as u64);
                 if status.success() {
-                    say(&format!("build: done in {took:.1} s"));
+                    say(&format!("build: done ({took:?})"));
                 } else {
                     say(&format!(
-                        "build: failed ({status}) after {took:.1} s; what is served stays"
+                        "build: failed ({status}, after {took:?}); what is served stays"
                     ));
                 }
                 self.child = None;
