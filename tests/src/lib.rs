@@ -191,6 +191,32 @@ pub fn tcp_filter_wasm() -> PathBuf {
         .clone()
 }
 
+/// `floor.wasm`: examples/floor-filter/floor.wat compiled (the least a module can be while adding
+/// the seed's header in Envoy), written once per test process to the target directory.
+pub fn floor_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| wat_module("floor")).clone()
+}
+
+/// `floor-exports.wasm`: the floor module with the header filter's exports, doing nothing in
+/// them (examples/floor-filter/floor-exports.wat).
+pub fn floor_exports_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| wat_module("floor-exports")).clone()
+}
+
+/// examples/floor-filter/NAME.wat compiled to the target directory's floor-filter/NAME.wasm.
+fn wat_module(name: &str) -> PathBuf {
+    let src = workspace_root().join(format!("examples/floor-filter/{name}.wat"));
+    let wasm = wat::parse_file(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let out = target_dir().join(format!("floor-filter/{name}.wasm"));
+    std::fs::create_dir_all(out.parent().expect("a parent")).expect("create the folder");
+    let tmp = out.with_extension(format!("wasm.{}", std::process::id()));
+    std::fs::write(&tmp, &wasm).expect("write the module");
+    std::fs::rename(&tmp, &out).expect("rename the module");
+    out
+}
+
 /// `ticker_service.wasm` (examples/ticker-service, a bootstrap service), built once per test
 /// process.
 pub fn ticker_wasm() -> PathBuf {

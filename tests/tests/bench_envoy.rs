@@ -9,7 +9,10 @@ use std::process::Command;
 fn a_tiny_run_writes_results_tables_and_plots() {
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_bench-envoy"))
-        .args(["--configs", "route,seed,minimal,seed_x2"])
+        .args([
+            "--configs",
+            "route,seed,minimal,floor,floor_exports,seed_x2",
+        ])
         .args(["--rounds", "1", "--duration", "1", "--warmup", "1"])
         .arg("--out")
         .arg(out.path())
@@ -22,7 +25,18 @@ fn a_tiny_run_writes_results_tables_and_plots() {
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
     let configs = results["configs"].as_array().unwrap();
     let keys: Vec<&str> = configs.iter().map(|c| c["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["none", "route", "seed", "minimal", "seed_x2"]);
+    assert_eq!(
+        keys,
+        [
+            "none",
+            "route",
+            "seed",
+            "minimal",
+            "floor",
+            "floor_exports",
+            "seed_x2"
+        ]
+    );
     for c in configs {
         for mode in ["proxy", "direct"] {
             let m = &c["modes"][mode];
@@ -49,10 +63,19 @@ fn a_tiny_run_writes_results_tables_and_plots() {
         "seed_vs_minimal_added_proxy",
         "seed_vs_minimal_added_direct",
         "seed_throughput_vs_native_proxy",
+        "seed_vs_floor_added_proxy",
+        "seed_vs_floor_exports_added_direct",
+        "floor_exports_vs_floor_added_least_proxy",
+        "seed_rss_minus_floor_mib",
     ] {
         assert!(results["goals"][goal].is_number(), "goal {goal} missing");
     }
     assert!(results["modules"]["header_filter.wasm"].as_u64().unwrap() > 10_000);
+    // The floor modules are a page of memory; the header filter two (a 64 KiB stack and data).
+    let pages = &results["initial_memory_pages"];
+    assert_eq!(pages["floor.wasm"], 1);
+    assert_eq!(pages["floor-exports.wasm"], 1);
+    assert_eq!(pages["header_filter.wasm"], 2);
 
     let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(

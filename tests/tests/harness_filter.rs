@@ -124,6 +124,40 @@ fn bad_configuration_fails_configure_with_the_filters_log() {
     );
 }
 
+/// The module's stack is 64 KiB (filter/build.rs): the deepest configuration the JSON parser
+/// accepts (32 levels) and one past it run in the module to a clean refusal, not a trap.
+#[test]
+fn the_deepest_configuration_fits_the_modules_stack() {
+    assert_eq!(
+        module().memory_pages().map(|(min, _)| min),
+        Some(2),
+        "the module should start with 2 pages: a 64 KiB stack and its data"
+    );
+    for (depth, error) in [(31, "unknown field"), (40, "nesting deeper than 32")] {
+        let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let config = format!(r#"{{"name":"x","value":"y","deep":{nested}}}"#);
+        let host = Host::new();
+        let err = host
+            .start_plugin(&module(), "my_root_id", &config)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            Error::ConfigureFailed {
+                root_id: "my_root_id".into()
+            },
+            "depth {depth}"
+        );
+        assert!(
+            host.logs_at(LogLevel::Error)
+                .iter()
+                .any(|l| l.contains(error)),
+            "depth {depth}: {:?}",
+            host.logs()
+        );
+    }
+}
+
 /// The module's allocator reuses what a stream freed: thousands of requests with rendered values
 /// and request headers of changing sizes leave the VM's memory where the first hundred left it.
 #[test]

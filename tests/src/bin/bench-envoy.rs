@@ -99,6 +99,18 @@ const SETUPS: &[Setup] = &[
         hellos: 1,
     },
     Setup {
+        key: "floor",
+        label: "floor module (examples/floor-filter: only what Envoy needs)",
+        wasm: 1,
+        hellos: 1,
+    },
+    Setup {
+        key: "floor_exports",
+        label: "floor module with the header filter's exports (examples/floor-filter)",
+        wasm: 1,
+        hellos: 1,
+    },
+    Setup {
         key: "minimal",
         label: "minimal Rust SDK filter (examples/minimal-filter)",
         wasm: 1,
@@ -318,13 +330,21 @@ fn header_filters(wasm: &Path, count: usize, configuration: &str) -> Vec<Value> 
         .collect()
 }
 
-fn envoy_config(
-    s: &Setup,
-    upstream: SocketAddr,
-    filter: &Path,
-    minimal: &Path,
-    compare: Option<&Path>,
-) -> Value {
+/// The modules under test.
+struct Modules {
+    filter: PathBuf,
+    minimal: PathBuf,
+    floor: PathBuf,
+    floor_exports: PathBuf,
+    compare: Option<PathBuf>,
+}
+
+fn envoy_config(s: &Setup, upstream: SocketAddr, m: &Modules) -> Value {
+    let (filter, minimal, compare) = (
+        m.filter.as_path(),
+        m.minimal.as_path(),
+        m.compare.as_deref(),
+    );
     let filters = match s.key {
         "header_mutation" => vec![json!({
             "name": "envoy.filters.http.header_mutation",
@@ -348,6 +368,9 @@ fn envoy_config(
             minimal,
             &format!("{NAME}: {VALUE}"),
         )],
+        // The floor module adds `hello: hello details` itself and reads no configuration.
+        "floor" => vec![wasm_filter("floor", "", &m.floor, "")],
+        "floor_exports" => vec![wasm_filter("floor_exports", "", &m.floor_exports, "")],
         "seed" => header_filters(filter, 1, SEED),
         "compare" => header_filters(compare.unwrap_or(filter), 1, SEED),
         "compare_five_rules" => header_filters(compare.unwrap_or(filter), 1, FIVE_RULES),
@@ -410,6 +433,39 @@ fn cpu_ns(pid: u32) -> Result<u64, String> {
         }
     }
     Ok(total)
+}
+
+/// A module's initial linear memory in 64 KiB pages, from its memory section (`None` when it
+/// defines none or cannot be read).
+fn initial_pages(path: &Path) -> Option<u64> {
+    let bytes = fs::read(path).ok()?;
+    fn leb(b: &[u8], at: &mut usize) -> Option<u64> {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+            shift += 7;
+        }
+    }
+    let mut at = 8;
+    while at < bytes.len() {
+        let id = bytes[at];
+        at += 1;
+        let len = leb(&bytes, &mut at)? as usize;
+        if id == 5 {
+            let mut p = at;
+            let _count = leb(&bytes, &mut p)?;
+            let _flags = *bytes.get(p)?;
+            p += 1;
+            return leb(&bytes, &mut p);
+        }
+        at += len;
+    }
+    None
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -876,8 +932,14 @@ fn run(args: &Args) -> Result<(), String> {
         .map(|n| n.get())
         .unwrap_or(1);
     eprintln!("bench-envoy: building the wasm modules");
-    let filter = e2e::filter_wasm();
-    let minimal = e2e::minimal_wasm();
+    let modules = Modules {
+        filter: e2e::filter_wasm(),
+        minimal: e2e::minimal_wasm(),
+        floor: e2e::floor_wasm(),
+        floor_exports: e2e::floor_exports_wasm(),
+        compare: args.compare.clone(),
+    };
+    let (filter, minimal, floor) = (&modules.filter, &modules.minimal, &modules.floor);
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
 
     let mut upstream = Envoy::start_with(&upstream_config(), &["--log-level", "warn"])
@@ -886,13 +948,7 @@ fn run(args: &Args) -> Result<(), String> {
 
     let mut running = Vec::new();
     for s in &args.configs {
-        let config = envoy_config(
-            s,
-            upstream.listener,
-            &filter,
-            &minimal,
-            args.compare.as_deref(),
-        );
+        let config = envoy_config(s, upstream.listener, &modules);
         let t = Instant::now();
         let envoy = Envoy::start_with(
             &config,
@@ -1003,13 +1059,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     for _ in 1..args.vm_starts {
         for r in running.iter().filter(|r| r.setup.wasm == 1) {
-            let config = envoy_config(
-                r.setup,
-                upstream.listener,
-                &filter,
-                &minimal,
-                args.compare.as_deref(),
-            );
+            let config = envoy_config(r.setup, upstream.listener, &modules);
             let mut envoy = Envoy::start_with(
                 &config,
                 &["--log-level", "info", "--component-log-level", "wasm:debug"],
@@ -1073,6 +1123,26 @@ fn run(args: &Args) -> Result<(), String> {
     let mut goals = serde_json::Map::new();
     for mode in MODES {
         let m = mode.key();
+        // Against the floor: what each module adds above what V8 and the ABI impose.
+        for (key, floor) in [
+            ("seed", "floor"),
+            ("five_rules", "floor"),
+            ("minimal", "floor"),
+            ("floor_exports", "floor"),
+            ("seed", "floor_exports"),
+            ("five_rules", "floor_exports"),
+        ] {
+            if has(key) && has(floor) {
+                goals.insert(
+                    format!("{key}_vs_{floor}_added_{m}"),
+                    round(added_ratio(&samples, key, floor, mode), 3),
+                );
+                goals.insert(
+                    format!("{key}_vs_{floor}_added_least_{m}"),
+                    round(added_ratio_least(&samples, key, floor, mode), 3),
+                );
+            }
+        }
         for key in ["seed", "five_rules", "compare", "compare_five_rules"] {
             if has(key) && has("minimal") {
                 goals.insert(
@@ -1120,6 +1190,18 @@ fn run(args: &Args) -> Result<(), String> {
     if let (Some(a), Some(b)) = (vm("seed"), vm("minimal")) {
         goals.insert("seed_vs_minimal_vm_start".into(), round(a / b, 3));
     }
+    // Memory: Envoy's RSS with the header filter against the floor module, after the load.
+    let rss_after = |k: &str| {
+        configs
+            .iter()
+            .find(|c| c["key"] == k)
+            .and_then(|c| c["rss_after_mib"].as_f64())
+    };
+    for key in ["seed", "five_rules", "minimal"] {
+        if let (Some(a), Some(b)) = (rss_after(key), rss_after("floor")) {
+            goals.insert(format!("{key}_rss_minus_floor_mib"), round(a - b, 1));
+        }
+    }
     let results = json!({
         "tool": "bench-envoy (tests/src/bin/bench-envoy.rs)",
         // Envoy names its own path in --version: shown relative to the clone (the project's
@@ -1137,11 +1219,21 @@ fn run(args: &Args) -> Result<(), String> {
         "warmup_s": args.warmup,
         "quick": args.quick,
         "modules": {
-            "header_filter.wasm": size(&filter),
-            "minimal_filter.wasm": size(&minimal),
+            "header_filter.wasm": size(filter),
+            "minimal_filter.wasm": size(minimal),
+            "floor.wasm": size(floor),
+            "floor-exports.wasm": size(&modules.floor_exports),
             "compare": args.compare.as_ref().map(|p| json!({"path": p.display().to_string(), "bytes": size(p)})),
         },
         "vm_start_ms": {"header_filter": vm("seed").map(|v| round(v, 0)), "minimal_filter": vm("minimal").map(|v| round(v, 0))},
+        // Each module's initial linear memory (64 KiB pages): what every VM of every worker starts
+        // with.
+        "initial_memory_pages": {
+            "header_filter.wasm": initial_pages(filter),
+            "minimal_filter.wasm": initial_pages(minimal),
+            "floor.wasm": initial_pages(floor),
+            "floor-exports.wasm": initial_pages(&modules.floor_exports),
+        },
         "upstream_cpu_note": "the upstream is an Envoy answering directly, pinned with wrk on CPU 1; its CPU is not in cpu_us_per_request (see upstream_cpu_us_per_request)",
         "upstream_rss_mib": rss_kib(upstream.pid()).map(|k| round(k as f64 / 1024.0, 1)),
         "goals": goals,
@@ -1215,6 +1307,8 @@ fn short(key: &str) -> &'static str {
         "route" => "route add",
         "header_mutation" => "header_mutation",
         "lua" => "Lua",
+        "floor" => "floor module",
+        "floor_exports" => "floor + exports",
         "minimal" => "minimal SDK",
         "seed" => "ours: seed",
         "five_rules" => "ours: 5 rules",
