@@ -265,6 +265,16 @@ impl Action {
     }
 }
 
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Continue => f.write_str("continue"),
+            Action::Pause => f.write_str("pause"),
+            Action::Other(n) => write!(f, "action {n}"),
+        }
+    }
+}
+
 /// The peer that closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(i32)]
@@ -277,6 +287,16 @@ pub enum PeerType {
     Remote = 2,
 }
 
+impl fmt::Display for PeerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerType::Unknown => "unknown",
+            PeerType::Local => "local",
+            PeerType::Remote => "remote",
+        })
+    }
+}
+
 /// Envoy's stats prefix for metrics that modules define.
 pub const ENVOY_CUSTOM_METRIC_PREFIX: &str = "wasmcustom.";
 
@@ -286,3 +306,24 @@ pub const ENV_MODULE: &str = "env";
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
 /// The older WASI module name, which cpp-host also serves.
 pub const WASI_UNSTABLE_MODULE: &str = "wasi_unstable";
+
+/// The callbacks only an HTTP filter's stream context is given (Envoy's
+/// `envoy.filters.http.wasm`).
+pub const HTTP_CALLBACKS: &[&str] = &[
+    "proxy_on_request_headers",
+    "proxy_on_request_body",
+    "proxy_on_request_trailers",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_response_trailers",
+];
+
+/// The callbacks only a network (TCP) filter's connection context is given (Envoy's
+/// `envoy.filters.network.wasm`).
+pub const NETWORK_CALLBACKS: &[&str] = &[
+    "proxy_on_new_connection",
+    "proxy_on_downstream_data",
+    "proxy_on_upstream_data",
+    "proxy_on_downstream_connection_close",
+    "proxy_on_upstream_connection_close",
+];

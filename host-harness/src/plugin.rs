@@ -1132,17 +1132,21 @@ impl NetworkStream {
         self.plugin.host().run_deferred()
     }
 
-    /// The upstream closed (`proxy_on_upstream_connection_close`).
+    /// The upstream closed (`proxy_on_upstream_connection_close`). Envoy calls it when the
+    /// upstream's end of stream reaches the filter, right after `proxy_on_upstream_data` with
+    /// `end_of_stream`, with peer type `Unknown`.
     pub fn upstream_closed(&mut self, peer: crate::abi::PeerType) -> Result<()> {
         let ctx = self.id as i32;
-        let mut v = self.vm.borrow_mut();
-        let f = v.exports.on_upstream_connection_close.clone();
-        v.call(
-            "proxy_on_upstream_connection_close",
-            self.id,
-            f,
-            (ctx, peer as i32),
-        )?;
-        Ok(())
+        {
+            let mut v = self.vm.borrow_mut();
+            let f = v.exports.on_upstream_connection_close.clone();
+            v.call(
+                "proxy_on_upstream_connection_close",
+                self.id,
+                f,
+                (ctx, peer as i32),
+            )?;
+        }
+        self.plugin.host().run_deferred()
     }
 }

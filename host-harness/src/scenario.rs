@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// One scenario.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// A short name.
@@ -54,10 +54,156 @@ pub struct Scenario {
     /// Clusters the filter may call (`proxy_http_call`) and what each answers.
     #[serde(default)]
     pub clusters: BTreeMap<String, Answer>,
+    /// A TCP connection through a network filter, step by step (what the client and the
+    /// upstream send, and when each closes). Given, the scenario is a connection scenario:
+    /// [`Scenario::run_connection`] runs it, and the HTTP fields (`request`, `upstream`, the
+    /// HTTP expectations) must not be given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Vec<Step>>,
     /// What must come out.
     #[serde(default)]
     pub expect: Expect,
 }
+
+/// One step of a connection (an entry of `connection:`), written as a map of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "RawStep", into = "RawStep")]
+pub enum Step {
+    /// The client sends these bytes (`- downstream: "hello"`): one read of the proxy, one
+    /// `proxy_on_downstream_data`.
+    Downstream(String),
+    /// The upstream sends these bytes (`- upstream: "HELLO"`): one `proxy_on_upstream_data`.
+    Upstream(String),
+    /// That end half-closes its connection to the proxy, sending its end of stream (a TCP FIN;
+    /// `- close: downstream`, `- close: upstream`). It sends nothing after.
+    Close(End),
+}
+
+/// A step as written: exactly one of its fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    downstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    close: Option<End>,
+}
+
+impl TryFrom<RawStep> for Step {
+    type Error = String;
+
+    fn try_from(r: RawStep) -> std::result::Result<Step, String> {
+        match (r.downstream, r.upstream, r.close) {
+            (Some(t), None, None) => Ok(Step::Downstream(t)),
+            (None, Some(t), None) => Ok(Step::Upstream(t)),
+            (None, None, Some(e)) => Ok(Step::Close(e)),
+            _ => Err("a step is one of `downstream: TEXT`, `upstream: TEXT`, \
+                      `close: downstream` and `close: upstream`"
+                .into()),
+        }
+    }
+}
+
+impl From<Step> for RawStep {
+    fn from(s: Step) -> RawStep {
+        match s {
+            Step::Downstream(t) => RawStep {
+                downstream: Some(t),
+                ..RawStep::default()
+            },
+            Step::Upstream(t) => RawStep {
+                upstream: Some(t),
+                ..RawStep::default()
+            },
+            Step::Close(e) => RawStep {
+                close: Some(e),
+                ..RawStep::default()
+            },
+        }
+    }
+}
+
+/// One end of a proxied TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    /// The client (the proxy's downstream connection).
+    Downstream,
+    /// The upstream server (the proxy's upstream connection).
+    Upstream,
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            End::Downstream => "downstream",
+            End::Upstream => "upstream",
+        })
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Downstream(t) => write!(f, "the client sends {t:?}"),
+            Step::Upstream(t) => write!(f, "the upstream sends {t:?}"),
+            Step::Close(End::Downstream) => f.write_str("the client closes"),
+            Step::Close(End::Upstream) => f.write_str("the upstream closes"),
+        }
+    }
+}
+
+/// Check a connection's steps: no end sends or closes after it closed.
+pub fn check_steps(steps: &[Step]) -> std::result::Result<(), String> {
+    let mut closed_at: [Option<usize>; 2] = [None, None];
+    let who = |e: End| match e {
+        End::Downstream => ("the client", 0),
+        End::Upstream => ("the upstream", 1),
+    };
+    for (i, step) in steps.iter().enumerate() {
+        let (end, closing) = match step {
+            Step::Downstream(_) => (End::Downstream, false),
+            Step::Upstream(_) => (End::Upstream, false),
+            Step::Close(e) => (*e, true),
+        };
+        let (name, slot) = who(end);
+        if let Some(at) = closed_at[slot] {
+            let what = if closing { "closes again" } else { "sends" };
+            return Err(format!(
+                "connection[{i}]: {name} {what} after it closed (connection[{at}])"
+            ));
+        }
+        if closing {
+            closed_at[slot] = Some(i);
+        }
+    }
+    Ok(())
+}
+
+/// The top-level fields of an HTTP scenario, which a connection scenario must not have.
+pub const HTTP_FIELDS: &[&str] = &["request", "upstream"];
+
+/// The expectations about an HTTP exchange (`expect.*`), which a connection scenario must not
+/// have.
+pub const HTTP_EXPECTATIONS: &[&str] = &[
+    "status",
+    "response_headers",
+    "response_absent",
+    "response_header_order",
+    "upstream_headers",
+    "upstream_absent",
+    "upstream_header_order",
+    "upstream_reached",
+    "upstream",
+    "local_response",
+    "body",
+];
+
+/// The expectations about a connection (`expect.*`), which only a connection scenario may have.
+pub const CONNECTION_EXPECTATIONS: &[&str] =
+    &["upstream_received", "downstream_received", "closed"];
 
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -158,6 +304,18 @@ pub struct Expect {
     /// harness only.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, i64>,
+    /// Connection: every byte the upstream must have received, in order (what the filter let
+    /// through of the client's bytes, as it left them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_received: Option<String>,
+    /// Connection: every byte the client must have received, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream_received: Option<String>,
+    /// Connection: the ends the proxy closed (passed an end of stream to), in the order it
+    /// closed them: `upstream` when the upstream got the client's close, `downstream` when the
+    /// client got the upstream's (or the proxy closed the connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<Vec<End>>,
 }
 
 /// The request the upstream receives (`expect.upstream`); every given part must match.
@@ -260,6 +418,45 @@ pub struct Outcome {
     pub upstream: Option<WireRequest>,
     /// Local response the filter sent: (status, details).
     pub local_response: Option<(u16, String)>,
+}
+
+/// What came out of a connection scenario, comparable between the harness and Envoy: what each
+/// end received, and the order in which the proxy closed the ends.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ConnectionOutcome {
+    /// Every byte the upstream received, in order (lossy UTF-8).
+    pub upstream_received: String,
+    /// Every byte the client received, in order (lossy UTF-8).
+    pub downstream_received: String,
+    /// The ends the proxy closed (passed an end of stream to), in order.
+    pub closed: Vec<End>,
+}
+
+/// What one step of a connection did in the harness ([`Scenario::run_connection_traced`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    /// The step.
+    pub step: Step,
+    /// Added by the runner: a close the scenario left out, made at its end.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub implicit: bool,
+    /// What the filter's data callback returned (`continue`, `pause`).
+    pub action: String,
+    /// The bytes the filter passed on to the other end during this step (lossy UTF-8).
+    pub passed: String,
+    /// The proxy closed the connection after this step, with this peer type given to
+    /// `proxy_on_downstream_connection_close` (`local`, `remote`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_closed: Option<String>,
+}
+
+/// A connection as the harness ran it: what `proxy_on_new_connection` returned, then each step.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ConnectionTrace {
+    /// What `proxy_on_new_connection` returned.
+    pub new_connection: String,
+    /// Every step, the implicit closes at the end included.
+    pub steps: Vec<StepRecord>,
 }
 
 /// A request as it crossed the wire to an upstream or a called cluster (HTTP/1): method and
@@ -386,7 +583,73 @@ pub fn filtered<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(Str
 impl Scenario {
     /// Parse a scenario from YAML; errors name the line and the field.
     pub fn from_yaml(text: &str) -> std::result::Result<Scenario, String> {
-        serde_norway::from_str(text).map_err(|e| e.to_string())
+        let s: Scenario = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        // Which fields are written, defaults or not: a connection scenario has no HTTP field.
+        let raw: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        let has = |v: &serde_norway::Value, key: &str| v.get(key).is_some();
+        let expect = raw.get("expect").cloned().unwrap_or_default();
+        if s.connection.is_some() {
+            if let Some(f) = HTTP_FIELDS.iter().find(|f| has(&raw, f)) {
+                return Err(format!(
+                    "`{f}` and `connection` cannot both be given: `{f}` describes an HTTP \
+                     request, `connection` a TCP connection (HTTP fields: {})",
+                    HTTP_FIELDS.join(", ")
+                ));
+            }
+            if let Some(f) = HTTP_EXPECTATIONS.iter().find(|f| has(&expect, f)) {
+                return Err(format!(
+                    "expect.{f} is an HTTP expectation, and `connection` makes this a TCP \
+                     connection scenario (its expectations: {}, logs, metrics, http_calls)",
+                    CONNECTION_EXPECTATIONS.join(", ")
+                ));
+            }
+        } else if let Some(f) = CONNECTION_EXPECTATIONS.iter().find(|f| has(&expect, f)) {
+            return Err(format!(
+                "expect.{f} is a connection expectation: the scenario needs a `connection:` \
+                 block (the TCP connection's steps)"
+            ));
+        }
+        if let Some(steps) = &s.connection {
+            check_steps(steps)?;
+        }
+        Ok(s)
+    }
+
+    /// Whether this is a connection scenario (it has `connection:`).
+    pub fn is_connection(&self) -> bool {
+        self.connection.is_some()
+    }
+
+    /// The HTTP fields and expectations this scenario gives (those not at their defaults), by
+    /// name: what a connection scenario must not have.
+    pub fn http_fields_given(&self) -> Vec<&'static str> {
+        let e = &self.expect;
+        let given = [
+            ("request", self.request != Request::default()),
+            ("upstream", self.upstream != Answer::default()),
+            ("expect.status", e.status.is_some()),
+            ("expect.response_headers", !e.response_headers.is_empty()),
+            ("expect.response_absent", !e.response_absent.is_empty()),
+            (
+                "expect.response_header_order",
+                !e.response_header_order.is_empty(),
+            ),
+            ("expect.upstream_headers", !e.upstream_headers.is_empty()),
+            ("expect.upstream_absent", !e.upstream_absent.is_empty()),
+            (
+                "expect.upstream_header_order",
+                !e.upstream_header_order.is_empty(),
+            ),
+            ("expect.upstream_reached", e.upstream_reached.is_some()),
+            ("expect.upstream", e.upstream.is_some()),
+            ("expect.local_response", e.local_response.is_some()),
+            ("expect.body", e.body.is_some()),
+        ];
+        given
+            .into_iter()
+            .filter(|(_, g)| *g)
+            .map(|(n, _)| n)
+            .collect()
     }
 
     /// What the client sends, in order, as curl would: `host` (the request's own, else
@@ -666,7 +929,182 @@ impl Scenario {
     /// calls answered from [`Scenario::clusters`], the upstream's answer unless the filter
     /// answered locally, then the end of the stream.
     pub fn run(&self, plugin: &Plugin) -> Result<Outcome> {
+        if self.is_connection() {
+            return Err(Error::Usage(format!(
+                "scenario {:?} describes a TCP connection: run it with run_connection",
+                self.name
+            )));
+        }
         self.prepare().run(plugin)
+    }
+
+    /// Check a connection's outcome against the expectations (`upstream_received`,
+    /// `downstream_received`, `closed`); every failure is listed.
+    pub fn check_connection(&self, o: &ConnectionOutcome) -> std::result::Result<(), Vec<String>> {
+        let e = &self.expect;
+        let mut bad = Vec::new();
+        if let Some(want) = &e.upstream_received
+            && want != &o.upstream_received
+        {
+            bad.push(format!(
+                "upstream received: expected {want:?}, got {:?}",
+                o.upstream_received
+            ));
+        }
+        if let Some(want) = &e.downstream_received
+            && want != &o.downstream_received
+        {
+            bad.push(format!(
+                "downstream received: expected {want:?}, got {:?}",
+                o.downstream_received
+            ));
+        }
+        if let Some(want) = &e.closed
+            && want != &o.closed
+        {
+            let shown = |v: &[End]| {
+                format!(
+                    "[{}]",
+                    v.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            bad.push(format!(
+                "closed: expected {}, got {}",
+                shown(want),
+                shown(&o.closed)
+            ));
+        }
+        if bad.is_empty() { Ok(()) } else { Err(bad) }
+    }
+
+    /// The steps a connection runs: the scenario's, then a close of each end it leaves open
+    /// (the client first), marked `true`. An error when the steps are not possible
+    /// ([`check_steps`]).
+    pub fn steps_to_run(&self) -> std::result::Result<Vec<(Step, bool)>, String> {
+        let steps = self.connection.clone().unwrap_or_default();
+        check_steps(&steps)?;
+        let mut all: Vec<(Step, bool)> = steps.into_iter().map(|s| (s, false)).collect();
+        for end in [End::Downstream, End::Upstream] {
+            if !all.iter().any(|(s, _)| *s == Step::Close(end)) {
+                all.push((Step::Close(end), true));
+            }
+        }
+        Ok(all)
+    }
+
+    /// Run a connection scenario through a network-filter plugin as Envoy runs a
+    /// `envoy.filters.network.wasm` filter in front of `tcp_proxy`; see
+    /// [`Scenario::run_connection_traced`].
+    pub fn run_connection(&self, plugin: &Plugin) -> Result<ConnectionOutcome> {
+        self.run_connection_traced(plugin).map(|(o, _)| o)
+    }
+
+    /// Run a connection scenario as Envoy 1.40 runs a network filter before `tcp_proxy`
+    /// (measured: `tests/tests/scenarios.rs`), and say what each step did:
+    ///
+    /// - the connection opens: `proxy_on_context_create`, `proxy_on_new_connection`;
+    /// - each chunk the client sends: `proxy_on_downstream_data(size, false)` (size: what the
+    ///   filter has buffered, this chunk included); on `continue` the buffer, as the filter
+    ///   left it, goes to the upstream; the upstream's chunks likewise through
+    ///   `proxy_on_upstream_data`, to the client;
+    /// - the client closes: `proxy_on_downstream_data(size, true)`, and its end of stream goes
+    ///   on to the upstream;
+    /// - the upstream closes: `proxy_on_upstream_data(size, true)`, then
+    ///   `proxy_on_upstream_connection_close(Unknown)`, and its end goes on to the client;
+    /// - once both have closed, the proxy closes the connection:
+    ///   `proxy_on_downstream_connection_close` with peer `Remote` when the client's close came
+    ///   last (the proxy read it), `Local` when the upstream's did (the proxy wrote it), then
+    ///   `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`; an end that had not been sent an
+    ///   end of stream is closed then (the client first).
+    ///
+    /// An end the scenario does not close closes at its end, the client first. HTTP calls the
+    /// filter makes are answered from [`Scenario::clusters`] after each step.
+    pub fn run_connection_traced(
+        &self,
+        plugin: &Plugin,
+    ) -> Result<(ConnectionOutcome, ConnectionTrace)> {
+        use crate::abi::PeerType;
+        let all = self
+            .steps_to_run()
+            .map_err(|m| Error::Usage(format!("scenario {:?}: {m}", self.name)))?;
+        let host = plugin.host();
+        let (mut c, opened) = plugin.network_stream()?;
+        self.answer_calls(&host)?;
+        let mut trace = ConnectionTrace {
+            new_connection: opened.to_string(),
+            steps: Vec::new(),
+        };
+        let mut closed: Vec<End> = Vec::new();
+        let mut ended = [false, false];
+        for (step, implicit) in all {
+            let (to_upstream, to_client) =
+                (c.downstream_forwarded().len(), c.upstream_forwarded().len());
+            let action = match &step {
+                Step::Downstream(t) => c.send_downstream_data(t.as_bytes(), false)?,
+                Step::Upstream(t) => c.send_upstream_data(t.as_bytes(), false)?,
+                Step::Close(End::Downstream) => {
+                    let a = c.send_downstream_data(b"", true)?;
+                    ended[0] = true;
+                    if a == crate::abi::Action::Continue {
+                        closed.push(End::Upstream);
+                    }
+                    a
+                }
+                Step::Close(End::Upstream) => {
+                    let a = c.send_upstream_data(b"", true)?;
+                    c.upstream_closed(PeerType::Unknown)?;
+                    ended[1] = true;
+                    if a == crate::abi::Action::Continue {
+                        closed.push(End::Downstream);
+                    }
+                    a
+                }
+            };
+            self.answer_calls(&host)?;
+            let passed = match &step {
+                Step::Downstream(_) | Step::Close(End::Downstream) => {
+                    &c.downstream_forwarded()[to_upstream..]
+                }
+                Step::Upstream(_) | Step::Close(End::Upstream) => {
+                    &c.upstream_forwarded()[to_client..]
+                }
+            };
+            let passed = String::from_utf8_lossy(passed).into_owned();
+            let mut connection_closed = None;
+            if ended == [true, true] {
+                // Both ends are done: the proxy closes the connection. Measured in Envoy 1.40:
+                // the peer is Remote when it read the last end of stream, Local when it wrote it.
+                let peer = if step == Step::Close(End::Downstream) {
+                    PeerType::Remote
+                } else {
+                    PeerType::Local
+                };
+                for end in [End::Downstream, End::Upstream] {
+                    if !closed.contains(&end) {
+                        closed.push(end);
+                    }
+                }
+                c.close(peer)?;
+                self.answer_calls(&host)?;
+                connection_closed = Some(peer.to_string());
+            }
+            trace.steps.push(StepRecord {
+                step,
+                implicit,
+                action: action.to_string(),
+                passed,
+                connection_closed,
+            });
+        }
+        let outcome = ConnectionOutcome {
+            upstream_received: String::from_utf8_lossy(c.downstream_forwarded()).into_owned(),
+            downstream_received: String::from_utf8_lossy(c.upstream_forwarded()).into_owned(),
+            closed,
+        };
+        Ok((outcome, trace))
     }
 
     /// The scenario ready to run many times: the maps the proxy hands the filter are built
@@ -1143,6 +1581,144 @@ mod tests {
         );
         // Not given: not checked.
         assert_eq!(with_expect("  {}").check_observed(&[], &[], &calls), Ok(()));
+    }
+
+    #[test]
+    fn a_connection_parses_step_by_step() {
+        let s = Scenario::from_yaml(
+            r#"
+name: tcp
+connection:
+  - downstream: "hello "
+  - upstream: HELLO
+  - close: downstream
+  - close: upstream
+expect:
+  upstream_received: "hello "
+  downstream_received: HELLO
+  closed: [upstream, downstream]
+  logs: [{contains: bytes}]
+"#,
+        )
+        .unwrap();
+        assert!(s.is_connection());
+        assert_eq!(
+            s.connection.as_deref().unwrap(),
+            [
+                Step::Downstream("hello ".into()),
+                Step::Upstream("HELLO".into()),
+                Step::Close(End::Downstream),
+                Step::Close(End::Upstream),
+            ]
+        );
+        assert_eq!(s.expect.closed, Some(vec![End::Upstream, End::Downstream]));
+        assert!(!Scenario::from_yaml("name: h").unwrap().is_connection());
+    }
+
+    #[test]
+    fn a_connection_and_http_fields_exclude_each_other_by_name() {
+        let e = Scenario::from_yaml(
+            "name: t
+request: {path: /}
+connection: []
+",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("`request` and `connection` cannot both be given"),
+            "{e}"
+        );
+        // Written, even at its default value.
+        let e = Scenario::from_yaml(
+            "name: t
+upstream: {}
+connection: []
+",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("`upstream` and `connection`"), "{e}");
+        let e = Scenario::from_yaml(
+            "name: t
+connection: []
+expect: {status: 200}
+",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("expect.status is an HTTP expectation")
+                && e.contains("upstream_received"),
+            "{e}"
+        );
+        let e = Scenario::from_yaml(
+            "name: t
+expect: {downstream_received: x}
+",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("expect.downstream_received is a connection expectation")
+                && e.contains("`connection:`"),
+            "{e}"
+        );
+        // Logs, metrics and calls are for both.
+        assert!(
+            Scenario::from_yaml(
+                "name: t
+connection: []
+expect: {logs: [], metrics: {a: 1}, http_calls: []}
+"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn connection_steps_name_what_is_wrong() {
+        let e = Scenario::from_yaml("name: t\nconnection:\n  - close: sideways\n").unwrap_err();
+        assert!(e.contains("sideways") && e.contains("downstream"), "{e}");
+        let e = Scenario::from_yaml("name: t\nconnection:\n  - download: x\n").unwrap_err();
+        assert!(e.contains("unknown field `download`"), "{e}");
+        let e = Scenario::from_yaml("name: t\nconnection:\n  - {downstream: a, upstream: b}\n")
+            .unwrap_err();
+        assert!(e.contains("a step is one of"), "{e}");
+        let e = Scenario::from_yaml(
+            "name: t\nconnection:\n  - close: downstream\n  - upstream: a\n  - downstream: b\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "connection[2]: the client sends after it closed (connection[0])"
+        );
+        assert_eq!(
+            check_steps(&[Step::Close(End::Upstream), Step::Close(End::Upstream)]),
+            Err("connection[1]: the upstream closes again after it closed (connection[0])".into())
+        );
+    }
+
+    #[test]
+    fn a_connection_outcome_is_checked_part_by_part() {
+        let s = Scenario::from_yaml(
+            "name: t\nconnection: []\nexpect:\n  upstream_received: HELLO\n  downstream_received: hi\n  closed: [upstream, downstream]",
+        )
+        .unwrap();
+        let o = ConnectionOutcome {
+            upstream_received: "HELLO".into(),
+            downstream_received: "hi".into(),
+            closed: vec![End::Upstream, End::Downstream],
+        };
+        assert_eq!(s.check_connection(&o), Ok(()));
+        let o = ConnectionOutcome {
+            upstream_received: "hello".into(),
+            downstream_received: "hi".into(),
+            closed: vec![End::Downstream],
+        };
+        assert_eq!(
+            s.check_connection(&o).unwrap_err(),
+            [
+                r#"upstream received: expected "HELLO", got "hello""#,
+                "closed: expected [upstream, downstream], got [downstream]",
+            ]
+        );
     }
 
     #[test]

@@ -160,6 +160,53 @@ pub fn bootstrap_with_clusters(
     })
 }
 
+/// The `envoy.filters.network.wasm` filter (a network filter) running `wasm` with `root_id`
+/// and a JSON `configuration`.
+pub fn network_wasm_filter(name: &str, root_id: &str, wasm: &Path, configuration: &str) -> Value {
+    let mut f = wasm_filter(name, root_id, wasm, configuration);
+    f["name"] = json!("envoy.filters.network.wasm");
+    f["typed_config"]["@type"] =
+        json!("type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm");
+    f
+}
+
+/// The stat prefix of [`tcp_proxy_bootstrap`]'s `tcp_proxy` (its stats are `tcp.PREFIX.*`).
+pub const TCP_STAT_PREFIX: &str = "scenario";
+
+/// A bootstrap with one TCP listener `main` on 127.0.0.1 (port chosen by the kernel, stat
+/// prefix `main`): `network_filters`, then `tcp_proxy` (stat prefix [`TCP_STAT_PREFIX`]) to
+/// the cluster `upstream`; plus more clusters (name, address) that filters may call.
+pub fn tcp_proxy_bootstrap(
+    upstream: SocketAddr,
+    network_filters: Vec<Value>,
+    extra: &[(&str, SocketAddr)],
+) -> Value {
+    let mut clusters = vec![cluster("upstream", upstream)];
+    clusters.extend(extra.iter().map(|(n, a)| cluster(n, *a)));
+    let mut filters = network_filters;
+    filters.push(json!({
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": TCP_STAT_PREFIX,
+            "cluster": "upstream",
+        },
+    }));
+    json!({
+        "node": {"id": "test-node", "cluster": "test-cluster"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "stat_prefix": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": filters}],
+            }],
+            "clusters": clusters,
+        },
+    })
+}
+
 /// A counter or gauge by its full name from the Envoy whose admin interface is `admin`, `None`
 /// when absent.
 pub fn admin_stat(admin: SocketAddr, name: &str) -> Option<u64> {

@@ -75,9 +75,19 @@ pub fn abi_prelude(pages: u32, heap: u32) -> String {
     )
 }
 
-/// The `tests/scenarios/*.yaml` files in name order: (file name, scenario).
+/// The `tests/scenarios/*.yaml` files (HTTP requests) in name order: (file name, scenario).
 pub fn scenarios() -> Vec<(String, proxy_wasm_harness::scenario::Scenario)> {
-    let dir = crate::workspace_root().join("tests/scenarios");
+    scenarios_in("tests/scenarios")
+}
+
+/// The `tests/scenarios/connections/*.yaml` files (TCP connections through a network filter)
+/// in name order: (file name, scenario).
+pub fn connection_scenarios() -> Vec<(String, proxy_wasm_harness::scenario::Scenario)> {
+    scenarios_in("tests/scenarios/connections")
+}
+
+fn scenarios_in(folder: &str) -> Vec<(String, proxy_wasm_harness::scenario::Scenario)> {
+    let dir = crate::workspace_root().join(folder);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -34,6 +34,7 @@ pub mod pods;
 pub mod registry;
 pub mod sidecar;
 pub mod stall;
+pub mod tcp;
 pub mod token;
 pub mod transcript;
 

@@ -6,16 +6,26 @@
 //! as the called cluster received it; and every line the module logged (level and text, the
 //! configuration canary's start-up lines included). The only values masked are the ones that
 //! differ on every run (`e2e::fidelity::PER_RUN`).
+//!
+//! The connection scenarios under `tests/scenarios/connections/` run a network filter before
+//! `tcp_proxy` in Envoy (the driver is `e2e::tcp`) and in the harness
+//! (`Scenario::run_connection`): both must meet the scenario's expectations and agree on every
+//! byte the upstream and the client received, the order in which the proxy closed the two ends,
+//! every line the module logged (with `log_events`, the example TCP filter logs each callback
+//! and its arguments: the order of the data and close callbacks, their end of stream flags and
+//! peer types), each call it made and its metrics.
 
 // Helpers outside #[test] functions fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use e2e::envoy::{Envoy, bootstrap_with_clusters, wasm_filter};
-use e2e::fidelity::{envoy_wasm_logs, mask, scenarios, wire};
+use e2e::envoy::{
+    Envoy, bootstrap_with_clusters, network_wasm_filter, tcp_proxy_bootstrap, wasm_filter,
+};
+use e2e::fidelity::{connection_scenarios, envoy_wasm_logs, mask, scenarios, wire};
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::Host;
 use proxy_wasm_harness::abi::LogLevel;
-use proxy_wasm_harness::scenario::{Outcome, Scenario, WireRequest};
+use proxy_wasm_harness::scenario::{ConnectionOutcome, Outcome, Scenario, WireRequest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,6 +69,7 @@ fn module_file(name: &str) -> PathBuf {
         "" | "header_filter" => e2e::filter_wasm(),
         "callout_filter" => e2e::callout_wasm(),
         "go_filter" => e2e::go_wasm(),
+        "tcp_filter" => e2e::tcp_filter_wasm(),
         other => panic!("unknown module {other:?} in a scenario"),
     }
 }
@@ -96,16 +107,7 @@ fn in_harness(s: &Scenario) -> Result<Observed, String> {
         .filter(|l| l.level >= LogLevel::Debug)
         .map(|l| (l.level.to_string(), l.message))
         .collect();
-    let mut metrics: Vec<(String, String, i64)> = host
-        .metrics()
-        .into_iter()
-        .map(|m| {
-            let kind = format!("{:?}", m.kind).to_lowercase();
-            let value = if kind == "histogram" { 0 } else { m.value };
-            (m.name, kind, value)
-        })
-        .collect();
-    metrics.sort();
+    let metrics = harness_metrics(&host);
     Ok(Observed {
         outcome,
         calls,
@@ -183,6 +185,17 @@ fn in_envoy(s: &Scenario) -> Result<Observed, String> {
         .map(|(_, name, m)| (name.clone(), wire(m)))
         .collect();
     std::thread::sleep(SETTLE);
+    Ok(Observed {
+        outcome,
+        calls,
+        logs: envoy_wasm_logs(&envoy.log()),
+        metrics: envoy_metrics(&envoy)?,
+    })
+}
+
+/// The module's metrics in Envoy: (name without `wasmcustom.`, kind, value), by name; a
+/// histogram's value is 0.
+fn envoy_metrics(envoy: &Envoy) -> Result<Vec<(String, String, i64)>, String> {
     let mut metrics = Vec::new();
     for (kind, query) in [
         ("counter", "Counters"),
@@ -211,12 +224,22 @@ fn in_envoy(s: &Scenario) -> Result<Observed, String> {
         }
     }
     metrics.sort();
-    Ok(Observed {
-        outcome,
-        calls,
-        logs: envoy_wasm_logs(&envoy.log()),
-        metrics,
-    })
+    Ok(metrics)
+}
+
+/// The harness's metrics, as [`envoy_metrics`] shows Envoy's.
+fn harness_metrics(host: &Host) -> Vec<(String, String, i64)> {
+    let mut metrics: Vec<(String, String, i64)> = host
+        .metrics()
+        .into_iter()
+        .map(|m| {
+            let kind = format!("{:?}", m.kind).to_lowercase();
+            let value = if kind == "histogram" { 0 } else { m.value };
+            (m.name, kind, value)
+        })
+        .collect();
+    metrics.sort();
+    metrics
 }
 
 /// What differs, part by part, each side's part on one line.
@@ -288,6 +311,186 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
     assert!(
         failures.is_empty(),
         "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// Everything a connection scenario lets one observe, from either side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObservedConnection {
+    outcome: ConnectionOutcome,
+    /// Each HTTP call as its cluster received it: (cluster, request).
+    calls: Vec<(String, WireRequest)>,
+    /// The module's log lines: (level, message), in order.
+    logs: Vec<(String, String)>,
+    /// The module's metrics: (name, kind, value), by name.
+    metrics: Vec<(String, String, i64)>,
+}
+
+impl ObservedConnection {
+    fn masked(mut self) -> ObservedConnection {
+        for (_, c) in &mut self.calls {
+            mask(&mut c.headers);
+        }
+        self
+    }
+
+    /// The calls as `Scenario::check_observed` takes them: (cluster, method, path).
+    fn call_rows(&self) -> Vec<(String, String, String)> {
+        self.calls
+            .iter()
+            .map(|(c, r)| (c.clone(), r.method.clone(), r.path.clone()))
+            .collect()
+    }
+}
+
+fn connection_in_harness(s: &Scenario) -> Result<ObservedConnection, String> {
+    let module = e2e::harness_module(&module_file(&s.module));
+    let host = Host::new();
+    // As Envoy runs a network filter: the same plugin set-up as an HTTP filter's.
+    host.set_log_level(LogLevel::Debug);
+    let mut known: Vec<&str> = vec!["upstream"];
+    known.extend(s.clusters.keys().map(String::as_str));
+    host.set_clusters(&known);
+    let plugin = host
+        .plugin(&module)
+        .name("scenario")
+        .vm_id("scenario")
+        .root_id(&s.root_id)
+        .configuration(&s.configuration)
+        .canary(true)
+        .main_thread(true)
+        .start()
+        .map_err(|e| format!("plugin did not start: {e}; logs: {:?}", host.logs()))?;
+    let outcome = s.run_connection(&plugin).map_err(|e| e.to_string())?;
+    let calls = host
+        .http_calls_made()
+        .iter()
+        .map(|c| (c.upstream.clone(), WireRequest::of_call(c)))
+        .collect();
+    let logs = host
+        .logs()
+        .into_iter()
+        .filter(|l| l.level >= LogLevel::Debug)
+        .map(|l| (l.level.to_string(), l.message))
+        .collect();
+    Ok(ObservedConnection {
+        outcome,
+        calls,
+        logs,
+        metrics: harness_metrics(&host),
+    })
+}
+
+fn connection_in_envoy(s: &Scenario) -> Result<ObservedConnection, String> {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let clusters: Vec<(String, Upstream)> = s
+        .clusters
+        .iter()
+        .map(|(n, a)| {
+            let h: Vec<(&str, &str)> = a
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            (n.clone(), Upstream::answering(a.status, &h, Some(&a.body)))
+        })
+        .collect();
+    let extra: Vec<(&str, SocketAddr)> = clusters
+        .iter()
+        .map(|(n, u)| (n.as_str(), u.addr()))
+        .collect();
+    let filter = network_wasm_filter(
+        "scenario",
+        &s.root_id,
+        &module_file(&s.module),
+        &s.configuration,
+    );
+    let addr = upstream.local_addr().map_err(|e| e.to_string())?;
+    let envoy = Envoy::start(&tcp_proxy_bootstrap(addr, vec![filter], &extra))
+        .map_err(|f| format!("{}\n{}", f.reason, f.log))?;
+    let outcome = e2e::tcp::drive(&envoy, &upstream, s)
+        .map_err(|e| format!("{e}\n---- envoy log ----\n{}", envoy.log()))?;
+    let mut arrived = Vec::new();
+    for (name, u) in &clusters {
+        arrived.extend(
+            u.received()
+                .into_iter()
+                .map(|m| (m.received_at, name.clone(), m)),
+        );
+    }
+    arrived.sort_by_key(|(at, _, _)| *at);
+    Ok(ObservedConnection {
+        outcome,
+        calls: arrived
+            .iter()
+            .map(|(_, name, m)| (name.clone(), wire(m)))
+            .collect(),
+        logs: envoy_wasm_logs(&envoy.log()),
+        metrics: envoy_metrics(&envoy)?,
+    })
+}
+
+#[test]
+fn every_connection_scenario_agrees_between_the_harness_and_envoy() {
+    let all = connection_scenarios();
+    assert!(all.len() >= 3, "only {} connection scenarios", all.len());
+    let mut failures = Vec::new();
+    for (file, s) in &all {
+        let mut problems = Vec::new();
+        match (connection_in_harness(s), connection_in_envoy(s)) {
+            (Ok(h), Ok(e)) => {
+                for (side, o) in [("harness", &h), ("envoy", &e)] {
+                    if let Err(bad) = s.check_connection(&o.outcome) {
+                        problems.push(format!("{side}: {bad:?}"));
+                    }
+                    if let Err(bad) = s.check_observed(&o.logs, &o.metrics, &o.call_rows()) {
+                        problems.push(format!("{side}: {bad:?}"));
+                    }
+                }
+                let (h, e) = (h.masked(), e.masked());
+                let mut part = |name: &str, h: String, e: String| {
+                    if h != e {
+                        problems.push(format!("{name}:\n  harness {h}\n  envoy   {e}"));
+                    }
+                };
+                part(
+                    "upstream received",
+                    format!("{:?}", h.outcome.upstream_received),
+                    format!("{:?}", e.outcome.upstream_received),
+                );
+                part(
+                    "client received",
+                    format!("{:?}", h.outcome.downstream_received),
+                    format!("{:?}", e.outcome.downstream_received),
+                );
+                part(
+                    "closed",
+                    format!("{:?}", h.outcome.closed),
+                    format!("{:?}", e.outcome.closed),
+                );
+                part("calls", format!("{:?}", h.calls), format!("{:?}", e.calls));
+                part("logs", format!("{:?}", h.logs), format!("{:?}", e.logs));
+                part(
+                    "metrics",
+                    format!("{:?}", h.metrics),
+                    format!("{:?}", e.metrics),
+                );
+            }
+            (h, e) => problems.push(format!("harness: {h:?}\nenvoy: {e:?}")),
+        }
+        if problems.is_empty() {
+            println!("ok   {file} ({})", s.name);
+        } else {
+            println!("FAIL {file} ({})", s.name);
+            failures.push(format!("{file}: {}", problems.join("\n")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} connection scenarios failed:\n{}",
         failures.len(),
         all.len(),
         failures.join("\n\n")

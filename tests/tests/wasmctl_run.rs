@@ -1,7 +1,7 @@
 //! `wasmctl run` and local `wasmctl inspect` on real modules, as users call them.
 
 // Helpers outside #[test] functions fail the test loudly.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 
@@ -251,4 +251,272 @@ fn bench_measures_a_filter_and_flags_memory_growth() {
     let (code, _, err) = wasmctl(&["bench", wasm.to_str().unwrap(), "--config", "{"]);
     assert_ne!(code, 0);
     assert!(err.contains("header_filter.wasm"), "{err}");
+}
+
+/// A module with the network callbacks only, as a hand-written network filter has.
+const NETWORK_ONLY_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_new_connection") (param i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
+
+#[test]
+fn run_tcp_shows_a_connection_both_ways_in_the_order_given() {
+    let wasm = e2e::tcp_filter_wasm();
+    let args = [
+        "run",
+        wasm.to_str().unwrap(),
+        "--tcp",
+        "--config",
+        r#"{"prefix": "demo", "uppercase": "downstream"}"#,
+        "--send",
+        "hello ",
+        "--reply",
+        "hi",
+        "--send",
+        "world",
+    ];
+    let (code, out, err) = wasmctl(&args);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "connection: command line\n",
+        "the client sends \"hello \" -> continue: passed on \"HELLO \"\n",
+        "the upstream sends \"hi\" -> continue: passed on \"hi\"\n",
+        "the client sends \"world\" -> continue: passed on \"WORLD\"\n",
+        "the client closes (at the end) -> continue: end of stream passed on\n",
+        "the proxy closes the connection (peer local): done, log, delete\n",
+        "upstream received: \"HELLO WORLD\" (11 bytes)\n",
+        "client received: \"hi\" (2 bytes)\n",
+        "closed: upstream, then downstream (the client)\n",
+        "[info] tcp-filter demo: downstream 11 bytes, upstream 2 bytes\n",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    // The steps come in the order the flags were given.
+    let sends = out.find("sends \"hello \"").unwrap();
+    assert!(
+        sends < out.find("sends \"hi\"").unwrap()
+            && out.find("sends \"hi\"") < out.find("sends \"world\"")
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let (code, out, err) = wasmctl(&json_args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["outcome"]["upstream_received"], "HELLO WORLD");
+    assert_eq!(v["outcome"]["downstream_received"], "hi");
+    assert_eq!(
+        v["outcome"]["closed"],
+        serde_json::json!(["upstream", "downstream"])
+    );
+    assert_eq!(v["connection"]["new_connection"], "continue");
+    let steps = v["connection"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 5, "{out}");
+    assert_eq!(
+        steps[0]["step"],
+        serde_json::json!({"downstream": "hello "})
+    );
+    assert_eq!(steps[1]["step"], serde_json::json!({"upstream": "hi"}));
+    assert_eq!(steps[4]["step"], serde_json::json!({"close": "upstream"}));
+    assert_eq!(steps[4]["implicit"], true);
+    assert_eq!(steps[4]["connection_closed"], "local");
+    assert!(
+        v["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l[1] == "tcp-filter demo: downstream 11 bytes, upstream 2 bytes"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_checks_a_connection_scenario_and_its_expectations() {
+    let wasm = e2e::tcp_filter_wasm();
+    let scenario = e2e::workspace_root()
+        .join("tests/scenarios/connections/34-tcp-filter-uppercase-upstream-closes-first.yaml");
+    let (code, out, err) = wasmctl(&[
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        scenario.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("the proxy closes the connection (peer remote)"),
+        "{out}"
+    );
+    assert!(!out.contains("expectations NOT met"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(
+        &file,
+        "name: wrong\nconnection:\n  - downstream: a\nexpect:\n  upstream_received: b\n  closed: [downstream]\n",
+    )
+    .unwrap();
+    let (code, out, _) = wasmctl(&[
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(r#"upstream received: expected "b", got "a""#),
+        "{out}"
+    );
+    assert!(
+        out.contains("closed: expected [downstream], got [upstream, downstream]"),
+        "{out}"
+    );
+
+    // --send and --reply add to the scenario's steps; a scenario of a request refuses --tcp.
+    let (code, out, err) = wasmctl(&[
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+        "--reply",
+        "z",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(out.contains("client received: \"z\""), "{out}");
+    std::fs::write(&file, "name: request\nrequest: {path: /x}\n").unwrap();
+    let (code, _, err) = wasmctl(&[
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+        "--tcp",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("describes an HTTP request (request)"), "{err}");
+    // Both kinds in one file: the error names the field.
+    std::fs::write(&file, "name: both\nrequest: {path: /x}\nconnection: []\n").unwrap();
+    let (code, _, err) = wasmctl(&[
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`request` and `connection` cannot both be given"),
+        "{err}"
+    );
+    // HTTP flags do not go with a connection.
+    let (code, _, err) = wasmctl(&["run", wasm.to_str().unwrap(), "--tcp", "--path", "/x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--tcp") && err.contains("--path"), "{err}");
+}
+
+/// stderr of `wasmctl run ARGS`, which must exit 2 with the hint `want` before any trap output.
+fn hinted(args: &[&str], want: &str) -> String {
+    let (code, _, err) = wasmctl(args);
+    assert_eq!(code, 2, "{err}");
+    let hint = err
+        .find(want)
+        .unwrap_or_else(|| panic!("{want:?} not in:\n{err}"));
+    for trap in ["trapped:", "wasm trap", "backtrace"] {
+        if let Some(at) = err.find(trap) {
+            assert!(hint < at, "the hint comes after {trap:?}:\n{err}");
+        }
+    }
+    err
+}
+
+#[test]
+fn a_filter_run_as_the_other_kind_gets_a_hint_and_exit_2() {
+    // The Rust SDK's network filter over HTTP: its context is a connection's, and
+    // proxy_on_request_headers panics ("invalid context_id").
+    let tcp = e2e::tcp_filter_wasm();
+    let err = hinted(
+        &["run", tcp.to_str().unwrap()],
+        "this module is a network (TCP) filter: proxy_on_request_headers trapped on the request's context, while a TCP connection through it runs cleanly; run it with --tcp",
+    );
+    assert!(
+        err.contains("over HTTP: proxy_on_request_headers trapped"),
+        "{err}"
+    );
+    // The Rust SDK's HTTP filter as a connection.
+    let minimal = e2e::minimal_wasm();
+    hinted(
+        &["run", minimal.to_str().unwrap(), "--tcp", "--send", "x"],
+        "this module is an HTTP filter: proxy_on_new_connection trapped on the connection's context, while an HTTP request through it runs cleanly; run it without --tcp",
+    );
+    // By the exports: the header filter has no network callback, a hand-written network
+    // filter no HTTP one.
+    let header = e2e::filter_wasm();
+    hinted(
+        &[
+            "run",
+            header.to_str().unwrap(),
+            "--root-id",
+            "r",
+            "--config",
+            r#"{"name":"a","value":"b"}"#,
+            "--tcp",
+        ],
+        "this module is an HTTP filter: it exports proxy_on_request_headers, proxy_on_response_headers and none of proxy_on_new_connection",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let network = dir.path().join("network.wasm");
+    std::fs::write(&network, wat::parse_str(NETWORK_ONLY_WAT).unwrap()).unwrap();
+    hinted(
+        &["run", network.to_str().unwrap()],
+        "this module is a network (TCP) filter: it exports proxy_on_new_connection, proxy_on_downstream_data and none of proxy_on_request_headers",
+    );
+    // Run as its kind, it passes.
+    let (code, out, err) = wasmctl(&["run", network.to_str().unwrap(), "--tcp", "--send", "x"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("upstream received: \"x\""), "{out}");
+    // A module with both kinds of callbacks whose HTTP ones trap: a network filter when a
+    // connection runs cleanly, else its trap stands as it is (exit 1, no hint).
+    let both = dir.path().join("both.wasm");
+    std::fs::write(&both, wat::parse_str(both_wat("(i32.const 0)")).unwrap()).unwrap();
+    hinted(
+        &["run", both.to_str().unwrap()],
+        "this module is a network (TCP) filter: proxy_on_request_headers trapped",
+    );
+    std::fs::write(&both, wat::parse_str(both_wat("unreachable")).unwrap()).unwrap();
+    let (code, _, err) = wasmctl(&["run", both.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("proxy_on_request_headers trapped"), "{err}");
+    assert!(!err.contains("this module is"), "{err}");
+}
+
+/// A module exporting both kinds of callbacks: its HTTP ones trap, its network ones run `body`.
+fn both_wat(body: &str) -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)
+  (func (export "proxy_on_new_connection") (param i32) (result i32) {body})
+  (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32) {body}))"#
+    )
+}
+
+#[test]
+fn test_runs_connection_scenarios_and_names_the_kind_of_a_mismatch() {
+    let tcp = e2e::tcp_filter_wasm();
+    let dir = e2e::workspace_root().join("tests/scenarios/connections");
+    let (code, out, err) = wasmctl(&["test", tcp.to_str().unwrap(), dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("3 passed, 0 failed\n"), "{out}");
+    // The HTTP header filter against a connection scenario: that scenario fails, saying why.
+    let header = e2e::filter_wasm();
+    let one = dir.join("33-tcp-filter-counts-bytes.yaml");
+    let (code, out, _) = wasmctl(&["test", header.to_str().unwrap(), one.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("this module is an HTTP filter"), "{out}");
+    assert!(out.ends_with("0 passed, 1 failed\n"), "{out}");
 }

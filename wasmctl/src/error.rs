@@ -14,6 +14,16 @@ pub enum Error {
         /// What the harness reported.
         message: String,
     },
+    /// The module is another kind of filter than the run drives: a network (TCP) filter run
+    /// over HTTP, or an HTTP filter run as a connection (`--tcp`). The message says which kind
+    /// it is, how that was found, and the flag to use; `wasmctl` exits with 2 (bad usage).
+    #[error("{file}: {message}")]
+    FilterKind {
+        /// The module file.
+        file: PathBuf,
+        /// What kind it is, why, and the flag to run it with, then what went wrong.
+        message: String,
+    },
     /// A scenario file is malformed.
     #[error("scenario {file}: {message}")]
     Scenario {

@@ -2,8 +2,9 @@
 //! new, test, dev.
 //!
 //! Exit codes: 0 success; 1 an error (bad input, a module that fails to load, configure or
-//! run, a registry failure) or a `test` scenario that failed; 2 bad usage; 3 `run --scenario`
-//! whose expectations do not hold.
+//! run, a registry failure) or a `test` scenario that failed; 2 bad usage (flags, or `run` of a
+//! network filter without --tcp or of an HTTP filter with it); 3 `run --scenario` whose
+//! expectations do not hold.
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -25,8 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one request through a filter in the proxy-wasm harness and show what it did (or, with
-    /// --service, run a bootstrap service and advance its clock)
+    /// Run one request through a filter in the proxy-wasm harness and show what it did (with
+    /// --tcp, one TCP connection through a network filter; with --service, run a bootstrap
+    /// service and advance its clock)
     Run(RunCmd),
     /// Measure a filter in the harness: compile, plugin start, cost per request, memory growth
     Bench(BenchArgs),
@@ -346,7 +348,8 @@ struct RunArgs {
     /// Plugin configuration: the text itself, or @FILE to read it from a file
     #[arg(long, value_name = "JSON|@FILE")]
     config: Option<String>,
-    /// A scenario file (YAML): request, upstream and cluster answers, expectations
+    /// A scenario file (YAML): request, upstream and cluster answers, expectations; or a TCP
+    /// connection's steps (`connection:`, run as with --tcp)
     #[arg(long, value_name = "FILE")]
     scenario: Option<PathBuf>,
     /// VM configuration (vm_config.configuration, read in proxy_on_vm_start): the text, or @FILE
@@ -390,6 +393,84 @@ struct RunCmd {
     /// ticks, queued work and the answers to HTTP calls in time order
     #[arg(long, value_name = "DURATION", value_parser = duration, requires = "service")]
     advance: Option<std::time::Duration>,
+    /// Run the module as a network (TCP) filter, as Envoy runs envoy.filters.network.wasm
+    /// before tcp_proxy: one connection, whose steps come from the scenario's `connection:`
+    /// and then --send and --reply in the order given; an end left open closes at the end (the
+    /// client first). Shows what each end sent and received, the closes, logs and metrics.
+    /// Implied by --send, --reply and a scenario with `connection:`
+    #[arg(long, conflicts_with_all = HTTP_FLAGS)]
+    tcp: bool,
+    /// Bytes the client sends on the connection (one read of the proxy; repeat for more)
+    #[arg(long, value_name = "TEXT", conflicts_with_all = HTTP_FLAGS)]
+    send: Vec<String>,
+    /// Bytes the upstream sends back on the connection (repeat for more)
+    #[arg(long, value_name = "TEXT", conflicts_with_all = HTTP_FLAGS)]
+    reply: Vec<String>,
+}
+
+/// The `run` flags that describe an HTTP request, which a connection (`--tcp`) has not.
+const HTTP_FLAGS: [&str; 8] = [
+    "service",
+    "method",
+    "path",
+    "headers",
+    "body",
+    "status",
+    "response_headers",
+    "response_body",
+];
+
+/// `--send` and `--reply` of `run`, as connection steps in the order given.
+fn tcp_steps(matches: &clap::ArgMatches) -> Vec<proxy_wasm_harness::scenario::Step> {
+    use proxy_wasm_harness::scenario::Step;
+    let Some(("run", m)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    for (id, step) in [
+        ("send", Step::Downstream as fn(String) -> Step),
+        ("reply", Step::Upstream),
+    ] {
+        if let (Some(at), Some(values)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            steps.extend(at.zip(values).map(|(i, v)| (i, step(v.clone()))));
+        }
+    }
+    steps.sort_by_key(|(i, _)| *i);
+    steps.into_iter().map(|(_, s)| s).collect()
+}
+
+/// The scenario of `run --tcp`: `s` as a connection (its own steps, then `steps`). A scenario
+/// file describing an HTTP request is refused, naming its fields.
+fn as_connection(
+    mut s: proxy_wasm_harness::scenario::Scenario,
+    steps: Vec<proxy_wasm_harness::scenario::Step>,
+    file: Option<&Path>,
+) -> anyhow::Result<proxy_wasm_harness::scenario::Scenario> {
+    use proxy_wasm_harness::scenario::check_steps;
+    let http = s.http_fields_given();
+    let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+    if !http.is_empty() && s.is_connection() {
+        // Only flags can have set them: `from_yaml` refuses them beside `connection:`.
+        bail!(
+            "the scenario {file} is a TCP connection (`connection:`), and HTTP flags were given \
+             ({}): --method, --path, --header, --body, --status, --response-header and \
+             --response-body describe a request",
+            http.join(", ")
+        );
+    }
+    if !http.is_empty() {
+        bail!(
+            "--tcp: the scenario {file} describes an HTTP request ({}); a connection \
+             scenario has `connection:` (drop --tcp, --send and --reply to run the request)",
+            http.join(", ")
+        );
+    }
+    let mut all = s.connection.take().unwrap_or_default();
+    all.extend(steps);
+    check_steps(&all)
+        .map_err(|e| anyhow::anyhow!("--send/--reply after the scenario's steps: {e}"))?;
+    s.connection = Some(all);
+    Ok(s)
 }
 
 #[derive(Args)]
@@ -700,7 +781,7 @@ fn print_report<R: serde::Serialize + std::fmt::Display>(
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, tcp_steps: &[proxy_wasm_harness::scenario::Step]) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(a) => return render(a),
         Command::New(a) => wasmctl::new::run(&a)?,
@@ -714,22 +795,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run: a,
             service: true,
             advance,
+            ..
         }) => {
             let s = scenario(&a)?;
             let advance = advance.unwrap_or_default();
             let report = wasmctl::run::run_service(&a.module, &s, advance)?;
             print_report(a.json, &report)?;
         }
-        Command::Run(RunCmd { run: a, .. }) => {
-            let s = scenario(&a)?;
+        Command::Run(RunCmd {
+            run: a,
+            tcp,
+            send,
+            reply,
+            ..
+        }) => {
+            let mut s = scenario(&a)?;
+            if tcp || !send.is_empty() || !reply.is_empty() || s.is_connection() {
+                s = as_connection(s, tcp_steps.to_vec(), a.scenario.as_deref())?;
+            }
             let report = wasmctl::run::run(&a.module, &s)?;
             print_report(a.json, &report)?;
-            if !report.failed_expectations.is_empty() {
+            if !report.failed_expectations().is_empty() {
                 EXPECTATIONS_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Command::Bench(a) => {
             let s = scenario(&a.run)?;
+            if s.is_connection() {
+                bail!(
+                    "bench measures HTTP requests, and the scenario describes a TCP connection \
+                     (`connection:`)"
+                );
+            }
             let report = wasmctl::bench::bench(&a.run.module, &s, a.requests)?;
             print_report(a.run.json, &report)?;
         }
@@ -902,7 +999,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &tcp_steps(&matches)) {
         Ok(()) if EXPECTATIONS_FAILED.load(std::sync::atomic::Ordering::Relaxed) => {
             ExitCode::from(3)
         }
@@ -910,7 +1010,106 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A module run as the other kind of filter (network vs HTTP) is bad usage.
+            match e.downcast_ref::<wasmctl::Error>() {
+                Some(wasmctl::Error::FilterKind { .. }) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use clap::CommandFactory as _;
+    use proxy_wasm_harness::scenario::{End, Scenario, Step};
+
+    fn matches(args: &[&str]) -> Result<clap::ArgMatches, clap::Error> {
+        let mut all = vec!["wasmctl", "run", "m.wasm"];
+        all.extend(args);
+        Cli::command().try_get_matches_from(all)
+    }
+
+    #[test]
+    fn send_and_reply_are_steps_in_the_order_given() {
+        let m = matches(&["--send", "a", "--reply", "b", "--send", "c", "--tcp"]).unwrap();
+        assert_eq!(
+            tcp_steps(&m),
+            [
+                Step::Downstream("a".into()),
+                Step::Upstream("b".into()),
+                Step::Downstream("c".into()),
+            ]
+        );
+        assert_eq!(tcp_steps(&matches(&[]).unwrap()), []);
+    }
+
+    #[test]
+    fn a_connection_takes_no_http_flag() {
+        for (flag, value) in [
+            ("--path", "/x"),
+            ("--method", "POST"),
+            ("--header", "a: b"),
+            ("--body", "b"),
+            ("--status", "500"),
+            ("--response-body", "b"),
+        ] {
+            for tcp in [&["--tcp"][..], &["--send", "x"], &["--reply", "x"]] {
+                let mut args = tcp.to_vec();
+                args.extend([flag, value]);
+                let e = matches(&args).err().unwrap_or_else(|| panic!("{args:?}"));
+                assert_eq!(
+                    e.kind(),
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "{args:?}"
+                );
+            }
+        }
+        assert!(matches(&["--tcp", "--service"]).is_err());
+        // Their defaults do not count.
+        assert!(matches(&["--tcp", "--send", "x", "--reply", "y"]).is_ok());
+    }
+
+    #[test]
+    fn a_scenario_becomes_a_connection_unless_it_describes_a_request() {
+        let s = Scenario::from_yaml("name: s\nconfiguration: c\n").unwrap();
+        let c = as_connection(s, vec![Step::Downstream("a".into())], None).unwrap();
+        assert_eq!(c.connection, Some(vec![Step::Downstream("a".into())]));
+        let s = Scenario::from_yaml("name: s\nconnection: [{close: downstream}]\n").unwrap();
+        let e = as_connection(s, vec![Step::Downstream("a".into())], None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--send/--reply after the scenario's steps: connection[1]: the client sends after it closed (connection[0])"
+        );
+        let s = Scenario::from_yaml("name: s\nconnection: [{close: downstream}]\n").unwrap();
+        let c = as_connection(s, vec![Step::Upstream("z".into())], None).unwrap();
+        assert_eq!(
+            c.connection,
+            Some(vec![
+                Step::Close(End::Downstream),
+                Step::Upstream("z".into())
+            ])
+        );
+        let s =
+            Scenario::from_yaml("name: s\nrequest: {path: /x}\nexpect: {status: 200}\n").unwrap();
+        let e = as_connection(s, Vec::new(), Some(Path::new("s.yaml"))).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "--tcp: the scenario s.yaml describes an HTTP request (request, expect.status)"
+            ),
+            "{e}"
+        );
+        // A connection file with an HTTP flag on top (here --path /y).
+        let mut s = Scenario::from_yaml("name: s\nconnection: []\n").unwrap();
+        s.request.path = "/y".into();
+        let e = as_connection(s, Vec::new(), Some(Path::new("c.yaml"))).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "the scenario c.yaml is a TCP connection (`connection:`), and HTTP flags were given (request)"
+            ),
+            "{e}"
+        );
     }
 }

@@ -11,7 +11,8 @@
 //!      rootId: my_filter\n",
 //!     "wasmctl.yaml".as_ref(),
 //! ).unwrap();
-//! assert_eq!(p.scenarios, std::path::PathBuf::from("scenarios"));
+//! // Relative paths are relative to the project file's folder.
+//! assert_eq!(p.scenarios, std::path::Path::new("scenarios"));
 //! ```
 
 use crate::error::{Error, Result};
@@ -56,10 +57,7 @@ impl Project {
             file: file.to_path_buf(),
             message: e.to_string(),
         })?;
-        let dir = file
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = file.parent().unwrap_or(Path::new(""));
         p.module = dir.join(&p.module);
         p.scenarios = dir.join(&p.scenarios);
         p.dir = dir.to_path_buf();

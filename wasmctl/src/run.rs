@@ -1,20 +1,33 @@
 //! `wasmctl run`: one request through a filter in the proxy-wasm harness, and a report of what
-//! the filter did (headers added, changed, removed; local response; logs; metrics; HTTP calls).
+//! the filter did (headers added, changed, removed; local response; logs; metrics; HTTP calls);
+//! or, for a network (TCP) filter (a scenario with `connection:`, `wasmctl run --tcp`), one TCP
+//! connection, and what each end sent and received through it.
+//!
+//! A module of the other kind than the run drives (a network filter run over HTTP, an HTTP
+//! filter run as a connection) is an [`Error::FilterKind`] naming the flag to use, found from
+//! the module's exports, or, when it exports both kinds of callbacks (every SDK does), from a
+//! run that traps in a stream callback while a run of the other kind passes cleanly.
 //!
 //! ```no_run
 //! use proxy_wasm_harness::scenario::Scenario;
-//! use wasmctl::run::{run, Report};
+//! use wasmctl::run::{run, RunReport};
 //!
 //! let mut s = Scenario::from_yaml("name: seed\nrequest: {path: /}").unwrap();
 //! s.root_id = "my_root_id".into();
 //! s.configuration = r#"{"name":"resp-header-demo","value":"added by our filter"}"#.into();
-//! let report: Report = run("header_filter.wasm".as_ref(), &s).unwrap();
+//! let report: RunReport = run("header_filter.wasm".as_ref(), &s).unwrap();
 //! print!("{report}");
+//!
+//! let tcp = Scenario::from_yaml("name: echo\nconnection: [{downstream: hello}, {upstream: hi}]").unwrap();
+//! let report = run("tcp_filter.wasm".as_ref(), &tcp).unwrap();
+//! assert!(report.failed_expectations().is_empty());
 //! ```
 
 use crate::error::{Error, Result};
-use proxy_wasm_harness::abi::LogLevel;
-use proxy_wasm_harness::scenario::{Outcome, Scenario};
+use proxy_wasm_harness::abi::{HTTP_CALLBACKS, LogLevel, NETWORK_CALLBACKS};
+use proxy_wasm_harness::scenario::{
+    ConnectionOutcome, ConnectionTrace, End, Outcome, Scenario, Step,
+};
 use proxy_wasm_harness::{Host, Module, Runtime};
 use serde::Serialize;
 use std::fmt;
@@ -134,9 +147,177 @@ pub(crate) fn start(
     (host, plugin)
 }
 
-/// Load `module` and run `scenario` through it in a fresh harness host.
-pub fn run(module: &Path, scenario: &Scenario) -> Result<Report> {
+/// What `wasmctl run` found: for a request or for a connection.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum RunReport {
+    /// An HTTP request (a scenario without `connection:`).
+    Http(Report),
+    /// A TCP connection (a scenario with `connection:`).
+    Connection(ConnectionReport),
+}
+
+impl RunReport {
+    /// Expectations of the scenario that did not hold.
+    pub fn failed_expectations(&self) -> &[String] {
+        match self {
+            RunReport::Http(r) => &r.failed_expectations,
+            RunReport::Connection(r) => &r.failed_expectations,
+        }
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunReport::Http(r) => r.fmt(f),
+            RunReport::Connection(r) => r.fmt(f),
+        }
+    }
+}
+
+/// What `wasmctl run` found for a connection through a network filter.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionReport {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The connection as it ran: what `proxy_on_new_connection` returned, then each step
+    /// (what the filter returned, what it passed on, when the proxy closed the connection).
+    pub connection: ConnectionTrace,
+    /// What each end received, and the order in which the proxy closed them.
+    pub outcome: ConnectionOutcome,
+    /// Log lines: (level, message).
+    pub logs: Vec<(String, String)>,
+    /// Metrics: (name, kind, value).
+    pub metrics: Vec<(String, String, i64)>,
+    /// HTTP calls the filter made: (cluster, method, path).
+    pub http_calls: Vec<(String, String, String)>,
+    /// Expectations of the scenario that did not hold.
+    pub failed_expectations: Vec<String>,
+}
+
+/// Load `module` and run `scenario` through it in a fresh harness host: a request, or a
+/// connection for a scenario with `connection:`.
+pub fn run(module: &Path, scenario: &Scenario) -> Result<RunReport> {
     run_loaded(&load(module)?, module, scenario)
+}
+
+/// The kind of filter a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An HTTP filter: a request.
+    Http,
+    /// A network filter: a connection.
+    Network,
+}
+
+impl Kind {
+    fn callbacks(self) -> &'static [&'static str] {
+        match self {
+            Kind::Http => HTTP_CALLBACKS,
+            Kind::Network => NETWORK_CALLBACKS,
+        }
+    }
+
+    fn other(self) -> Kind {
+        match self {
+            Kind::Http => Kind::Network,
+            Kind::Network => Kind::Http,
+        }
+    }
+
+    /// "this module is ..." and the way to run it.
+    fn is_and_use(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Http => (
+                "an HTTP filter",
+                "run it without --tcp (in a scenario file: `request:` in place of `connection:`)",
+            ),
+            Kind::Network => (
+                "a network (TCP) filter",
+                "run it with --tcp (in a scenario file: a `connection:` block in place of `request:`)",
+            ),
+        }
+    }
+}
+
+/// The callbacks of `kind` the module exports.
+fn exported(m: &Module, kind: Kind) -> Vec<String> {
+    m.exports()
+        .into_iter()
+        .filter(|e| kind.callbacks().contains(&e.as_str()))
+        .collect()
+}
+
+/// Before a run: a module that exports callbacks of the other kind only is of the other kind.
+fn kind_by_exports(m: &Module, asked: Kind) -> Option<String> {
+    let other = exported(m, asked.other());
+    if other.is_empty() || !exported(m, asked).is_empty() {
+        return None;
+    }
+    let (is, how) = asked.other().is_and_use();
+    let passes = match asked {
+        Kind::Http => "an HTTP request would pass it untouched",
+        Kind::Network => "a connection would pass it untouched",
+    };
+    Some(format!(
+        "this module is {is}: it exports {} and none of {}, so {passes}; {how}",
+        other.join(", "),
+        asked.callbacks().join(", ")
+    ))
+}
+
+/// After a run of kind `asked` failed with `e`: when the module trapped (or exited) in a stream
+/// callback, exports callbacks of the other kind, and a run of the other kind through a fresh
+/// plugin passes without an error, the module is of the other kind. Returns the message.
+fn kind_by_probe(
+    m: &Module,
+    scenario: &Scenario,
+    asked: Kind,
+    e: &proxy_wasm_harness::Error,
+) -> Option<String> {
+    use proxy_wasm_harness::Error as H;
+    let callback = match e {
+        H::Trap { callback, .. } | H::Exit { callback, .. } => callback,
+        _ => return None,
+    };
+    if exported(m, asked.other()).is_empty() {
+        return None;
+    }
+    let mut probe = Scenario {
+        name: "probe".into(),
+        root_id: scenario.root_id.clone(),
+        configuration: scenario.configuration.clone(),
+        vm_configuration: scenario.vm_configuration.clone(),
+        clusters: scenario.clusters.clone(),
+        ..Scenario::default()
+    };
+    let (_host, plugin) = start(m, &probe, LogLevel::Trace, false);
+    let plugin = plugin.ok()?;
+    let passed = match asked.other() {
+        Kind::Http => probe.run(&plugin).is_ok(),
+        Kind::Network => {
+            probe.connection = Some(vec![
+                Step::Downstream("probe".into()),
+                Step::Upstream("probe".into()),
+            ]);
+            probe.run_connection(&plugin).is_ok()
+        }
+    };
+    if !passed || plugin.failure().is_some() {
+        return None;
+    }
+    let (is, how) = asked.other().is_and_use();
+    let (on, through) = match asked {
+        Kind::Http => ("the request's context", "a TCP connection through it runs"),
+        Kind::Network => (
+            "the connection's context",
+            "an HTTP request through it runs",
+        ),
+    };
+    Some(format!(
+        "this module is {is}: {callback} trapped on {on}, while {through} cleanly; {how}"
+    ))
 }
 
 /// Compile `module` in the process-wide harness runtime, for [`run_loaded`].
@@ -150,30 +331,123 @@ pub fn load(module: &Path) -> Result<Module> {
 /// Run `scenario` through a module compiled once ([`load`]) in a fresh harness host, as
 /// [`run`] does; `module` is its file, named in errors. A suite compiles once and runs each
 /// scenario this way.
-pub fn run_loaded(m: &Module, module: &Path, scenario: &Scenario) -> Result<Report> {
-    let (host, plugin) = start(m, scenario, LogLevel::Trace, false);
-    let logs = |host: &Host| {
-        host.logs()
+pub fn run_loaded(m: &Module, module: &Path, scenario: &Scenario) -> Result<RunReport> {
+    let kind = if scenario.is_connection() {
+        Kind::Network
+    } else {
+        Kind::Http
+    };
+    if let Some(message) = kind_by_exports(m, kind) {
+        return Err(Error::FilterKind {
+            file: module.to_path_buf(),
+            message,
+        });
+    }
+    match kind {
+        Kind::Http => run_http(m, module, scenario).map(RunReport::Http),
+        Kind::Network => run_connection(m, module, scenario).map(RunReport::Connection),
+    }
+}
+
+/// A plugin that did not start: the error and the module's log.
+fn not_started(module: &Path, host: &Host, e: &proxy_wasm_harness::Error) -> Error {
+    let lines: Vec<String> = log_lines(host)
+        .into_iter()
+        .map(|(l, m)| format!("  [{l}] {m}"))
+        .collect();
+    Error::Harness {
+        file: module.to_path_buf(),
+        message: format!("{e}\nmodule log:\n{}", lines.join("\n")),
+    }
+}
+
+/// A stream of kind `kind` failed with `e`: the hint first when the module is of the other
+/// kind ([`Error::FilterKind`]), else the error as is.
+fn stream_failed(
+    m: &Module,
+    module: &Path,
+    host: &Host,
+    scenario: &Scenario,
+    kind: Kind,
+    e: proxy_wasm_harness::Error,
+) -> Error {
+    if let Some(hint) = kind_by_probe(m, scenario, kind, &e) {
+        let over = match kind {
+            Kind::Http => "over HTTP",
+            Kind::Network => "as a connection",
+        };
+        let lines: Vec<String> = log_lines(host)
             .into_iter()
-            .map(|l| (l.level.to_string(), l.message))
-            .collect::<Vec<_>>()
-    };
-    let plugin = match plugin {
-        Ok(p) => p,
-        Err(e) => {
-            let lines: Vec<String> = logs(&host)
-                .into_iter()
-                .map(|(l, m)| format!("  [{l}] {m}"))
-                .collect();
-            return Err(Error::Harness {
-                file: module.to_path_buf(),
-                message: format!("{e}\nmodule log:\n{}", lines.join("\n")),
-            });
-        }
-    };
+            .map(|(l, m)| format!("  [{l}] {m}"))
+            .collect();
+        return Error::FilterKind {
+            file: module.to_path_buf(),
+            message: format!("{hint}\n{over}: {e}\nmodule log:\n{}", lines.join("\n")),
+        };
+    }
+    Error::Harness {
+        file: module.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn run_connection(m: &Module, module: &Path, scenario: &Scenario) -> Result<ConnectionReport> {
+    let (host, plugin) = start(m, scenario, LogLevel::Trace, false);
+    let plugin = plugin.map_err(|e| not_started(module, &host, &e))?;
+    let (outcome, connection) = scenario
+        .run_connection_traced(&plugin)
+        .map_err(|e| stream_failed(m, module, &host, scenario, Kind::Network, e))?;
+    plugin.shutdown().map_err(|e| Error::Harness {
+        file: module.to_path_buf(),
+        message: format!("stopping the plugin after the connection: {e}"),
+    })?;
+    let logs = log_lines(&host);
+    let metrics = metric_rows(&host);
+    let http_calls = calls_made(&host);
+    let mut failed_expectations = scenario
+        .check_connection(&outcome)
+        .err()
+        .unwrap_or_default();
+    failed_expectations.extend(
+        scenario
+            .check_observed(&logs, &metrics, &http_calls)
+            .err()
+            .unwrap_or_default(),
+    );
+    Ok(ConnectionReport {
+        scenario: scenario.name.clone(),
+        connection,
+        outcome,
+        logs,
+        metrics,
+        http_calls,
+        failed_expectations,
+    })
+}
+
+/// The HTTP calls made: (cluster, method, path).
+fn calls_made(host: &Host) -> Vec<(String, String, String)> {
+    host.http_calls_made()
+        .into_iter()
+        .map(|c| {
+            (
+                c.upstream,
+                c.headers.get(":method").unwrap_or_default(),
+                c.headers.get(":path").unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn run_http(m: &Module, module: &Path, scenario: &Scenario) -> Result<Report> {
+    let (host, plugin) = start(m, scenario, LogLevel::Trace, false);
+    let plugin = plugin.map_err(|e| not_started(module, &host, &e))?;
     let outcome = scenario.run(&plugin).map_err(|e| {
-        let mut message = e.to_string();
-        if message.starts_with("proxy_on_context_create") {
+        let context_failed = e.to_string().starts_with("proxy_on_context_create");
+        let mut err = stream_failed(m, module, &host, scenario, Kind::Http, e);
+        if let Error::Harness { message, .. } = &mut err
+            && context_failed
+        {
             // The plugin started; only the stream's context failed: what a bootstrap service
             // (a root context and no HTTP context, such as the Rust SDK's hello_world) does.
             message.push_str(
@@ -182,10 +456,7 @@ pub fn run_loaded(m: &Module, module: &Path, scenario: &Scenario) -> Result<Repo
                  [--advance DURATION]",
             );
         }
-        Error::Harness {
-            file: module.to_path_buf(),
-            message,
-        }
+        err
     })?;
     // Stop the plugin as Envoy does when its filter is removed (`proxy_on_done`, then
     // `proxy_on_delete` of the root context), so that what a filter keeps in the VM and reports
@@ -221,19 +492,9 @@ pub fn run_loaded(m: &Module, module: &Path, scenario: &Scenario) -> Result<Repo
         upstream_sent
     };
     let response_changes = diff(&response_base, &own(&outcome.response_headers));
-    let logs = logs(&host);
+    let logs = log_lines(&host);
     let metrics = metric_rows(&host);
-    let http_calls: Vec<(String, String, String)> = host
-        .http_calls_made()
-        .into_iter()
-        .map(|c| {
-            (
-                c.upstream,
-                c.headers.get(":method").unwrap_or_default(),
-                c.headers.get(":path").unwrap_or_default(),
-            )
-        })
-        .collect();
+    let http_calls = calls_made(&host);
     let mut failed_expectations = scenario.check(&outcome).err().unwrap_or_default();
     failed_expectations.extend(
         scenario
@@ -479,6 +740,81 @@ impl fmt::Display for Change {
     }
 }
 
+impl fmt::Display for ConnectionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.outcome;
+        writeln!(f, "connection: {}", self.scenario)?;
+        writeln!(
+            f,
+            "opened: proxy_on_new_connection -> {}",
+            self.connection.new_connection
+        )?;
+        writeln!(f, "steps:")?;
+        for r in &self.connection.steps {
+            let end = if r.implicit { " (at the end)" } else { "" };
+            let did = match &r.step {
+                Step::Close(_) if r.action == "continue" => {
+                    if r.passed.is_empty() {
+                        "end of stream passed on".to_string()
+                    } else {
+                        format!("passed on {:?} and the end of stream", r.passed)
+                    }
+                }
+                Step::Close(_) => "end of stream held".to_string(),
+                _ if r.passed.is_empty() => "nothing passed on".to_string(),
+                _ => format!("passed on {:?}", r.passed),
+            };
+            writeln!(f, "  {}{end} -> {}: {did}", r.step, r.action)?;
+            if let Some(peer) = &r.connection_closed {
+                writeln!(
+                    f,
+                    "  the proxy closes the connection (peer {peer}): done, log, delete"
+                )?;
+            }
+        }
+        writeln!(
+            f,
+            "upstream received: {:?} ({} bytes)",
+            o.upstream_received,
+            o.upstream_received.len()
+        )?;
+        writeln!(
+            f,
+            "client received: {:?} ({} bytes)",
+            o.downstream_received,
+            o.downstream_received.len()
+        )?;
+        let closed: Vec<&str> = o
+            .closed
+            .iter()
+            .map(|e| match e {
+                End::Upstream => "upstream",
+                End::Downstream => "downstream (the client)",
+            })
+            .collect();
+        writeln!(f, "closed: {}", closed.join(", then "))?;
+        writeln!(f, "http calls: {}", self.http_calls.len())?;
+        for (cluster, method, path) in &self.http_calls {
+            writeln!(f, "  {cluster}: {method} {path}")?;
+        }
+        writeln!(f, "logs:")?;
+        for (level, msg) in &self.logs {
+            writeln!(f, "  [{level}] {msg}")?;
+        }
+        writeln!(f, "metrics:")?;
+        for (name, kind, value) in &self.metrics {
+            writeln!(f, "  {name} ({kind}) = {value}")?;
+        }
+        if !self.failed_expectations.is_empty() {
+            writeln!(f, "expectations NOT met:")?;
+            for e in &self.failed_expectations {
+                writeln!(f, "  {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.outcome;
@@ -536,6 +872,7 @@ impl fmt::Display for Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     fn p(v: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -551,5 +888,137 @@ mod tests {
         let d = diff(&before, &after);
         let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["+ a: x", "~ b: 2 -> 9", "- c", "+ d: 4"]);
+    }
+
+    /// A module exporting `callbacks` (each returning `body`, or nothing for the closes).
+    fn module(callbacks: &[&str], body: &str) -> Module {
+        let mut wat = String::from(
+            r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"#,
+        );
+        for c in callbacks {
+            let sig = match *c {
+                "proxy_on_new_connection" => "(param i32) (result i32)",
+                "proxy_on_downstream_connection_close" | "proxy_on_upstream_connection_close" => {
+                    "(param i32 i32)"
+                }
+                _ => "(param i32 i32 i32) (result i32)",
+            };
+            let body = if sig.contains("result") { body } else { "" };
+            wat.push_str(&format!("\n  (func (export \"{c}\") {sig} {body})"));
+        }
+        wat.push(')');
+        Module::from_bytes(&Runtime::shared(), wat.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn connection(steps: Vec<Step>) -> Scenario {
+        Scenario {
+            name: "c".into(),
+            connection: Some(steps),
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn the_exports_name_a_module_of_the_other_kind() {
+        let network = module(
+            &["proxy_on_new_connection", "proxy_on_downstream_data"],
+            "(i32.const 0)",
+        );
+        let m = kind_by_exports(&network, Kind::Http).unwrap_or_default();
+        assert!(
+            m.starts_with(
+                "this module is a network (TCP) filter: it exports proxy_on_new_connection, \
+                 proxy_on_downstream_data and none of proxy_on_request_headers"
+            ) && m.ends_with("run it with --tcp (in a scenario file: a `connection:` block in place of `request:`)"),
+            "{m}"
+        );
+        assert_eq!(kind_by_exports(&network, Kind::Network), None);
+        let http = module(&["proxy_on_request_headers"], "(i32.const 0)");
+        let m = kind_by_exports(&http, Kind::Network).unwrap_or_default();
+        assert!(
+            m.starts_with("this module is an HTTP filter: it exports proxy_on_request_headers and none of proxy_on_new_connection")
+                && m.contains("run it without --tcp"),
+            "{m}"
+        );
+        // Both kinds (every SDK), or neither: the exports do not tell.
+        let both = module(
+            &["proxy_on_request_headers", "proxy_on_new_connection"],
+            "(i32.const 0)",
+        );
+        assert_eq!(kind_by_exports(&both, Kind::Http), None);
+        assert_eq!(kind_by_exports(&both, Kind::Network), None);
+        let neither = module(&[], "");
+        assert_eq!(kind_by_exports(&neither, Kind::Http), None);
+    }
+
+    #[test]
+    fn a_trap_of_one_kind_where_the_other_runs_names_the_flag_first() {
+        let file = Path::new("m.wasm");
+        // HTTP callbacks trap, network ones run: a network filter.
+        let trapping_http = Module::from_bytes(
+            &Runtime::shared(),
+            br#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)
+  (func (export "proxy_on_new_connection") (param i32) (result i32) (i32.const 0)))"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let http = Scenario::default();
+        match run_loaded(&trapping_http, file, &http) {
+            Err(Error::FilterKind { message, .. }) => {
+                assert!(
+                    message.starts_with(
+                        "this module is a network (TCP) filter: proxy_on_request_headers trapped \
+                         on the request's context, while a TCP connection through it runs cleanly; \
+                         run it with --tcp"
+                    ),
+                    "{message}"
+                );
+                let over = message.find("\nover HTTP: proxy_on_request_headers trapped");
+                assert!(over.is_some(), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // As a connection it runs.
+        let c = connection(vec![Step::Downstream("x".into())]);
+        match run_loaded(&trapping_http, file, &c) {
+            Ok(RunReport::Connection(r)) => {
+                assert_eq!(r.outcome.upstream_received, "x");
+                assert_eq!(r.connection.steps.len(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Both kinds trap: no hint, the trap as it is.
+        let trapping_both = module(
+            &["proxy_on_request_headers", "proxy_on_new_connection"],
+            "unreachable",
+        );
+        match run_loaded(&trapping_both, file, &http) {
+            Err(Error::Harness { message, .. }) => {
+                assert!(
+                    message.starts_with("proxy_on_request_headers trapped"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match run_loaded(&trapping_both, file, &c) {
+            Err(Error::Harness { message, .. }) => {
+                assert!(
+                    message.starts_with("proxy_on_new_connection trapped"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

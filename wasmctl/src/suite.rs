@@ -6,8 +6,10 @@
 //!
 //! Each scenario runs in a fresh harness host, as `wasmctl run --scenario` runs it, with the
 //! module compiled once for the whole suite. A scenario is self-contained: its `root_id` and
-//! `configuration` are used as written. A scenario file that does not parse, and a module that
-//! fails to start or traps, fail that scenario; the others still run.
+//! `configuration` are used as written; a scenario with `connection:` runs a TCP connection
+//! through the module as a network filter, any other an HTTP request. A scenario file that does
+//! not parse, and a module that fails to start or traps (or is of the other kind of filter than
+//! the scenario, which the message names), fail that scenario; the others still run.
 //!
 //! The module is the argument ending in `.wasm`; the others are scenario files (`.yaml`, `.yml`)
 //! or folders, of which every `.yaml` and `.yml` file directly inside (not in subfolders) runs,
@@ -300,8 +302,8 @@ fn run_one(
                     run_loaded(module, module_file, &s)
                 }));
                 let verdict = match ran {
-                    Ok(Ok(report)) if report.failed_expectations.is_empty() => Verdict::Pass,
-                    Ok(Ok(report)) => Verdict::Failed(report.failed_expectations),
+                    Ok(Ok(report)) if report.failed_expectations().is_empty() => Verdict::Pass,
+                    Ok(Ok(report)) => Verdict::Failed(report.failed_expectations().to_vec()),
                     Ok(Err(e)) => Verdict::Error(e.to_string()),
                     Err(panic) => Verdict::Error(format!(
                         "the harness panicked: {}",

@@ -1,30 +1,154 @@
 //! `tcp-filter`: a proxy-wasm network (TCP) filter on the Rust SDK. Each connection counts the
 //! bytes it carries each way, and when it closes the filter logs one line:
-//! `tcp-filter PREFIX: downstream N bytes, upstream M bytes`, where `PREFIX` is the plugin
-//! configuration's `prefix` (a JSON object, `{"prefix": "mongodb"}`; default `tcp`). The bytes pass
-//! unchanged.
+//! `tcp-filter PREFIX: downstream N bytes, upstream M bytes`.
+//!
+//! The plugin configuration is a flat JSON object (string and boolean values, no escapes),
+//! every field optional:
+//!
+//! - `prefix` (string, default `tcp`): the name in the log lines, `{"prefix": "mongodb"}`;
+//! - `uppercase` (`"downstream"`, `"upstream"` or `"both"`): the bytes of that side reach the
+//!   other upper-cased (ASCII letters): the client's bytes on their way to the upstream
+//!   (`downstream`), the upstream's on their way to the client (`upstream`), or both; by default
+//!   the bytes pass unchanged;
+//! - `log_events` (boolean, default false): also log each callback at info level with what it
+//!   was given (`new connection`, `downstream data 6 bytes`, `... end of stream`, `downstream
+//!   close (peer Remote)`, `upstream close (peer Unknown)`, `done`), which shows the order in
+//!   which the proxy delivers a connection's events.
+//!
+//! Counts are of the bytes as they arrived, before any rewriting. An unknown field or a value of
+//! the wrong type fails `on_configure`, naming the field.
 
-/// The `prefix` string of a flat JSON object such as `{"prefix": "mongodb"}` (no escapes);
-/// `None` when absent, `Some(Err)` when malformed.
-pub fn prefix_of(config: &str) -> Option<Result<String, ()>> {
-    let t = config.trim();
-    if t.is_empty() {
-        return None;
+/// Which side's bytes the filter upper-cases (`uppercase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uppercase {
+    /// None: the bytes pass unchanged.
+    #[default]
+    None,
+    /// The client's bytes (downstream data, on their way to the upstream).
+    Downstream,
+    /// The upstream's bytes (upstream data, on their way to the client).
+    Upstream,
+    /// Both.
+    Both,
+}
+
+impl Uppercase {
+    /// Whether the client's bytes are upper-cased.
+    pub fn downstream(self) -> bool {
+        matches!(self, Uppercase::Downstream | Uppercase::Both)
     }
-    if !(t.starts_with('{') && t.ends_with('}')) {
-        return Some(Err(()));
+
+    /// Whether the upstream's bytes are upper-cased.
+    pub fn upstream(self) -> bool {
+        matches!(self, Uppercase::Upstream | Uppercase::Both)
     }
-    let at = t.find("\"prefix\"")?;
-    let rest = t[at + 8..].trim_start().strip_prefix(':')?.trim_start();
-    let Some(rest) = rest.strip_prefix('"') else {
-        return Some(Err(()));
-    };
-    let end = rest.find('"')?;
-    Some(Ok(rest[..end].to_string()))
+}
+
+/// The plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The name in the log lines.
+    pub prefix: String,
+    /// Which side's bytes are upper-cased.
+    pub uppercase: Uppercase,
+    /// Log each callback.
+    pub log_events: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            prefix: "tcp".into(),
+            uppercase: Uppercase::None,
+            log_events: false,
+        }
+    }
+}
+
+/// A value of the flat JSON object.
+#[derive(Debug, PartialEq, Eq)]
+enum Value<'a> {
+    Str(&'a str),
+    Bool(bool),
+}
+
+/// The `"key": value` pairs of a flat JSON object whose values are strings (no escapes) or
+/// booleans, in order.
+fn pairs(text: &str) -> Result<Vec<(&str, Value<'_>)>, String> {
+    let not_object = || "the configuration is not a JSON object".to_string();
+    let body = text
+        .trim()
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .ok_or_else(not_object)?;
+    let mut out = Vec::new();
+    let mut rest = body.trim_start();
+    while !rest.is_empty() {
+        let r = rest.strip_prefix('"').ok_or_else(not_object)?;
+        let end = r.find('"').ok_or_else(not_object)?;
+        let key = &r[..end];
+        let r = r[end + 1..].trim_start();
+        let r = r
+            .strip_prefix(':')
+            .ok_or_else(|| format!("{key}: expected ':' after the field name"))?
+            .trim_start();
+        let (value, r) = if let Some(s) = r.strip_prefix('"') {
+            let end = s
+                .find('"')
+                .ok_or_else(|| format!("{key}: unterminated string"))?;
+            if s[..end].contains('\\') {
+                return Err(format!("{key}: escapes are not supported"));
+            }
+            (Value::Str(&s[..end]), &s[end + 1..])
+        } else if let Some(r) = r.strip_prefix("true") {
+            (Value::Bool(true), r)
+        } else if let Some(r) = r.strip_prefix("false") {
+            (Value::Bool(false), r)
+        } else {
+            return Err(format!("{key}: expected a string or a boolean"));
+        };
+        out.push((key, value));
+        let r = r.trim_start();
+        rest = match r.strip_prefix(',') {
+            Some(r) => r.trim_start(),
+            None if r.is_empty() => r,
+            None => return Err(format!("{key}: expected ',' or '}}' after the value")),
+        };
+    }
+    Ok(out)
+}
+
+/// Parse the plugin configuration (empty: every default). Errors name the field.
+pub fn parse(config: &str) -> Result<Config, String> {
+    let mut c = Config::default();
+    if config.trim().is_empty() {
+        return Ok(c);
+    }
+    for (key, value) in pairs(config)? {
+        match (key, value) {
+            ("prefix", Value::Str(p)) => c.prefix = p.to_string(),
+            ("prefix", _) => return Err("prefix: expected a string".into()),
+            ("uppercase", Value::Str("downstream")) => c.uppercase = Uppercase::Downstream,
+            ("uppercase", Value::Str("upstream")) => c.uppercase = Uppercase::Upstream,
+            ("uppercase", Value::Str("both")) => c.uppercase = Uppercase::Both,
+            ("uppercase", _) => {
+                return Err("uppercase: expected \"downstream\", \"upstream\" or \"both\"".into());
+            }
+            ("log_events", Value::Bool(b)) => c.log_events = b,
+            ("log_events", _) => return Err("log_events: expected true or false".into()),
+            (other, _) => {
+                return Err(format!(
+                    "unknown field {other:?} (expected prefix, uppercase, log_events)"
+                ));
+            }
+        }
+    }
+    Ok(c)
 }
 
 #[cfg(target_family = "wasm")]
 mod glue {
+    use super::Config;
     use proxy_wasm::traits::{Context, RootContext, StreamContext};
     use proxy_wasm::types::{Action, ContextType, LogLevel, PeerType};
     use std::rc::Rc;
@@ -32,12 +156,12 @@ mod glue {
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Info);
         proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-            Box::new(Root { prefix: Rc::from("tcp") })
+            Box::new(Root { config: Rc::new(Config::default()) })
         });
     }}
 
     struct Root {
-        prefix: Rc<str>,
+        config: Rc<Config>,
     }
 
     impl Context for Root {}
@@ -48,18 +172,16 @@ mod glue {
                 return true;
             };
             let Ok(text) = String::from_utf8(bytes) else {
+                log::warn!("tcp-filter: the configuration is not UTF-8");
                 return false;
             };
-            match super::prefix_of(&text) {
-                None => true,
-                Some(Ok(p)) => {
-                    self.prefix = Rc::from(p.as_str());
+            match super::parse(&text) {
+                Ok(c) => {
+                    self.config = Rc::new(c);
                     true
                 }
-                Some(Err(())) => {
-                    log::warn!(
-                        "tcp-filter: the configuration is not {{\"prefix\": \"...\"}}: {text}"
-                    );
+                Err(e) => {
+                    log::warn!("tcp-filter: invalid configuration: {e}");
                     false
                 }
             }
@@ -67,7 +189,7 @@ mod glue {
 
         fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
             Some(Box::new(Connection {
-                prefix: self.prefix.clone(),
+                config: self.config.clone(),
                 downstream: 0,
                 upstream: 0,
             }))
@@ -79,50 +201,153 @@ mod glue {
     }
 
     struct Connection {
-        prefix: Rc<str>,
+        config: Rc<Config>,
         downstream: usize,
         upstream: usize,
     }
 
-    impl Context for Connection {}
+    impl Connection {
+        fn event(&self, what: std::fmt::Arguments<'_>) {
+            if self.config.log_events {
+                log::info!("tcp-filter {}: {what}", self.config.prefix);
+            }
+        }
+
+        fn data(size: usize, end_of_stream: bool) -> String {
+            let end = if end_of_stream { ", end of stream" } else { "" };
+            format!("{size} bytes{end}")
+        }
+    }
+
+    impl Context for Connection {
+        fn on_done(&mut self) -> bool {
+            self.event(format_args!("done"));
+            true
+        }
+    }
 
     impl StreamContext for Connection {
-        fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
-            self.downstream += data_size;
+        fn on_new_connection(&mut self) -> Action {
+            self.event(format_args!("new connection"));
             Action::Continue
         }
 
-        fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
-            self.upstream += data_size;
+        fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+            self.event(format_args!(
+                "downstream data {}",
+                Self::data(data_size, end_of_stream)
+            ));
+            self.downstream += data_size;
+            if self.config.uppercase.downstream()
+                && data_size > 0
+                && let Some(bytes) = self.get_downstream_data(0, data_size)
+            {
+                self.set_downstream_data(0, data_size, &bytes.to_ascii_uppercase());
+            }
             Action::Continue
+        }
+
+        fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+            self.event(format_args!(
+                "upstream data {}",
+                Self::data(data_size, end_of_stream)
+            ));
+            self.upstream += data_size;
+            if self.config.uppercase.upstream()
+                && data_size > 0
+                && let Some(bytes) = self.get_upstream_data(0, data_size)
+            {
+                self.set_upstream_data(0, data_size, &bytes.to_ascii_uppercase());
+            }
+            Action::Continue
+        }
+
+        fn on_downstream_close(&mut self, peer_type: PeerType) {
+            self.event(format_args!("downstream close (peer {peer_type:?})"));
+        }
+
+        fn on_upstream_close(&mut self, peer_type: PeerType) {
+            self.event(format_args!("upstream close (peer {peer_type:?})"));
         }
 
         fn on_log(&mut self) {
             log::info!(
                 "tcp-filter {}: downstream {} bytes, upstream {} bytes",
-                self.prefix,
+                self.config.prefix,
                 self.downstream,
                 self.upstream
             );
         }
-
-        fn on_downstream_close(&mut self, _peer_type: PeerType) {}
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_of;
+    #![allow(clippy::unwrap_used)]
+    use super::{Config, Uppercase, parse};
 
     #[test]
     fn reads_the_prefix() {
         assert_eq!(
-            prefix_of(r#"{"prefix": "mongodb"}"#),
-            Some(Ok("mongodb".into()))
+            parse(r#"{"prefix": "mongodb"}"#).map(|c| c.prefix),
+            Ok("mongodb".into())
         );
-        assert_eq!(prefix_of(""), None);
-        assert_eq!(prefix_of("{}"), None);
-        assert_eq!(prefix_of("mongodb"), Some(Err(())));
-        assert_eq!(prefix_of(r#"{"prefix": 1}"#), Some(Err(())));
+        assert_eq!(parse(""), Ok(Config::default()));
+        assert_eq!(parse("{}"), Ok(Config::default()));
+        assert_eq!(parse(" { } "), Ok(Config::default()));
+        assert!(parse("mongodb").is_err());
+        assert_eq!(
+            parse(r#"{"prefix": 1}"#),
+            Err("prefix: expected a string or a boolean".into())
+        );
+        assert_eq!(
+            parse(r#"{"prefix": true}"#),
+            Err("prefix: expected a string".into())
+        );
+    }
+
+    #[test]
+    fn reads_uppercase_and_log_events() {
+        let c = parse(r#"{"prefix":"echo","uppercase":"both","log_events":true}"#).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                prefix: "echo".into(),
+                uppercase: Uppercase::Both,
+                log_events: true
+            }
+        );
+        assert!(c.uppercase.downstream() && c.uppercase.upstream());
+        let c = parse(r#"{"uppercase": "downstream", "log_events": false}"#).unwrap();
+        assert!(c.uppercase.downstream() && !c.uppercase.upstream());
+        assert!(!c.log_events);
+        assert_eq!(
+            parse(r#"{"uppercase": true}"#),
+            Err(r#"uppercase: expected "downstream", "upstream" or "both""#.into())
+        );
+        assert_eq!(
+            parse(r#"{"log_events": "yes"}"#),
+            Err("log_events: expected true or false".into())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            parse(r#"{"prefix": "a", "upper": "both"}"#),
+            Err(r#"unknown field "upper" (expected prefix, uppercase, log_events)"#.into())
+        );
+        assert_eq!(
+            parse(r#"{"prefix": "a\"b"}"#),
+            Err("prefix: escapes are not supported".into())
+        );
+        assert_eq!(
+            parse(r#"{"prefix": "a" "b": 1}"#),
+            Err("prefix: expected ',' or '}' after the value".into())
+        );
+        assert_eq!(
+            parse(r#"{"prefix" "a"}"#),
+            Err("prefix: expected ':' after the field name".into())
+        );
     }
 }
