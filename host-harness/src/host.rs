@@ -431,6 +431,9 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             }
             "response\0code" => status().map(int),
             "response\0code_details" => match (&s.local_response, &s.response_headers) {
+                _ if s.proxy_reply_details.is_some() => {
+                    s.proxy_reply_details.clone().map(String::into_bytes)
+                }
                 (Some(l), _) => Some(l.details.clone().into_bytes()),
                 (None, Some(_)) => Some(b"via_upstream".to_vec()),
                 (None, None) => None,
@@ -453,7 +456,11 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             "connection\0mtls" => Some(vec![0]),
             "connection\0requested_server_name" => Some(Vec::new()),
             // An upstream exists once it answered (not for a local reply).
-            "upstream\0address" if s.local_response.is_none() && s.response_headers.is_some() => {
+            "upstream\0address"
+                if s.local_response.is_none()
+                    && s.proxy_reply_details.is_none()
+                    && s.response_headers.is_some() =>
+            {
                 Some(
                     d.shared
                         .borrow()

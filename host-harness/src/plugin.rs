@@ -600,6 +600,29 @@ impl HttpStream {
         Ok(())
     }
 
+    /// A reply Envoy itself sends on this stream, e.g. `413 Payload Too Large` when the request
+    /// body a filter buffers exceeds the buffer limit: like a filter's local reply it passes this
+    /// filter's response callbacks (`:status`, then `content-length` and `content-type:
+    /// text/plain` for a body; the body in one callback with end of stream). `details` is
+    /// Envoy's response code details, which `response.code_details` reads.
+    pub fn send_proxy_reply(&mut self, status: u32, body: &[u8], details: &str) -> Result<()> {
+        self.with(|s| s.proxy_reply_details = Some(details.to_string()));
+        let mut headers: Vec<(String, String)> = vec![(":status".into(), status.to_string())];
+        if !body.is_empty() {
+            headers.push(("content-length".into(), body.len().to_string()));
+            headers.push(("content-type".into(), "text/plain".into()));
+        }
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.headers(Side::Response, &pairs, body.is_empty())?;
+        if !body.is_empty() {
+            self.body(Side::Response, body, true)?;
+        }
+        Ok(())
+    }
+
     /// Apply what the filter did for this stream outside its own callbacks, e.g. a local reply
     /// sent from `proxy_on_http_call_response`: the reply runs through the response callbacks.
     /// Call it after answering a call the stream is waiting for.

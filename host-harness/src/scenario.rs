@@ -60,9 +60,156 @@ pub struct Scenario {
     /// HTTP expectations) must not be given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<Vec<Step>>,
+    /// The stream's buffer limit in bytes (Envoy's listener `per_connection_buffer_limit_bytes`,
+    /// default [`DEFAULT_BUFFER_LIMIT`]): a body a filter buffers (`Pause` on a body callback)
+    /// beyond it ends the request with Envoy's `413 Payload Too Large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_limit: Option<u32>,
+    /// Dynamic metadata filters before this one set (`filter_metadata: {NAMESPACE: {KEY:
+    /// VALUE}}`), which the module reads with `proxy_get_property` at
+    /// `metadata.filter_metadata.NAMESPACE.KEY...`. In Envoy a Lua filter sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// Filter state objects filters before this one set (name: string value), which the
+    /// module reads at `filter_state.NAME`. In Envoy the `set_filter_state` filter sets them
+    /// (factory `envoy.string`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter_state: BTreeMap<String, String>,
     /// What must come out.
     #[serde(default)]
     pub expect: Expect,
+}
+
+/// Envoy's default buffer limit of a stream: the listener's `per_connection_buffer_limit_bytes`
+/// default, 1 MiB.
+pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+
+/// Dynamic metadata (`metadata:`), as other filters set it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// By namespace (a filter's name, e.g. `envoy.lua`), a struct of values.
+    #[serde(default)]
+    pub filter_metadata: BTreeMap<String, BTreeMap<String, MetaValue>>,
+}
+
+/// A value of dynamic metadata (a `google.protobuf.Value`): a bool, a number, a string or a
+/// struct of values.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum MetaValue {
+    /// `bool_value`: read as one byte, 0 or 1.
+    Bool(bool),
+    /// `number_value`: read as the 8 bytes of a little-endian f64.
+    Number(f64),
+    /// `string_value`: read as its bytes.
+    Text(String),
+    /// `struct_value`: read as a proxy-wasm map of its fields, each value serialized as these
+    /// rules say.
+    Struct(BTreeMap<String, MetaValue>),
+}
+
+// Numbers in scenarios are finite: equality is reflexive.
+impl Eq for MetaValue {}
+
+impl MetaValue {
+    /// The bytes `proxy_get_property` returns for this value, as Envoy 1.40 serializes a CEL
+    /// value (measured: `tests/scenarios/streams/`).
+    pub fn serialize(&self) -> Vec<u8> {
+        match self {
+            MetaValue::Bool(b) => vec![u8::from(*b)],
+            MetaValue::Number(n) => n.to_le_bytes().to_vec(),
+            MetaValue::Text(t) => t.as_bytes().to_vec(),
+            MetaValue::Struct(fields) => serialize_pairs(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.serialize())),
+            ),
+        }
+    }
+
+    /// The value as a Lua expression (for a Lua filter that sets it in Envoy).
+    pub fn to_lua(&self) -> String {
+        match self {
+            MetaValue::Bool(b) => b.to_string(),
+            MetaValue::Number(n) => format!("{n:?}"),
+            MetaValue::Text(t) => lua_string(t),
+            MetaValue::Struct(fields) => {
+                let parts: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| format!("[{}] = {}", lua_string(k), v.to_lua()))
+                    .collect();
+                format!("{{{}}}", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// A Lua string literal.
+fn lua_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:03}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The proxy-wasm map serialization: the count, each key's and value's length, then each key
+/// and value followed by a NUL.
+fn serialize_pairs(pairs: impl Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = pairs.collect();
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in &pairs {
+        out.extend((k.len() as u32).to_le_bytes());
+        out.extend((v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in &pairs {
+        out.extend(k);
+        out.push(0);
+        out.extend(v);
+        out.push(0);
+    }
+    out
+}
+
+impl Metadata {
+    /// Every property path Envoy answers for this metadata below `metadata.filter_metadata`
+    /// and the bytes it answers: each namespace, each value, each struct's fields, at any depth.
+    pub fn properties(&self) -> Vec<(Vec<String>, Vec<u8>)> {
+        fn walk(path: &mut Vec<String>, v: &MetaValue, out: &mut Vec<(Vec<String>, Vec<u8>)>) {
+            out.push((path.clone(), v.serialize()));
+            if let MetaValue::Struct(fields) = v {
+                for (k, f) in fields {
+                    path.push(k.clone());
+                    walk(path, f, out);
+                    path.pop();
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let base = ["metadata".to_string(), "filter_metadata".to_string()];
+        let namespaces = self.filter_metadata.iter().map(|(ns, fields)| {
+            (
+                ns.as_bytes().to_vec(),
+                MetaValue::Struct(fields.clone()).serialize(),
+            )
+        });
+        out.push((base.to_vec(), serialize_pairs(namespaces)));
+        for (ns, fields) in &self.filter_metadata {
+            let mut path = base.to_vec();
+            path.push(ns.clone());
+            walk(&mut path, &MetaValue::Struct(fields.clone()), &mut out);
+        }
+        out
+    }
 }
 
 /// One step of a connection (an entry of `connection:`), written as a map of one key.
@@ -183,7 +330,13 @@ pub fn check_steps(steps: &[Step]) -> std::result::Result<(), String> {
 }
 
 /// The top-level fields of an HTTP scenario, which a connection scenario must not have.
-pub const HTTP_FIELDS: &[&str] = &["request", "upstream"];
+pub const HTTP_FIELDS: &[&str] = &[
+    "request",
+    "upstream",
+    "buffer_limit",
+    "metadata",
+    "filter_state",
+];
 
 /// The expectations about an HTTP exchange (`expect.*`), which a connection scenario must not
 /// have.
@@ -199,6 +352,9 @@ pub const HTTP_EXPECTATIONS: &[&str] = &[
     "upstream",
     "local_response",
     "body",
+    "body_size",
+    "response_trailers",
+    "upstream_trailers",
 ];
 
 /// The expectations about a connection (`expect.*`), which only a connection scenario may have.
@@ -215,8 +371,22 @@ pub struct Request {
     pub path: String,
     /// Headers besides the pseudo-headers, in order.
     pub headers: Vec<(String, String)>,
-    /// Body (sent with end of stream).
+    /// Body, sent in one piece (or in pieces of `chunk_size`).
     pub body: String,
+    /// Body in pieces, each sent on its own: Envoy's codec reads each as one chunk, and the
+    /// filter gets a body callback for each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub body_chunks: Vec<String>,
+    /// A body made of `text` repeated `times` times (a long body without writing it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_repeat: Option<Repeat>,
+    /// Send `body` or `body_repeat` in pieces of this many bytes (the last may be shorter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<usize>,
+    /// Trailers, in order. Given, the body goes chunked (`transfer-encoding: chunked`), the
+    /// only HTTP/1.1 framing that carries trailers, and they end the stream.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Default for Request {
@@ -226,7 +396,105 @@ impl Default for Request {
             path: "/".into(),
             headers: Vec::new(),
             body: String::new(),
+            body_chunks: Vec::new(),
+            body_repeat: None,
+            chunk_size: None,
+            trailers: Vec::new(),
         }
+    }
+}
+
+/// A generated body (`body_repeat`): `text` repeated `times` times.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repeat {
+    /// The text repeated.
+    pub text: String,
+    /// How many times.
+    pub times: usize,
+}
+
+/// The largest body a scenario may generate (`body_repeat`): 64 MiB.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The body pieces of a request or an answer, as written: `field` names it in errors.
+fn body_pieces(
+    field: &str,
+    body: &str,
+    chunks: &[String],
+    repeat: Option<&Repeat>,
+    chunk_size: Option<usize>,
+) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let given: Vec<&str> = [
+        ("body", !body.is_empty()),
+        ("body_chunks", !chunks.is_empty()),
+        ("body_repeat", repeat.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, g)| *g)
+    .map(|(n, _)| n)
+    .collect();
+    if given.len() > 1 {
+        return Err(format!(
+            "{field}: `{}` and `{}` cannot both be given (one body per message)",
+            given[0], given[1]
+        ));
+    }
+    if chunk_size == Some(0) {
+        return Err(format!("{field}.chunk_size: must be at least 1"));
+    }
+    if chunk_size.is_some() && !chunks.is_empty() {
+        return Err(format!(
+            "{field}.chunk_size: splits `body` or `body_repeat`; `body_chunks` are pieces already"
+        ));
+    }
+    if !chunks.is_empty() {
+        return Ok(chunks.iter().map(|c| c.as_bytes().to_vec()).collect());
+    }
+    let whole: Vec<u8> = match repeat {
+        Some(r) => {
+            if r.text.len().saturating_mul(r.times) > MAX_BODY {
+                return Err(format!(
+                    "{field}.body_repeat: {} bytes, more than the {MAX_BODY} a scenario may generate",
+                    r.text.len().saturating_mul(r.times)
+                ));
+            }
+            r.text.repeat(r.times).into_bytes()
+        }
+        None => body.as_bytes().to_vec(),
+    };
+    if whole.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(match chunk_size {
+        Some(n) => whole.chunks(n).map(<[u8]>::to_vec).collect(),
+        None => vec![whole],
+    })
+}
+
+impl Request {
+    /// The body in the pieces the client sends (none for no body); an error names the field.
+    pub fn pieces(&self) -> std::result::Result<Vec<Vec<u8>>, String> {
+        body_pieces(
+            "request",
+            &self.body,
+            &self.body_chunks,
+            self.body_repeat.as_ref(),
+            self.chunk_size,
+        )
+    }
+}
+
+impl Answer {
+    /// The body in the pieces the upstream sends; `field` names it in errors.
+    pub fn pieces_of(&self, field: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+        body_pieces(
+            field,
+            &self.body,
+            &self.body_chunks,
+            self.body_repeat.as_ref(),
+            self.chunk_size,
+        )
     }
 }
 
@@ -238,8 +506,20 @@ pub struct Answer {
     pub status: u16,
     /// Headers besides `:status`, in order.
     pub headers: Vec<(String, String)>,
-    /// Body.
+    /// Body, sent in one piece (or in pieces of `chunk_size`).
     pub body: String,
+    /// Body in pieces, each sent on its own (the upstream only; as [`Request::body_chunks`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub body_chunks: Vec<String>,
+    /// A generated body (the upstream only; as [`Request::body_repeat`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_repeat: Option<Repeat>,
+    /// Send the body in pieces of this many bytes (the upstream only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<usize>,
+    /// Trailers (the upstream only): given, the answer goes chunked and they end it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Default for Answer {
@@ -248,6 +528,10 @@ impl Default for Answer {
             status: 200,
             headers: Vec::new(),
             body: String::new(),
+            body_chunks: Vec::new(),
+            body_repeat: None,
+            chunk_size: None,
+            trailers: Vec::new(),
         }
     }
 }
@@ -291,6 +575,16 @@ pub struct Expect {
     pub local_response: Option<ExpectLocalResponse>,
     /// Body the client gets.
     pub body: Option<String>,
+    /// Length in bytes of the body the client gets (for bodies too long to write out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_size: Option<usize>,
+    /// Trailers the client gets, all of them, in order (`[]`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_trailers: Option<Vec<(String, String)>>,
+    /// Trailers the upstream receives, all of them, in order (`[]`: none); given, the upstream
+    /// must be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_trailers: Option<Vec<(String, String)>>,
     /// Every HTTP call the module made (`proxy_http_call`), in order: as many as listed, each
     /// matching (`[]`: none at all). Checked in the harness only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -328,6 +622,9 @@ pub struct ExpectRequest {
     pub path: Option<String>,
     /// Body.
     pub body: Option<String>,
+    /// Length of the body in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_size: Option<usize>,
 }
 
 /// The filter's local reply (`expect.local_response`); every given part must match.
@@ -414,6 +711,9 @@ pub struct Outcome {
     pub response_headers: Vec<(String, String)>,
     /// Body the client got.
     pub body: String,
+    /// Trailers the client got, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_trailers: Vec<(String, String)>,
     /// What the upstream received, or `None` when it was not reached.
     pub upstream: Option<WireRequest>,
     /// Local response the filter sent: (status, details).
@@ -471,6 +771,9 @@ pub struct WireRequest {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: String,
+    /// Trailers in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trailers: Vec<(String, String)>,
 }
 
 impl WireRequest {
@@ -507,6 +810,18 @@ impl WireRequest {
         {
             self.headers.push(("content-length".into(), "0".into()));
         }
+        self
+    }
+
+    /// How Envoy's HTTP/1 codec writes a request with trailers: chunked, its
+    /// `transfer-encoding: chunked` at the end of the headers, then the trailers.
+    pub fn chunked(mut self, trailers: &HeaderMap) -> WireRequest {
+        self.headers.retain(|(k, _)| k != "transfer-encoding");
+        self.headers
+            .push(("transfer-encoding".into(), "chunked".into()));
+        self.trailers = pair_iter(trailers)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self
     }
 
@@ -612,6 +927,24 @@ impl Scenario {
         if let Some(steps) = &s.connection {
             check_steps(steps)?;
         }
+        s.request.pieces()?;
+        s.upstream.pieces_of("upstream")?;
+        for (name, a) in &s.clusters {
+            let field = format!("clusters.{name}");
+            let (piece_fields, trailers) = (
+                !a.body_chunks.is_empty() || a.body_repeat.is_some() || a.chunk_size.is_some(),
+                !a.trailers.is_empty(),
+            );
+            if piece_fields || trailers {
+                return Err(format!(
+                    "{field}: a called cluster answers with one `body` (no `body_chunks`, \
+                     `body_repeat`, `chunk_size` or `trailers`)"
+                ));
+            }
+        }
+        if s.buffer_limit == Some(0) {
+            return Err("buffer_limit: must be at least 1 (bytes)".into());
+        }
         Ok(s)
     }
 
@@ -644,6 +977,12 @@ impl Scenario {
             ("expect.upstream", e.upstream.is_some()),
             ("expect.local_response", e.local_response.is_some()),
             ("expect.body", e.body.is_some()),
+            ("expect.body_size", e.body_size.is_some()),
+            ("expect.response_trailers", e.response_trailers.is_some()),
+            ("expect.upstream_trailers", e.upstream_trailers.is_some()),
+            ("buffer_limit", self.buffer_limit.is_some()),
+            ("metadata", self.metadata.is_some()),
+            ("filter_state", !self.filter_state.is_empty()),
         ];
         given
             .into_iter()
@@ -653,7 +992,8 @@ impl Scenario {
     }
 
     /// What the client sends, in order, as curl would: `host` (the request's own, else
-    /// `example.test`) first, the request's headers, and a `content-length` for a body.
+    /// `example.test`) first, the request's headers, and a `content-length` for a body (none when
+    /// the request has trailers: it goes chunked, and Envoy's codec keeps no framing header).
     pub fn client_headers(&self) -> Vec<(String, String)> {
         let mut h = Vec::new();
         if !self
@@ -670,13 +1010,19 @@ impl Scenario {
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
         );
-        if !self.request.body.is_empty() {
-            h.push((
-                "content-length".to_string(),
-                self.request.body.len().to_string(),
-            ));
+        let size = self.request_body_size();
+        if size > 0 && self.request.trailers.is_empty() {
+            h.push(("content-length".to_string(), size.to_string()));
         }
         h
+    }
+
+    /// The length of the request's body.
+    pub fn request_body_size(&self) -> usize {
+        self.request
+            .pieces()
+            .map(|p| p.iter().map(Vec::len).sum())
+            .unwrap_or(0)
     }
 
     /// The request headers Envoy's connection manager hands the first filter: the pseudo-headers
@@ -762,6 +1108,31 @@ impl Scenario {
         {
             bad.push(format!("body: expected {b:?}, got {:?}", o.body));
         }
+        if let Some(n) = e.body_size
+            && n != o.body.len()
+        {
+            bad.push(format!("body size: expected {n}, got {}", o.body.len()));
+        }
+        if let Some(t) = &e.response_trailers
+            && t != &o.response_trailers
+        {
+            bad.push(format!(
+                "response trailers: expected {t:?}, got {:?}",
+                o.response_trailers
+            ));
+        }
+        if let Some(t) = &e.upstream_trailers {
+            match &o.upstream {
+                None => bad.push(format!(
+                    "upstream trailers: expected {t:?}, got none: the upstream was not reached"
+                )),
+                Some(u) if &u.trailers != t => bad.push(format!(
+                    "upstream trailers: expected {t:?}, got {:?}",
+                    u.trailers
+                )),
+                Some(_) => {}
+            }
+        }
         if !e.response_header_order.is_empty() {
             let got = first_order(&o.response_headers, &e.response_header_order);
             if got != e.response_header_order {
@@ -798,6 +1169,14 @@ impl Scenario {
                         {
                             bad.push(format!("upstream {part}: expected {w:?}, got {got:?}"));
                         }
+                    }
+                    if let Some(n) = want.body_size
+                        && n != got.body.len()
+                    {
+                        bad.push(format!(
+                            "upstream body size: expected {n}, got {}",
+                            got.body.len()
+                        ));
                     }
                 }
             }
@@ -1119,19 +1498,30 @@ impl Scenario {
                 .collect(),
             JOINED_RESPONSE_HEADERS,
         ));
-        // A 204 carries no content-length: Envoy drops the upstream's.
-        if self.upstream.status != 204 {
-            response.push((
-                "content-length".into(),
-                self.upstream.body.len().to_string(),
-            ));
+        let response_pieces = self.upstream.pieces_of("upstream").unwrap_or_default();
+        // A 204 carries no content-length: Envoy drops the upstream's. An answer with trailers
+        // comes chunked, and Envoy's codec keeps its `transfer-encoding` in the map.
+        if !self.upstream.trailers.is_empty() {
+            response.push(("transfer-encoding".into(), "chunked".into()));
+        } else if self.upstream.status != 204 {
+            let size: usize = response_pieces.iter().map(Vec::len).sum();
+            response.push(("content-length".into(), size.to_string()));
         }
         // The router's timing header, which the filters see.
         response.push(("x-envoy-upstream-service-time".into(), "0".into()));
+        let lower = |v: &[(String, String)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect()
+        };
         Prepared {
             scenario: self,
             request: self.request_headers(),
             response,
+            request_pieces: self.request.pieces().unwrap_or_default(),
+            response_pieces,
+            request_trailers: lower(&self.request.trailers),
+            response_trailers: lower(&self.upstream.trailers),
             date: std::cell::RefCell::new((u64::MAX, String::new())),
         }
     }
@@ -1199,10 +1589,13 @@ fn first_order(pairs: &[(String, String)], want: &[String]) -> Vec<String> {
 }
 
 fn describe_request(r: &ExpectRequest) -> String {
-    let parts: Vec<String> = [("method", &r.method), ("path", &r.path), ("body", &r.body)]
+    let mut parts: Vec<String> = [("method", &r.method), ("path", &r.path), ("body", &r.body)]
         .into_iter()
         .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n} {v:?}")))
         .collect();
+    if let Some(n) = r.body_size {
+        parts.push(format!("body size {n}"));
+    }
     if parts.is_empty() {
         "any".into()
     } else {
@@ -1240,6 +1633,14 @@ pub struct Prepared<'a> {
     request: Vec<(String, String)>,
     /// What the codec and the router hand the filters of the upstream's answer.
     response: Vec<(String, String)>,
+    /// The request's body as the codec delivers it, one body callback each.
+    request_pieces: Vec<Vec<u8>>,
+    /// The upstream's body likewise.
+    response_pieces: Vec<Vec<u8>>,
+    /// The request's trailers.
+    request_trailers: Vec<(String, String)>,
+    /// The upstream's trailers.
+    response_trailers: Vec<(String, String)>,
     /// The `date` header for the second of host time it was made in.
     date: std::cell::RefCell<(u64, String)>,
 }
@@ -1266,19 +1667,65 @@ impl Prepared<'_> {
         s.set_property(&["xds", "cluster_name"], "upstream");
         s.set_property(&["xds", "route_name"], "");
         s.set_property(&["xds", "listener_direction"], 0i64.to_le_bytes());
+        // What filters before this one set.
+        if let Some(m) = &sc.metadata {
+            for (path, value) in m.properties() {
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                s.set_property(&path, value);
+            }
+        }
+        for (name, value) in &sc.filter_state {
+            s.set_property(&["filter_state", name], value);
+        }
+        let limit = sc.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT) as usize;
         let pairs = as_pairs(&self.request);
-        let has_body = !sc.request.body.is_empty();
-        let mut action = s.send_request_headers(&pairs, !has_body)?;
+        let has_body = !self.request_pieces.is_empty();
+        let has_trailers = !self.request_trailers.is_empty();
+        let mut action = s.send_request_headers(&pairs, !has_body && !has_trailers)?;
         sc.answer_calls(&host)?;
         s.sync()?;
-        if has_body && s.local_response().is_none() {
-            action = s.send_request_body(sc.request.body.as_bytes(), true)?;
-            sc.answer_calls(&host)?;
-            s.sync()?;
+        // Envoy 1.40's HTTP/1 codec (measured): each piece the client wrote is one body callback
+        // without end of stream; then the trailers, or an empty body callback with it.
+        let mut too_large = false;
+        if has_body || has_trailers {
+            let mut buffered = 0usize;
+            let empty_end: &[Vec<u8>] = if has_trailers { &[] } else { &[Vec::new()] };
+            let pieces = self.request_pieces.iter().chain(empty_end);
+            let last = self.request_pieces.len() + empty_end.len();
+            for (i, piece) in pieces.enumerate() {
+                if s.local_response().is_some() {
+                    break;
+                }
+                action = s.send_request_body(piece, i + 1 == last && !has_trailers)?;
+                sc.answer_calls(&host)?;
+                s.sync()?;
+                // A filter that buffers (Pause) past the limit: Envoy answers 413.
+                buffered = if action == Action::Continue {
+                    0
+                } else {
+                    buffered + piece.len()
+                };
+                if buffered > limit && s.local_response().is_none() {
+                    too_large = true;
+                    break;
+                }
+            }
+            if has_trailers && !too_large && s.local_response().is_none() {
+                action = s.send_request_trailers(&as_pairs(&self.request_trailers))?;
+                sc.answer_calls(&host)?;
+                s.sync()?;
+            }
         }
         let resumed = s.resumed().contains(&0);
         let mut outcome = Outcome::default();
-        if let Some(local) = s.local_response() {
+        let mut close = false;
+        if too_large {
+            s.send_proxy_reply(413, b"Payload Too Large", "request_payload_too_large")?;
+            outcome.status = 413;
+            outcome.local_response = Some((413, "request_payload_too_large".into()));
+            // Envoy closes the connection after this reply.
+            close = true;
+        } else if let Some(local) = s.local_response() {
             outcome.status = local.status as u16;
             outcome.local_response = Some((local.status as u16, local.details.clone()));
         } else if action == Action::Continue || resumed {
@@ -1286,13 +1733,32 @@ impl Prepared<'_> {
             s.proxy_request_headers(&[("x-envoy-expected-rq-timeout-ms", EXPECTED_TIMEOUT_MS)]);
             if keep {
                 let wire = WireRequest::from_map(&s.request_headers(), &s.request_body());
-                outcome.upstream = Some(wire.framed());
+                outcome.upstream = Some(if has_trailers {
+                    wire.chunked(&s.request_trailers())
+                } else {
+                    wire.framed()
+                });
             }
-            // What Envoy's codec makes of the upstream's answer.
-            let has_resp_body = !sc.upstream.body.is_empty();
-            s.send_response_headers(&as_pairs(&self.response), !has_resp_body)?;
-            if has_resp_body {
-                s.send_response_body(sc.upstream.body.as_bytes(), true)?;
+            // What Envoy's codec makes of the upstream's answer, delivered as the request is.
+            let has_resp_body = !self.response_pieces.is_empty();
+            let has_resp_trailers = !self.response_trailers.is_empty();
+            s.send_response_headers(
+                &as_pairs(&self.response),
+                !has_resp_body && !has_resp_trailers,
+            )?;
+            if has_resp_body || has_resp_trailers {
+                let empty_end: &[Vec<u8>] = if has_resp_trailers {
+                    &[]
+                } else {
+                    &[Vec::new()]
+                };
+                let last = self.response_pieces.len() + empty_end.len();
+                for (i, piece) in self.response_pieces.iter().chain(empty_end).enumerate() {
+                    s.send_response_body(piece, i + 1 == last && !has_resp_trailers)?;
+                }
+                if has_resp_trailers {
+                    s.send_response_trailers(&as_pairs(&self.response_trailers))?;
+                }
             }
             if keep {
                 outcome.status = s
@@ -1317,14 +1783,28 @@ impl Prepared<'_> {
                 *date = (now, http_date(host.now_nanos()));
             }
             s.proxy_response_headers(&[("date", &date.1), ("server", "envoy")]);
+            if close {
+                s.proxy_response_headers(&[("connection", "close")]);
+            }
         }
         if keep {
             let resp = s.response_headers();
+            // Envoy's HTTP/1 codec writes its own `transfer-encoding: chunked` after every
+            // header of the map.
+            let chunked = resp.get("transfer-encoding").is_some();
             outcome.response_headers = pair_iter(&resp)
-                .filter(|(k, _)| *k != ":status")
+                .filter(|(k, _)| *k != ":status" && *k != "transfer-encoding")
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
+            if chunked {
+                outcome
+                    .response_headers
+                    .push(("transfer-encoding".into(), "chunked".into()));
+            }
             outcome.body = String::from_utf8_lossy(&s.response_body()).into_owned();
+            outcome.response_trailers = pair_iter(&s.response_trailers())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         }
         s.complete()?;
         Ok(outcome)
@@ -1391,11 +1871,13 @@ mod tests {
             status: 200,
             response_headers: pairs(&[("x-a", "1"), ("date", "d"), ("x-b", "2"), ("x-a", "3")]),
             body: String::new(),
+            response_trailers: Vec::new(),
             upstream: Some(WireRequest {
                 method: "POST".into(),
                 path: "/a".into(),
                 headers: pairs(&[("host", "h"), ("x-1", "1"), ("x-2", "2"), ("x-1", "3")]),
                 body: "b".into(),
+                trailers: Vec::new(),
             }),
             local_response: None,
         }
@@ -1717,6 +2199,131 @@ expect: {logs: [], metrics: {a: 1}, http_calls: []}
             [
                 r#"upstream received: expected "HELLO", got "hello""#,
                 "closed: expected [upstream, downstream], got [downstream]",
+            ]
+        );
+    }
+
+    #[test]
+    fn bodies_come_in_pieces_and_errors_name_the_field() {
+        let s = Scenario::from_yaml(
+            "name: t\nrequest:\n  body_repeat: {text: ab, times: 5}\n  chunk_size: 4\n  trailers: [[x-t, '1']]\nupstream:\n  body_chunks: [a, b]\n  trailers: [[grpc-status, '0']]\nbuffer_limit: 64\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.request.pieces().unwrap(),
+            [b"abab".to_vec(), b"abab".to_vec(), b"ab".to_vec()]
+        );
+        assert_eq!(
+            s.upstream.pieces_of("upstream").unwrap(),
+            [b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(s.buffer_limit, Some(64));
+        // Trailers: chunked, so no content-length.
+        assert!(
+            !s.client_headers()
+                .iter()
+                .any(|(k, _)| k == "content-length")
+        );
+        let s = Scenario::from_yaml("name: t\nrequest: {body_chunks: [ab, c]}").unwrap();
+        assert!(
+            s.client_headers()
+                .contains(&("content-length".into(), "3".into()))
+        );
+        for (yaml, want) in [
+            (
+                "request: {body: a, body_chunks: [b]}",
+                "request: `body` and `body_chunks` cannot both be given",
+            ),
+            (
+                "upstream: {body_chunks: [b], body_repeat: {text: x, times: 2}}",
+                "upstream: `body_chunks` and `body_repeat`",
+            ),
+            (
+                "request: {body: a, chunk_size: 0}",
+                "request.chunk_size: must be at least 1",
+            ),
+            (
+                "request: {body_chunks: [a], chunk_size: 2}",
+                "request.chunk_size: splits",
+            ),
+            (
+                "request: {body_repeat: {text: x, times: 100000000}}",
+                "request.body_repeat: 100000000 bytes",
+            ),
+            (
+                "clusters: {auth: {trailers: [[a, b]]}}",
+                "clusters.auth: a called cluster",
+            ),
+            ("buffer_limit: 0", "buffer_limit: must be at least 1"),
+        ] {
+            let e = Scenario::from_yaml(&format!("name: t\n{yaml}\n")).unwrap_err();
+            assert!(e.starts_with(want), "{yaml}: {e}");
+        }
+        let e = Scenario::from_yaml("name: t\nrequest: {body_repeat: {text: x}}\n").unwrap_err();
+        assert!(e.contains("missing field `times`"), "{e}");
+        let e = Scenario::from_yaml("name: t\nrequest: {trailer: []}\n").unwrap_err();
+        assert!(e.contains("unknown field `trailer`"), "{e}");
+        let e = Scenario::from_yaml("name: t\nconnection: []\nfilter_state: {a: b}\n").unwrap_err();
+        assert!(e.starts_with("`filter_state` and `connection`"), "{e}");
+    }
+
+    #[test]
+    fn metadata_is_served_as_envoy_serializes_it() {
+        let s = Scenario::from_yaml(
+            "name: t\nmetadata:\n  filter_metadata:\n    envoy.lua: {k: v, n: 42, b: true, t: {a: x}}\nfilter_state: {my.key: fsv}\n",
+        )
+        .unwrap();
+        let m = s.metadata.as_ref().unwrap();
+        let props: BTreeMap<String, Vec<u8>> = m
+            .properties()
+            .into_iter()
+            .map(|(p, v)| (p.join("."), v))
+            .collect();
+        let at = |p: &str| {
+            props
+                .get(&format!("metadata.filter_metadata.envoy.lua{p}"))
+                .unwrap()
+        };
+        assert_eq!(at(".k"), b"v");
+        assert_eq!(at(".n"), &42f64.to_le_bytes());
+        assert_eq!(at(".b"), &[1]);
+        assert_eq!(at(".t.a"), b"x");
+        // Measured in Envoy 1.40: a one-field struct as a proxy-wasm map.
+        assert_eq!(
+            at(".t"),
+            &[1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, b'a', 0, b'x', 0]
+        );
+        assert_eq!(
+            MetaValue::Struct(BTreeMap::from([(
+                "a\"b".to_string(),
+                MetaValue::Number(1.5)
+            )]))
+            .to_lua(),
+            r#"{["a\"b"] = 1.5}"#
+        );
+        assert_eq!(s.filter_state["my.key"], "fsv");
+        let e = Scenario::from_yaml("name: t\nmetadata: {filter_meta: {}}\n").unwrap_err();
+        assert!(e.contains("unknown field `filter_meta`"), "{e}");
+    }
+
+    #[test]
+    fn trailers_are_checked_in_order() {
+        let mut o = proxied();
+        o.response_trailers = pairs(&[("x-keep", "3"), ("x-added", "wasm")]);
+        if let Some(u) = &mut o.upstream {
+            u.trailers = pairs(&[("x-keep", "2")]);
+        }
+        let s = with_expect(
+            "  response_trailers: [[x-keep, '3'], [x-added, wasm]]\n  upstream_trailers: [[x-keep, '2']]\n  upstream: {body_size: 1}\n  body_size: 0",
+        );
+        assert_eq!(failures(&s, &o), Vec::<String>::new());
+        let s = with_expect("  response_trailers: []\n  upstream_trailers: []\n  body_size: 3");
+        assert_eq!(
+            failures(&s, &o),
+            [
+                "body size: expected 3, got 0",
+                r#"response trailers: expected [], got [("x-keep", "3"), ("x-added", "wasm")]"#,
+                r#"upstream trailers: expected [], got [("x-keep", "2")]"#,
             ]
         );
     }

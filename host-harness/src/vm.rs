@@ -237,6 +237,8 @@ pub(crate) struct StreamCtx {
     pub response_bytes: u64,
     /// The stream's downstream connection (`connection.id`).
     pub connection_id: u64,
+    /// Details of a reply the proxy itself sent on the stream (`response.code_details`).
+    pub proxy_reply_details: Option<String>,
 }
 
 /// What an HTTP or gRPC call's response exposes while `proxy_on_*_response` runs.

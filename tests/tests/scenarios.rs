@@ -15,13 +15,25 @@
 //! and its arguments: the order of the data and close callbacks, their end of stream flags and
 //! peer types), each call it made and its metrics.
 
+//!
+//! The stream scenarios under `tests/scenarios/streams/` run the stream filter
+//! (`e2e::fidelity::stream_filter_wat`, which logs every callback: each body chunk's size, end of
+//! stream and buffered bytes, each header and trailer map) behind a Lua filter and a
+//! `set_filter_state` filter that set the scenario's metadata and filter state, with HTTP/1
+//! trailers enabled and the scenario's buffer limit; the client and the upstream write each body
+//! piece on its own. The same comparison holds, trailers each way included.
+
 // Helpers outside #[test] functions fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use e2e::envoy::{
     Envoy, bootstrap_with_clusters, network_wasm_filter, tcp_proxy_bootstrap, wasm_filter,
 };
-use e2e::fidelity::{connection_scenarios, envoy_wasm_logs, mask, scenarios, wire};
+use e2e::fidelity::{
+    StreamAnswer, StreamUpstream, connection_scenarios, envoy_wasm_logs, filters_before, mask,
+    mask_logged, read_streamed, scenarios, stream_bootstrap, stream_scenarios, wire,
+    write_streamed,
+};
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::Host;
 use proxy_wasm_harness::abi::LogLevel;
@@ -59,6 +71,9 @@ impl Observed {
         for (_, c) in &mut self.calls {
             mask(&mut c.headers);
         }
+        for (_, line) in &mut self.logs {
+            *line = mask_logged(line);
+        }
         self
     }
 }
@@ -70,6 +85,7 @@ fn module_file(name: &str) -> PathBuf {
         "callout_filter" => e2e::callout_wasm(),
         "go_filter" => e2e::go_wasm(),
         "tcp_filter" => e2e::tcp_filter_wasm(),
+        "stream_filter" => e2e::fidelity::stream_filter_wasm(),
         other => panic!("unknown module {other:?} in a scenario"),
     }
 }
@@ -113,6 +129,82 @@ fn in_harness(s: &Scenario) -> Result<Observed, String> {
         calls,
         logs,
         metrics,
+    })
+}
+
+/// A scenario in Envoy as a client and an upstream that write each body piece on its own
+/// (`e2e::fidelity::write_streamed`), with trailers, behind the filters that set the scenario's
+/// metadata and filter state, with its buffer limit.
+fn streamed_in_envoy(s: &Scenario) -> Result<Observed, String> {
+    let pieces = s.upstream.pieces_of("upstream")?;
+    let upstream = StreamUpstream::start(StreamAnswer {
+        status: s.upstream.status,
+        headers: s.upstream.headers.clone(),
+        pieces,
+        trailers: (!s.upstream.trailers.is_empty()).then(|| s.upstream.trailers.clone()),
+    })
+    .map_err(|e| e.to_string())?;
+    if !s.clusters.is_empty() {
+        return Err("stream scenarios call no cluster".into());
+    }
+    let mut filters = filters_before(s);
+    filters.push(wasm_filter(
+        "scenario",
+        &s.root_id,
+        &module_file(&s.module),
+        &s.configuration,
+    ));
+    let envoy = Envoy::start(&stream_bootstrap(
+        upstream.addr(),
+        filters,
+        &[],
+        s.buffer_limit,
+    ))
+    .map_err(|f| format!("{}\n{}", f.reason, f.log))?;
+    let sent: Vec<(String, String)> = s
+        .client_headers()
+        .into_iter()
+        .filter(|(k, _)| k != "content-length")
+        .collect();
+    let conn = std::net::TcpStream::connect(envoy.listener).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut w = conn.try_clone().map_err(|e| e.to_string())?;
+    let trailers = (!s.request.trailers.is_empty()).then(|| s.request.trailers.clone());
+    // The client may stop writing when Envoy answers early (a 413): what it reads counts.
+    let written = write_streamed(
+        &mut w,
+        &format!("{} {} HTTP/1.1", s.request.method, s.request.path),
+        &sent,
+        &s.request.pieces()?,
+        trailers.as_deref(),
+    );
+    let mut r = std::io::BufReader::new(conn);
+    let (resp, response_trailers) = read_streamed(&mut r)
+        .map_err(|e| {
+            format!(
+                "response: {e} (request written: {written:?})\n{}",
+                envoy.log()
+            )
+        })?
+        .ok_or_else(|| format!("no response (request written: {written:?})"))?;
+    let upstream_request = upstream.received().last().map(|(m, t)| WireRequest {
+        trailers: t.clone(),
+        ..wire(m)
+    });
+    std::thread::sleep(SETTLE);
+    Ok(Observed {
+        outcome: Outcome {
+            status: resp.status(),
+            response_headers: resp.headers.clone(),
+            body: resp.text(),
+            response_trailers,
+            upstream: upstream_request,
+            local_response: None,
+        },
+        calls: Vec::new(),
+        logs: envoy_wasm_logs(&envoy.log()),
+        metrics: envoy_metrics(&envoy)?,
     })
 }
 
@@ -167,6 +259,7 @@ fn in_envoy(s: &Scenario) -> Result<Observed, String> {
         status: resp.status(),
         response_headers: resp.headers.clone(),
         body: resp.text(),
+        response_trailers: Vec::new(),
         upstream: upstream.received().last().map(wire),
         local_response: None,
     };
@@ -259,6 +352,11 @@ fn differences(h: &Observed, e: &Observed) -> Vec<String> {
     );
     part("body", format!("{:?}", ho.body), format!("{:?}", eo.body));
     part(
+        "response trailers",
+        format!("{:?}", ho.response_trailers),
+        format!("{:?}", eo.response_trailers),
+    );
+    part(
         "upstream request",
         format!("{:?}", ho.upstream),
         format!("{:?}", eo.upstream),
@@ -277,12 +375,34 @@ fn differences(h: &Observed, e: &Observed) -> Vec<String> {
 fn every_scenario_agrees_between_the_harness_and_envoy() {
     let all = scenarios();
     assert!(all.len() >= 20, "only {} scenarios", all.len());
+    let metrics_seen = compare_all(&all, in_envoy);
+    assert!(metrics_seen > 0, "no scenario module reported a metric");
+}
+
+/// The stream scenarios (`tests/scenarios/streams/`): bodies in pieces, each one body callback
+/// in Envoy (the module logs each callback's size, end of stream and buffered bytes), trailers
+/// both ways, a filter that buffers a 1 MiB body until the end of stream, one that rewrites
+/// every chunk, the buffer limit's 413, and metadata and filter state other filters set.
+#[test]
+fn every_stream_scenario_agrees_between_the_harness_and_envoy() {
+    let all = stream_scenarios();
+    assert!(all.len() >= 5, "only {} stream scenarios", all.len());
+    compare_all(&all, streamed_in_envoy);
+}
+
+/// Run every scenario in the harness and in Envoy (`envoy`), check both against its
+/// expectations and each against the other; panic listing every failure. The number of metric
+/// values Envoy reported.
+fn compare_all(
+    all: &[(String, Scenario)],
+    envoy: fn(&Scenario) -> Result<Observed, String>,
+) -> usize {
     let mut failures = Vec::new();
     let mut compared = 0;
     let mut metrics_seen = 0;
-    for (file, s) in &all {
+    for (file, s) in all {
         let harness = in_harness(s);
-        let envoy = in_envoy(s);
+        let envoy = envoy(s);
         let mut problems = Vec::new();
         match (harness, envoy) {
             (Ok(h), Ok(e)) => {
@@ -307,7 +427,6 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
         }
     }
     println!("{compared} scenarios compared in full ({metrics_seen} metric values)");
-    assert!(metrics_seen > 0, "no scenario module reported a metric");
     assert!(
         failures.is_empty(),
         "{} of {} scenarios failed:\n{}",
@@ -315,6 +434,7 @@ fn every_scenario_agrees_between_the_harness_and_envoy() {
         all.len(),
         failures.join("\n\n")
     );
+    metrics_seen
 }
 
 /// Everything a connection scenario lets one observe, from either side.

@@ -848,6 +848,19 @@ impl fmt::Display for Report {
         if !o.body.is_empty() {
             writeln!(f, "body: {:?}", o.body)?;
         }
+        // Trailers as each end got them (the filter may add and remove them).
+        let upstream_trailers = o.upstream.as_ref().map(|u| &u.trailers[..]).unwrap_or(&[]);
+        for (title, trailers) in [
+            ("request trailers (-> upstream)", upstream_trailers),
+            ("response trailers (-> client)", &o.response_trailers[..]),
+        ] {
+            if !trailers.is_empty() {
+                writeln!(f, "{title}:")?;
+                for (k, v) in trailers {
+                    writeln!(f, "  {k}: {v}")?;
+                }
+            }
+        }
         writeln!(f, "http calls: {}", self.http_calls.len())?;
         for (cluster, method, path) in &self.http_calls {
             writeln!(f, "  {cluster}: {method} {path}")?;
