@@ -85,9 +85,15 @@ struct Template {
     text: &'static str,
 }
 
-/// Templates of one language, compiled in from `wasmctl/templates/<lang>/<path>`.
+/// Templates of one language, compiled in from `wasmctl/templates/<lang>/<path>`: the files
+/// named, then the ones every language has (each language has its own copy of them).
 macro_rules! templates {
     ($lang:literal: $($path:literal),* $(,)?) => {
+        templates!(@all $lang: $($path,)* "wasmctl.yaml", "scenarios/adds-header.yaml",
+            "scenarios/upstream-header-kept.yaml", "README.md", ".gitignore",
+            ".github/workflows/ci.yml")
+    };
+    (@all $lang:literal: $($path:literal),* $(,)?) => {
         &[$(Template {
             path: $path,
             text: include_str!(concat!("../templates/", $lang, "/", $path)),
@@ -95,41 +101,15 @@ macro_rules! templates {
     };
 }
 
-const RUST: &[Template] = templates!("rust":
-    "Cargo.toml",
-    "Cargo.lock",
-    "src/lib.rs",
-    "wasmctl.yaml",
-    "scenarios/adds-header.yaml",
-    "scenarios/upstream-header-kept.yaml",
-    "README.md",
-    ".gitignore",
-    ".github/workflows/ci.yml",
-);
+const RUST: &[Template] = templates!("rust": "Cargo.toml", "Cargo.lock", "src/lib.rs");
 
-const GO: &[Template] = templates!("go":
-    "go.mod",
-    "go.sum",
-    "main.go",
-    "wasmctl.yaml",
-    "scenarios/adds-header.yaml",
-    "scenarios/upstream-header-kept.yaml",
-    "README.md",
-    ".gitignore",
-    ".github/workflows/ci.yml",
-);
+const GO: &[Template] = templates!("go": "go.mod", "go.sum", "main.go");
 
 const ASSEMBLYSCRIPT: &[Template] = templates!("assemblyscript":
     "package.json",
     "package-lock.json",
     "assembly/index.ts",
     "assembly/tsconfig.json",
-    "wasmctl.yaml",
-    "scenarios/adds-header.yaml",
-    "scenarios/upstream-header-kept.yaml",
-    "README.md",
-    ".gitignore",
-    ".github/workflows/ci.yml",
 );
 
 /// A project `create` wrote.
