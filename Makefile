@@ -51,7 +51,7 @@ lint: setup-rust lint-filters ## cargo fmt --check, then clippy -D warnings on e
 # whole-workspace clippy lives in `lint`, so a test run does not compile every dependency twice.
 lint-filters: setup-rust
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -p tcp-filter -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -p tcp-filter -p grpc-filter -- -D warnings
 
 test: setup control-plane nodes cosign lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio, a real cluster; as root)
 	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace

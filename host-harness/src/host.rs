@@ -117,6 +117,21 @@ pub struct GrpcCall {
     pub cancelled: bool,
     /// The module closed its side (end of stream, `proxy_grpc_close`, or a unary call).
     pub local_closed: bool,
+    /// What the module was delivered so far (in [`Host::grpc_calls_made`]; empty while pending).
+    pub answered: GrpcAnswered,
+}
+
+/// What a gRPC call or stream delivered to the module, in the order of its callbacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpcAnswered {
+    /// Initial metadata (`proxy_on_grpc_receive_initial_metadata`).
+    pub initial_metadata: Vec<(String, String)>,
+    /// Messages (`proxy_on_grpc_receive`).
+    pub messages: Vec<Vec<u8>>,
+    /// Trailing metadata (`proxy_on_grpc_receive_trailing_metadata`).
+    pub trailing_metadata: Vec<(String, String)>,
+    /// The close's gRPC status and message (`proxy_on_grpc_close`).
+    pub close: Option<(u32, String)>,
 }
 
 /// What the server side of a gRPC stream does next.
@@ -169,6 +184,8 @@ pub(crate) struct Shared {
     pub http_calls: Vec<HttpCall>,
     /// Every HTTP call made, answered or not.
     pub http_calls_made: Vec<HttpCall>,
+    /// Every gRPC call and stream made, in order, with what was sent and answered.
+    pub grpc_calls_made: Vec<GrpcCall>,
     pub grpc_calls: Vec<GrpcCall>,
     pub env: Vec<(String, String)>,
     rng: u64,
@@ -310,6 +327,14 @@ impl Shared {
         self.clusters
             .as_ref()
             .is_none_or(|c| c.iter().any(|n| n == name))
+    }
+
+    /// The record of a call in `grpc_calls_made` (the last with this token on this VM).
+    pub(crate) fn grpc_made_mut(&mut self, vm_index: usize, token: u32) -> Option<&mut GrpcCall> {
+        self.grpc_calls_made
+            .iter_mut()
+            .rev()
+            .find(|c| c.vm_index == vm_index && c.token == token)
     }
 
     pub(crate) fn grpc_call_mut(&mut self, vm_index: usize, token: u32) -> Option<&mut GrpcCall> {
@@ -542,6 +567,7 @@ impl Host {
             clusters: None,
             http_calls: Vec::new(),
             http_calls_made: Vec::new(),
+            grpc_calls_made: Vec::new(),
             grpc_calls: Vec::new(),
             env: Vec::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
@@ -709,6 +735,12 @@ impl Host {
     /// Every HTTP call modules made, answered or not, in order.
     pub fn http_calls_made(&self) -> Vec<HttpCall> {
         self.shared.borrow().http_calls_made.clone()
+    }
+
+    /// Every gRPC call and stream the modules made, in order: what they sent and what they were
+    /// delivered ([`GrpcCall::answered`]).
+    pub fn grpc_calls_made(&self) -> Vec<GrpcCall> {
+        self.shared.borrow().grpc_calls_made.clone()
     }
 
     /// gRPC calls and streams that are still open.
@@ -905,7 +937,16 @@ impl Host {
                 .iter()
                 .position(|c| c.token == token)
                 .ok_or(Error::UnknownToken(token))?;
-            s.grpc_calls.remove(i)
+            let call = s.grpc_calls.remove(i);
+            if let Some(m) = s.grpc_made_mut(call.vm_index, token) {
+                match response {
+                    Ok(body) => m.answered.messages.push(body.to_vec()),
+                    Err((status, message)) => {
+                        m.answered.close = Some((status, message.to_string()));
+                    }
+                }
+            }
+            call
         };
         let ctx = call.context;
         self.callout(call.vm_index, |v| match response {
@@ -947,11 +988,30 @@ impl Host {
                 .iter()
                 .position(|c| c.token == token && c.stream)
                 .ok_or(Error::UnknownToken(token))?;
-            if matches!(event, GrpcStreamEvent::Close(..)) {
+            let call = if matches!(event, GrpcStreamEvent::Close(..)) {
                 s.grpc_calls.remove(i)
             } else {
                 s.grpc_calls[i].clone()
+            };
+            if let Some(m) = s.grpc_made_mut(call.vm_index, token) {
+                let owned = |pairs: &[(&str, &str)]| {
+                    pairs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<Vec<_>>()
+                };
+                match event {
+                    GrpcStreamEvent::InitialMetadata(p) => m.answered.initial_metadata = owned(p),
+                    GrpcStreamEvent::Message(b) => m.answered.messages.push(b.to_vec()),
+                    GrpcStreamEvent::TrailingMetadata(p) => {
+                        m.answered.trailing_metadata = owned(p);
+                    }
+                    GrpcStreamEvent::Close(status, message) => {
+                        m.answered.close = Some((status, message.to_string()));
+                    }
+                }
             }
+            call
         };
         let ctx = call.context;
         let t = token as i32;

@@ -35,7 +35,9 @@ pub mod scenario;
 mod vm;
 
 pub use error::{Error, Result};
-pub use host::{DEFAULT_UPSTREAM, GrpcCall, GrpcStreamEvent, Host, HttpCall, LogRecord, Metric};
+pub use host::{
+    DEFAULT_UPSTREAM, GrpcAnswered, GrpcCall, GrpcStreamEvent, Host, HttpCall, LogRecord, Metric,
+};
 pub use plugin::{
     DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, FAIL_CLOSED_STATUS, FailurePolicy, HttpStream,
     NetworkStream, Plugin, PluginBuilder, RELOAD_BACKOFF,

@@ -21,7 +21,7 @@
 use crate::abi::Action;
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
-use crate::host::Host;
+use crate::host::{GrpcStreamEvent, Host};
 use crate::plugin::Plugin;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,6 +54,11 @@ pub struct Scenario {
     /// Clusters the filter may call (`proxy_http_call`) and what each answers.
     #[serde(default)]
     pub clusters: BTreeMap<String, Answer>,
+    /// gRPC services the filter may call (`proxy_grpc_call`, `proxy_grpc_stream`): by cluster,
+    /// then by `SERVICE/METHOD` (e.g. `auth.Authorizer/Check`), what the server answers. A
+    /// method not listed on a listed cluster answers UNIMPLEMENTED, as a gRPC server does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc: BTreeMap<String, BTreeMap<String, GrpcAnswer>>,
     /// A TCP connection through a network filter, step by step (what the client and the
     /// upstream send, and when each closes). Given, the scenario is a connection scenario:
     /// [`Scenario::run_connection`] runs it, and the HTTP fields (`request`, `upstream`, the
@@ -536,6 +541,183 @@ impl Default for Answer {
     }
 }
 
+/// How the messages of a [`GrpcAnswer`] are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// UTF-8 text, sent as is.
+    #[default]
+    Text,
+    /// Standard base64 (protobuf bytes, for instance).
+    Base64,
+    /// Hexadecimal digits, two per byte.
+    Hex,
+}
+
+impl Encoding {
+    /// Decode one written value.
+    pub fn decode(self, v: &str) -> std::result::Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        match self {
+            Encoding::Text => Ok(v.as_bytes().to_vec()),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|e| format!("not base64: {e}")),
+            Encoding::Hex => {
+                let v: Vec<u8> = v.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                if !v.len().is_multiple_of(2) {
+                    return Err("an odd number of hex digits".into());
+                }
+                v.chunks(2)
+                    .map(|p| {
+                        std::str::from_utf8(p)
+                            .ok()
+                            .and_then(|d| u8::from_str_radix(d, 16).ok())
+                            .ok_or_else(|| format!("not hex: {:?}", String::from_utf8_lossy(p)))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The status and message a unary call is closed with when its timeout passes first, as Envoy
+/// 1.40 closes it (measured: its router's local reply, 504 "upstream request timeout", mapped to
+/// UNAVAILABLE, not DEADLINE_EXCEEDED; the message carries the response code details).
+pub const GRPC_TIMEOUT: (u32, &str) = (14, "upstream request timeout{response_timeout}");
+/// What a gRPC server (grpcio's, as the fidelity tests run) sends before the scenario's initial
+/// metadata.
+pub const GRPC_SERVER_HEADERS: &[(&str, &str)] = &[
+    (":status", "200"),
+    ("content-type", "application/grpc"),
+    ("grpc-accept-encoding", "identity, deflate, gzip"),
+];
+
+/// The status message a module reads (`proxy_get_status`) when a server closed a call with
+/// `message`: Envoy 1.40 appends the response code details, `via_upstream` (measured).
+pub fn grpc_close_message(message: &str) -> String {
+    if message.is_empty() {
+        "via_upstream".into()
+    } else {
+        format!("{message}{{via_upstream}}")
+    }
+}
+
+/// The metadata a gRPC server receives of a call, as Envoy sends it: the module's, then
+/// `x-envoy-internal: true` and, for a unary call with a timeout,
+/// `x-envoy-expected-rq-timeout-ms` (measured; the transport's own headers left out).
+pub fn grpc_request_metadata(call: &crate::host::GrpcCall) -> Vec<(String, String)> {
+    let mut md: Vec<(String, String)> = pair_iter(&call.initial_metadata)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    md.push(("x-envoy-internal".into(), "true".into()));
+    if !call.stream && call.timeout_ms > 0 {
+        md.push((
+            "x-envoy-expected-rq-timeout-ms".into(),
+            call.timeout_ms.to_string(),
+        ));
+    }
+    md
+}
+/// The close of a unary call answered OK without a message.
+pub const GRPC_NO_MESSAGE: (u32, &str) = (13, "");
+/// gRPC status UNIMPLEMENTED, and the message grpcio's server sends with it for a method it
+/// does not serve.
+pub const GRPC_UNIMPLEMENTED: (u32, &str) = (12, "Method not found!");
+
+/// What a gRPC server answers to one method (an entry of [`Scenario::grpc`]). On the wire, and
+/// to the module, in this order: the initial metadata, each message, the trailing metadata, the
+/// status. A unary call is delivered its first message when the status is OK, else only the
+/// status and message (as Envoy does: `proxy_on_grpc_receive` or `proxy_on_grpc_close`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcAnswer {
+    /// gRPC status code, 0 (OK) to 16.
+    pub status: u32,
+    /// Status message (`grpc-message`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Response messages, in `encoding` (a unary call: one).
+    pub messages: Vec<String>,
+    /// How `messages` are written: `text` (default), `base64` or `hex`.
+    pub encoding: Encoding,
+    /// Initial metadata (lower-case names), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub initial_metadata: Vec<(String, String)>,
+    /// Trailing metadata (lower-case names), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trailing_metadata: Vec<(String, String)>,
+    /// The server answers after this many milliseconds: a unary call whose timeout is shorter
+    /// is closed as Envoy closes it at the timeout instead ([`GRPC_TIMEOUT`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+impl GrpcAnswer {
+    /// The messages as bytes; `field` names the answer in errors.
+    pub fn message_bytes(&self, field: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                self.encoding
+                    .decode(m)
+                    .map_err(|e| format!("{field}.messages[{i}]: {e}"))
+            })
+            .collect()
+    }
+
+    fn check(&self, field: &str) -> std::result::Result<(), String> {
+        if self.status > 16 {
+            return Err(format!(
+                "{field}.status: {} is not a gRPC status (0 OK to 16 UNAUTHENTICATED)",
+                self.status
+            ));
+        }
+        self.message_bytes(field)?;
+        for (which, pairs) in [
+            ("initial_metadata", &self.initial_metadata),
+            ("trailing_metadata", &self.trailing_metadata),
+        ] {
+            for (i, (k, _)) in pairs.iter().enumerate() {
+                if k.is_empty() || k.starts_with(':') || k.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(format!(
+                        "{field}.{which}[{i}]: {k:?} is not a metadata name (lower case, no `:`)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One gRPC call the module made (an entry of `expect.grpc_calls`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectGrpcCall {
+    /// The cluster called.
+    pub cluster: String,
+    /// The gRPC service, when given.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The method, when given.
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+impl fmt::Display for ExpectGrpcCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let or_any = |v: &Option<String>| v.clone().unwrap_or_else(|| "*".into());
+        write!(
+            f,
+            "{}: {}/{}",
+            self.cluster,
+            or_any(&self.service),
+            or_any(&self.method)
+        )
+    }
+}
+
 /// Expectations; every given field must hold.
 ///
 /// Most are about the [`Outcome`] (what a client and the upstream observe) and are checked by
@@ -589,6 +771,11 @@ pub struct Expect {
     /// matching (`[]`: none at all). Checked in the harness only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_calls: Option<Vec<ExpectCall>>,
+    /// Every gRPC call and stream the module opened (`proxy_grpc_call`, `proxy_grpc_stream`),
+    /// in order: as many as listed, each matching (`[]`: none at all). Checked in the harness
+    /// only ([`Scenario::check_observed_grpc`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_calls: Option<Vec<ExpectGrpcCall>>,
     /// Log lines the module must write, in this order, other lines between them allowed.
     /// Checked in the harness only (which records every level, trace included).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -939,6 +1126,26 @@ impl Scenario {
                 return Err(format!(
                     "{field}: a called cluster answers with one `body` (no `body_chunks`, \
                      `body_repeat`, `chunk_size` or `trailers`)"
+                ));
+            }
+        }
+        for (cluster, methods) in &s.grpc {
+            for (method, a) in methods {
+                let field = format!("grpc.{cluster}.{method}");
+                match method.split_once('/') {
+                    Some((svc, m)) if !svc.is_empty() && !m.is_empty() && !m.contains('/') => {}
+                    _ => {
+                        return Err(format!(
+                            "{field}: methods are named SERVICE/METHOD (e.g. auth.Authorizer/Check)"
+                        ));
+                    }
+                }
+                a.check(&field)?;
+            }
+            if s.clusters.contains_key(cluster) {
+                return Err(format!(
+                    "grpc.{cluster}: {cluster} is also under `clusters:` (an HTTP cluster); a \
+                     cluster is one or the other"
                 ));
             }
         }
@@ -1304,6 +1511,50 @@ impl Scenario {
         if bad.is_empty() { Ok(()) } else { Err(bad) }
     }
 
+    /// Check the gRPC calls the module made against `expect.grpc_calls` (harness only, as
+    /// [`Scenario::check_observed`]): the calls as (cluster, service, method), in order.
+    pub fn check_observed_grpc(
+        &self,
+        grpc_calls: &[(String, String, String)],
+    ) -> std::result::Result<(), Vec<String>> {
+        let Some(want) = &self.expect.grpc_calls else {
+            return Ok(());
+        };
+        let mut bad = Vec::new();
+        let shown = |calls: Vec<String>| format!("[{}]", calls.join(", "));
+        let got: Vec<String> = grpc_calls
+            .iter()
+            .map(|(c, s, m)| format!("{c}: {s}/{m}"))
+            .collect();
+        if want.len() != grpc_calls.len() {
+            bad.push(format!(
+                "grpc calls: expected {} {}, got {} {}",
+                want.len(),
+                shown(want.iter().map(ToString::to_string).collect()),
+                got.len(),
+                shown(got)
+            ));
+        } else {
+            for (i, (w, (cluster, service, method))) in want.iter().zip(grpc_calls).enumerate() {
+                let parts = [
+                    ("cluster", Some(&w.cluster), cluster),
+                    ("service", w.service.as_ref(), service),
+                    ("method", w.method.as_ref(), method),
+                ];
+                for (part, want, got) in parts {
+                    if let Some(want) = want
+                        && want != got
+                    {
+                        bad.push(format!(
+                            "grpc_calls[{i}] {part}: expected {want:?}, got {got:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        if bad.is_empty() { Ok(()) } else { Err(bad) }
+    }
+
     /// Run the scenario through a plugin as Envoy would: request headers (and body), any HTTP
     /// calls answered from [`Scenario::clusters`], the upstream's answer unless the filter
     /// answered locally, then the end of the stream.
@@ -1546,9 +1797,84 @@ impl Scenario {
         ))
     }
 
+    /// Answer the first gRPC call or stream that can be answered (a unary call, or a stream
+    /// whose module side is closed) from [`Scenario::grpc`], as Envoy delivers a server's
+    /// answer: a unary call gets its message (status OK) or its close; a stream its initial
+    /// metadata (when the server sent any), each message, its trailing metadata, its close.
+    /// Whether one was answered.
+    fn answer_grpc_call(&self, host: &Host) -> Result<bool> {
+        let pending = host.pending_grpc_calls();
+        let Some(call) = pending.iter().find(|c| !c.cancelled && c.local_closed) else {
+            return Ok(false);
+        };
+        let key = format!("{}/{}", call.service_name, call.method);
+        let answer = self.grpc.get(&call.service).and_then(|m| m.get(&key));
+        let Some(a) = answer else {
+            let (status, message) = GRPC_UNIMPLEMENTED;
+            let message = &grpc_close_message(message);
+            if call.stream {
+                host.grpc_stream_event(call.token, GrpcStreamEvent::Close(status, message))?;
+            } else {
+                host.respond_grpc_call(call.token, Err((status, message)))?;
+            }
+            return Ok(true);
+        };
+        let messages = a
+            .message_bytes(&format!("grpc.{}.{key}", call.service))
+            .map_err(Error::Usage)?;
+        if let Some(delay) = a.delay_ms {
+            let timeout = u64::from(call.timeout_ms);
+            if !call.stream && timeout > 0 && delay >= timeout {
+                // Envoy's async client gives up at the timeout.
+                host.advance(std::time::Duration::from_millis(timeout))?;
+                let (status, message) = GRPC_TIMEOUT;
+                host.respond_grpc_call(call.token, Err((status, message)))?;
+                return Ok(true);
+            }
+            host.advance(std::time::Duration::from_millis(delay))?;
+        }
+        if !call.stream {
+            match messages.first() {
+                Some(m) if a.status == 0 => host.respond_grpc_call(call.token, Ok(m))?,
+                None if a.status == 0 => {
+                    host.respond_grpc_call(call.token, Err(GRPC_NO_MESSAGE))?
+                }
+                _ => host.respond_grpc_call(
+                    call.token,
+                    Err((a.status, &grpc_close_message(&a.message))),
+                )?,
+            }
+            return Ok(true);
+        }
+        // A stream: each part as Envoy delivers what the server sent (measured order).
+        let t = call.token;
+        if !a.initial_metadata.is_empty() || !messages.is_empty() {
+            let mut md: Vec<(&str, &str)> = GRPC_SERVER_HEADERS.to_vec();
+            md.extend(as_pairs(&a.initial_metadata));
+            md.push(("x-envoy-upstream-service-time", "0"));
+            host.grpc_stream_event(t, GrpcStreamEvent::InitialMetadata(&md))?;
+        }
+        for m in &messages {
+            host.grpc_stream_event(t, GrpcStreamEvent::Message(m))?;
+        }
+        let status = a.status.to_string();
+        let mut md = vec![
+            ("grpc-status", status.as_str()),
+            ("grpc-message", &a.message),
+        ];
+        md.extend(as_pairs(&a.trailing_metadata));
+        host.grpc_stream_event(t, GrpcStreamEvent::TrailingMetadata(&md))?;
+        let message = grpc_close_message(&a.message);
+        host.grpc_stream_event(t, GrpcStreamEvent::Close(a.status, &message))?;
+        Ok(true)
+    }
+
     fn answer_calls(&self, host: &Host) -> Result<()> {
         // Answering may make the filter call again: loop until nothing is pending.
         for _ in 0..16 {
+            if self.answer_grpc_call(host)? {
+                continue;
+            }
             let pending = host.pending_http_calls();
             let Some(call) = pending.first() else {
                 return Ok(());
@@ -2035,6 +2361,55 @@ mod tests {
                 r#"metric a.gone: expected 0, got no such metric (defined: ["a.count", "a.level"])"#,
             ]
         );
+    }
+
+    #[test]
+    fn grpc_answers_parse_and_errors_name_the_field() {
+        let s = Scenario::from_yaml(
+            "name: t\ngrpc:\n  auth:\n    a.B/Check: {messages: [\"6869\"], encoding: hex, \
+             initial_metadata: [[x-a, \"1\"]]}\nexpect:\n  grpc_calls: [{cluster: auth}]",
+        )
+        .unwrap();
+        let a = &s.grpc["auth"]["a.B/Check"];
+        assert_eq!(a.message_bytes("f").unwrap(), vec![b"hi".to_vec()]);
+        for (yaml, want) in [
+            ("{a.B/C: {status: 17}}", "grpc.auth.a.B/C.status: 17"),
+            (
+                "{Check: {}}",
+                "grpc.auth.Check: methods are named SERVICE/METHOD",
+            ),
+            (
+                "{a.B/C: {messages: [zz], encoding: hex}}",
+                "grpc.auth.a.B/C.messages[0]: not hex",
+            ),
+            (
+                "{a.B/C: {messages: [\"!\"], encoding: base64}}",
+                "grpc.auth.a.B/C.messages[0]: not base64",
+            ),
+            (
+                "{a.B/C: {trailing_metadata: [[X-A, b]]}}",
+                "grpc.auth.a.B/C.trailing_metadata[0]",
+            ),
+        ] {
+            let e = Scenario::from_yaml(&format!("name: t\ngrpc:\n  auth: {yaml}")).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        let e = Scenario::from_yaml("name: t\ngrpc: {auth: {a.B/C: {statuss: 1}}}").unwrap_err();
+        assert!(e.contains("statuss"), "{e}");
+    }
+
+    #[test]
+    fn grpc_calls_are_all_of_them_in_order() {
+        let s = with_expect("  grpc_calls: [{cluster: auth, service: a.B, method: Check}]");
+        let row = |c: &str, m: &str| (c.to_string(), "a.B".to_string(), m.to_string());
+        assert_eq!(s.check_observed_grpc(&[row("auth", "Check")]), Ok(()));
+        assert_eq!(
+            s.check_observed_grpc(&[row("auth", "Watch")]).unwrap_err(),
+            vec![r#"grpc_calls[0] method: expected "Check", got "Watch""#.to_string()]
+        );
+        let bad = s.check_observed_grpc(&[]).unwrap_err();
+        assert!(bad[0].starts_with("grpc calls: expected 1"), "{bad:?}");
+        assert_eq!(with_expect("  {}").check_observed_grpc(&[]), Ok(()));
     }
 
     #[test]

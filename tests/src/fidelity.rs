@@ -93,6 +93,12 @@ pub fn stream_scenarios() -> Vec<(String, proxy_wasm_harness::scenario::Scenario
     scenarios_in("tests/scenarios/streams")
 }
 
+/// The `tests/scenarios/grpc/*.yaml` files (a filter calling gRPC services: `grpc:` answers,
+/// served by `tests/grpc_server.py` in Envoy) in name order: (file name, scenario).
+pub fn grpc_scenarios() -> Vec<(String, proxy_wasm_harness::scenario::Scenario)> {
+    scenarios_in("tests/scenarios/grpc")
+}
+
 /// The filters a scenario's Envoy runs before the module, setting what the scenario says other
 /// filters set: a Lua filter setting its `metadata`, a `set_filter_state` filter setting its
 /// `filter_state` (factory `envoy.string`).

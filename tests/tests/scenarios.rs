@@ -22,6 +22,12 @@
 //! `set_filter_state` filter that set the scenario's metadata and filter state, with HTTP/1
 //! trailers enabled and the scenario's buffer limit; the client and the upstream write each body
 //! piece on its own. The same comparison holds, trailers each way included.
+//!
+//! The gRPC scenarios under `tests/scenarios/grpc/` run the example gRPC filter
+//! (examples/grpc-filter) against a real gRPC server per `grpc:` cluster (grpcio,
+//! `tests/grpc_server.py`, answering as the scenario says) behind an HTTP/2 cluster in Envoy;
+//! besides the above, each gRPC call as the server received it (method, `x-` metadata,
+//! messages) is compared, and the module's log shows the order of its gRPC callbacks.
 
 // Helpers outside #[test] functions fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -30,9 +36,9 @@ use e2e::envoy::{
     Envoy, bootstrap_with_clusters, network_wasm_filter, tcp_proxy_bootstrap, wasm_filter,
 };
 use e2e::fidelity::{
-    StreamAnswer, StreamUpstream, connection_scenarios, envoy_wasm_logs, filters_before, mask,
-    mask_logged, read_streamed, scenarios, stream_bootstrap, stream_scenarios, wire,
-    write_streamed,
+    StreamAnswer, StreamUpstream, connection_scenarios, envoy_wasm_logs, filters_before,
+    grpc_scenarios, mask, mask_logged, read_streamed, scenarios, stream_bootstrap,
+    stream_scenarios, wire, write_streamed,
 };
 use e2e::http1::{Client, Upstream};
 use proxy_wasm_harness::Host;
@@ -48,11 +54,25 @@ struct Observed {
     outcome: Outcome,
     /// Each HTTP call as its cluster received it: (cluster, request).
     calls: Vec<(String, WireRequest)>,
+    /// Each gRPC call as its server received it.
+    grpc_calls: Vec<GrpcReceived>,
     /// The module's log lines: (level, message), in order.
     logs: Vec<(String, String)>,
     /// The module's metrics once its tick has flushed what it sums: (name, kind, value), by
     /// name; a histogram's value is not compared (Envoy shows quantiles, not samples).
     metrics: Vec<(String, String, i64)>,
+}
+
+/// A gRPC call as its server received it (or the harness recorded it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct GrpcReceived {
+    cluster: String,
+    /// `/SERVICE/METHOD`.
+    path: String,
+    /// The initial metadata entries whose names start with `x-`, in order.
+    metadata: Vec<(String, String)>,
+    /// The messages, in order.
+    messages: Vec<Vec<u8>>,
 }
 
 /// Longer than the slowest tick of the scenario modules (the header filter flushes its
@@ -86,8 +106,33 @@ fn module_file(name: &str) -> PathBuf {
         "go_filter" => e2e::go_wasm(),
         "tcp_filter" => e2e::tcp_filter_wasm(),
         "stream_filter" => e2e::fidelity::stream_filter_wasm(),
+        "grpc_filter" => grpc_wasm(),
         other => panic!("unknown module {other:?} in a scenario"),
     }
+}
+
+/// `grpc_filter.wasm` (examples/grpc-filter), built once per test process as
+/// `e2e::callout_wasm` builds its module.
+fn grpc_wasm() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .current_dir(e2e::workspace_root())
+                .args(["build", "--profile", "wasm", "--target", "wasm32-wasip1"])
+                .args(["-p", "grpc-filter"])
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "building grpc_filter.wasm failed: {status}"
+            );
+            let path = e2e::target_dir().join("wasm32-wasip1/wasm/grpc_filter.wasm");
+            assert!(path.exists(), "{} missing after build", path.display());
+            path
+        })
+        .clone()
 }
 
 fn in_harness(s: &Scenario) -> Result<Observed, String> {
@@ -99,6 +144,7 @@ fn in_harness(s: &Scenario) -> Result<Observed, String> {
     host.set_log_level(LogLevel::Debug);
     let mut known: Vec<&str> = vec!["upstream"];
     known.extend(s.clusters.keys().map(String::as_str));
+    known.extend(s.grpc.keys().map(String::as_str));
     host.set_clusters(&known);
     let plugin = host
         .plugin(&module)
@@ -116,6 +162,19 @@ fn in_harness(s: &Scenario) -> Result<Observed, String> {
         .iter()
         .map(|c| (c.upstream.clone(), WireRequest::of_call(c)))
         .collect();
+    let grpc_calls = host
+        .grpc_calls_made()
+        .iter()
+        .map(|c| GrpcReceived {
+            cluster: c.service.clone(),
+            path: format!("/{}/{}", c.service_name, c.method),
+            metadata: proxy_wasm_harness::scenario::grpc_request_metadata(c)
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("x-"))
+                .collect(),
+            messages: c.sent.clone(),
+        })
+        .collect();
     host.advance(SETTLE).map_err(|e| e.to_string())?;
     let logs = host
         .logs()
@@ -127,6 +186,7 @@ fn in_harness(s: &Scenario) -> Result<Observed, String> {
     Ok(Observed {
         outcome,
         calls,
+        grpc_calls,
         logs,
         metrics,
     })
@@ -203,6 +263,7 @@ fn streamed_in_envoy(s: &Scenario) -> Result<Observed, String> {
             local_response: None,
         },
         calls: Vec::new(),
+        grpc_calls: Vec::new(),
         logs: envoy_wasm_logs(&envoy.log()),
         metrics: envoy_metrics(&envoy)?,
     })
@@ -281,6 +342,7 @@ fn in_envoy(s: &Scenario) -> Result<Observed, String> {
     Ok(Observed {
         outcome,
         calls,
+        grpc_calls: Vec::new(),
         logs: envoy_wasm_logs(&envoy.log()),
         metrics: envoy_metrics(&envoy)?,
     })
@@ -362,6 +424,11 @@ fn differences(h: &Observed, e: &Observed) -> Vec<String> {
         format!("{:?}", eo.upstream),
     );
     part("calls", format!("{:?}", h.calls), format!("{:?}", e.calls));
+    part(
+        "grpc calls",
+        format!("{:?}", h.grpc_calls),
+        format!("{:?}", e.grpc_calls),
+    );
     part("logs", format!("{:?}", h.logs), format!("{:?}", e.logs));
     part(
         "metrics",
@@ -388,6 +455,227 @@ fn every_stream_scenario_agrees_between_the_harness_and_envoy() {
     let all = stream_scenarios();
     assert!(all.len() >= 5, "only {} stream scenarios", all.len());
     compare_all(&all, streamed_in_envoy);
+}
+
+/// The gRPC scenarios (`tests/scenarios/grpc/`): a unary callout allowed and denied (by
+/// status and by message), an unknown cluster, a timeout, a stream of two messages each way.
+#[test]
+fn every_grpc_scenario_agrees_between_the_harness_and_envoy() {
+    let all = grpc_scenarios();
+    assert!(all.len() >= 4, "only {} gRPC scenarios", all.len());
+    compare_all(&all, grpc_in_envoy);
+    // And the harness-only expectations (`expect.grpc_calls`) hold in the harness.
+    for (file, s) in &all {
+        let module = e2e::harness_module(&module_file(&s.module));
+        let host = Host::new();
+        let mut known: Vec<&str> = vec!["upstream"];
+        known.extend(s.grpc.keys().map(String::as_str));
+        host.set_clusters(&known);
+        let plugin = host
+            .plugin(&module)
+            .root_id(&s.root_id)
+            .configuration(&s.configuration)
+            .start()
+            .unwrap();
+        s.run(&plugin).unwrap();
+        let rows: Vec<(String, String, String)> = host
+            .grpc_calls_made()
+            .into_iter()
+            .map(|c| (c.service, c.service_name, c.method))
+            .collect();
+        if let Err(bad) = s.check_observed_grpc(&rows) {
+            panic!("{file}: {bad:?}");
+        }
+    }
+}
+
+/// A gRPC server (`tests/grpc_server.py`, grpcio) on 127.0.0.1 answering one cluster's
+/// methods as a scenario's `grpc:` says. Stopped (stdin closed, then killed) when dropped.
+struct GrpcServer {
+    child: std::process::Child,
+    port: u16,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl GrpcServer {
+    fn start(
+        methods: &std::collections::BTreeMap<String, proxy_wasm_harness::scenario::GrpcAnswer>,
+        field: &str,
+    ) -> Result<GrpcServer, String> {
+        use base64::Engine as _;
+        use std::io::BufRead as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut answers = serde_json::Map::new();
+        for (method, a) in methods {
+            let messages: Vec<String> = a
+                .message_bytes(&format!("{field}.{method}"))?
+                .iter()
+                .map(|m| b64.encode(m))
+                .collect();
+            answers.insert(
+                format!("/{method}"),
+                serde_json::json!({
+                    "status": a.status,
+                    "message": a.message,
+                    "messages": messages,
+                    "initial_metadata": a.initial_metadata,
+                    "trailing_metadata": a.trailing_metadata,
+                    "delay_ms": a.delay_ms.unwrap_or(0),
+                }),
+            );
+        }
+        let script = e2e::workspace_root().join("tests/grpc_server.py");
+        let mut child = std::process::Command::new(e2e::python())
+            .arg(&script)
+            .arg(serde_json::Value::Object(answers).to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        let port = line
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("gRPC server did not start: {line:?}"))?;
+        Ok(GrpcServer {
+            child,
+            port,
+            stdout,
+        })
+    }
+
+    /// Stop the server; what it received, in order.
+    fn received(mut self, cluster: &str) -> Result<Vec<GrpcReceived>, String> {
+        use base64::Engine as _;
+        use std::io::BufRead as _;
+        drop(self.child.stdin.take());
+        let mut got = Vec::new();
+        for line in (&mut self.stdout).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            let pairs = |v: &serde_json::Value| -> Vec<(String, String)> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap_or_default().to_string(),
+                            p[1].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            };
+            got.push(GrpcReceived {
+                cluster: cluster.to_string(),
+                path: v["method"].as_str().unwrap_or_default().to_string(),
+                metadata: pairs(&v["metadata"]),
+                messages: v["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(m.as_str().unwrap_or_default())
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            });
+        }
+        Ok(got)
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gRPC scenario in Envoy: a gRPC server per `grpc:` cluster behind an HTTP/2 cluster of
+/// that name, the module in front of the scenario's upstream.
+fn grpc_in_envoy(s: &Scenario) -> Result<Observed, String> {
+    let h: Vec<(&str, &str)> = s
+        .upstream
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let upstream = Upstream::answering(s.upstream.status, &h, Some(&s.upstream.body));
+    if !s.clusters.is_empty() {
+        return Err("gRPC scenarios call no HTTP cluster".into());
+    }
+    let mut servers = Vec::new();
+    for (cluster, methods) in &s.grpc {
+        servers.push((
+            cluster.clone(),
+            GrpcServer::start(methods, &format!("grpc.{cluster}"))?,
+        ));
+    }
+    let addrs: Vec<(&str, SocketAddr)> = servers
+        .iter()
+        .map(|(n, g)| (n.as_str(), SocketAddr::from(([127, 0, 0, 1], g.port))))
+        .collect();
+    let filter = wasm_filter(
+        "scenario",
+        &s.root_id,
+        &module_file(&s.module),
+        &s.configuration,
+    );
+    let mut config = bootstrap_with_clusters(upstream.addr(), vec![filter], &addrs);
+    // gRPC needs HTTP/2 to the server.
+    for c in config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if s.grpc.contains_key(c["name"].as_str().unwrap_or_default()) {
+            c["typed_extension_protocol_options"] = serde_json::json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            });
+        }
+    }
+    let envoy = Envoy::start(&config).map_err(|f| format!("{}\n{}", f.reason, f.log))?;
+    let sent: Vec<(String, String)> = s
+        .client_headers()
+        .into_iter()
+        .filter(|(k, _)| k != "content-length")
+        .collect();
+    let headers: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut c = Client::connect(envoy.listener).map_err(|e| e.to_string())?;
+    let resp = c
+        .send(
+            &s.request.method,
+            &s.request.path,
+            &headers,
+            s.request.body.as_bytes(),
+        )
+        .map_err(|e| format!("request failed: {e}\n{}", envoy.log()))?;
+    let outcome = Outcome {
+        status: resp.status(),
+        response_headers: resp.headers.clone(),
+        body: resp.text(),
+        response_trailers: Vec::new(),
+        upstream: upstream.received().last().map(wire),
+        local_response: None,
+    };
+    std::thread::sleep(SETTLE);
+    let mut grpc_calls = Vec::new();
+    for (cluster, server) in servers {
+        grpc_calls.extend(server.received(&cluster)?);
+    }
+    Ok(Observed {
+        outcome,
+        calls: Vec::new(),
+        grpc_calls,
+        logs: envoy_wasm_logs(&envoy.log()),
+        metrics: envoy_metrics(&envoy)?,
+    })
 }
 
 /// Run every scenario in the harness and in Envoy (`envoy`), check both against its

@@ -77,8 +77,125 @@ pub struct Report {
     pub metrics: Vec<(String, String, i64)>,
     /// HTTP calls the filter made: (cluster, method, path).
     pub http_calls: Vec<(String, String, String)>,
+    /// gRPC calls and streams the filter opened, with what they sent and were answered.
+    pub grpc_calls: Vec<GrpcCallMade>,
     /// Expectations of the scenario that did not hold.
     pub failed_expectations: Vec<String>,
+}
+
+/// A gRPC call or stream the filter opened (messages as text when they are printable UTF-8,
+/// else `base64:` and their base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrpcCallMade {
+    /// The cluster called.
+    pub cluster: String,
+    /// The gRPC service.
+    pub service: String,
+    /// The method.
+    pub method: String,
+    /// A stream (`proxy_grpc_stream`) rather than a unary call.
+    pub stream: bool,
+    /// The timeout the filter gave (unary calls; 0: none).
+    pub timeout_ms: u32,
+    /// The initial metadata the filter sent.
+    pub metadata: Vec<(String, String)>,
+    /// The messages the filter sent.
+    pub sent: Vec<String>,
+    /// What the filter was delivered.
+    pub answer: GrpcAnswerSeen,
+}
+
+/// What a gRPC call delivered to the filter, in the order of the callbacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrpcAnswerSeen {
+    /// Initial metadata (streams).
+    pub initial_metadata: Vec<(String, String)>,
+    /// Messages.
+    pub messages: Vec<String>,
+    /// Trailing metadata (streams).
+    pub trailing_metadata: Vec<(String, String)>,
+    /// The close's status and message (`proxy_on_grpc_close`), if it came.
+    pub close: Option<(u32, String)>,
+}
+
+/// Bytes as text when printable UTF-8, else `base64:` and their base64.
+fn shown_bytes(b: &[u8]) -> String {
+    use base64::Engine as _;
+    match std::str::from_utf8(b) {
+        Ok(t) if !t.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => t.to_string(),
+        _ => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(b)
+        ),
+    }
+}
+
+/// The gRPC calls made, as [`Report::grpc_calls`] shows them.
+fn grpc_made(host: &Host) -> Vec<GrpcCallMade> {
+    host.grpc_calls_made()
+        .into_iter()
+        .map(|c| GrpcCallMade {
+            metadata: c
+                .initial_metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), shown_bytes(v)))
+                .collect(),
+            sent: c.sent.iter().map(|m| shown_bytes(m)).collect(),
+            answer: GrpcAnswerSeen {
+                initial_metadata: c.answered.initial_metadata.clone(),
+                messages: c.answered.messages.iter().map(|m| shown_bytes(m)).collect(),
+                trailing_metadata: c.answered.trailing_metadata.clone(),
+                close: c.answered.close.clone(),
+            },
+            cluster: c.service,
+            service: c.service_name,
+            method: c.method,
+            stream: c.stream,
+            timeout_ms: c.timeout_ms,
+        })
+        .collect()
+}
+
+impl fmt::Display for GrpcCallMade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.stream {
+            "stream".to_string()
+        } else {
+            format!("unary, timeout {} ms", self.timeout_ms)
+        };
+        let pairs = |p: &[(String, String)]| {
+            p.iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            f,
+            "  {}: {}/{} ({kind})",
+            self.cluster, self.service, self.method
+        )?;
+        if !self.metadata.is_empty() {
+            writeln!(f, "    metadata: {}", pairs(&self.metadata))?;
+        }
+        for m in &self.sent {
+            writeln!(f, "    sent: {m:?}")?;
+        }
+        let a = &self.answer;
+        if !a.initial_metadata.is_empty() {
+            writeln!(f, "    initial metadata: {}", pairs(&a.initial_metadata))?;
+        }
+        for m in &a.messages {
+            writeln!(f, "    received: {m:?}")?;
+        }
+        if !a.trailing_metadata.is_empty() {
+            writeln!(f, "    trailing metadata: {}", pairs(&a.trailing_metadata))?;
+        }
+        match &a.close {
+            Some((status, message)) => writeln!(f, "    closed: status {status} {message:?}"),
+            None if self.stream || a.messages.is_empty() => writeln!(f, "    (no answer)"),
+            None => Ok(()),
+        }
+    }
 }
 
 fn values(pairs: &[(String, String)], name: &str) -> Vec<String> {
@@ -136,6 +253,7 @@ pub(crate) fn start(
     host.set_log_level(level);
     let mut known: Vec<&str> = vec!["upstream"];
     known.extend(scenario.clusters.keys().map(String::as_str));
+    known.extend(scenario.grpc.keys().map(String::as_str));
     host.set_clusters(&known);
     let plugin = host
         .plugin(module)
@@ -495,10 +613,21 @@ fn run_http(m: &Module, module: &Path, scenario: &Scenario) -> Result<Report> {
     let logs = log_lines(&host);
     let metrics = metric_rows(&host);
     let http_calls = calls_made(&host);
+    let grpc_calls = grpc_made(&host);
+    let grpc_rows: Vec<(String, String, String)> = grpc_calls
+        .iter()
+        .map(|c| (c.cluster.clone(), c.service.clone(), c.method.clone()))
+        .collect();
     let mut failed_expectations = scenario.check(&outcome).err().unwrap_or_default();
     failed_expectations.extend(
         scenario
             .check_observed(&logs, &metrics, &http_calls)
+            .err()
+            .unwrap_or_default(),
+    );
+    failed_expectations.extend(
+        scenario
+            .check_observed_grpc(&grpc_rows)
             .err()
             .unwrap_or_default(),
     );
@@ -509,6 +638,7 @@ fn run_http(m: &Module, module: &Path, scenario: &Scenario) -> Result<Report> {
         logs,
         metrics,
         http_calls,
+        grpc_calls,
         outcome,
         failed_expectations,
     })
@@ -864,6 +994,12 @@ impl fmt::Display for Report {
         writeln!(f, "http calls: {}", self.http_calls.len())?;
         for (cluster, method, path) in &self.http_calls {
             writeln!(f, "  {cluster}: {method} {path}")?;
+        }
+        if !self.grpc_calls.is_empty() {
+            writeln!(f, "grpc calls: {}", self.grpc_calls.len())?;
+            for c in &self.grpc_calls {
+                write!(f, "{c}")?;
+            }
         }
         writeln!(f, "logs:")?;
         for (level, msg) in &self.logs {

@@ -45,6 +45,7 @@ fn grpc_call(
         context: d.acting_root(),
         cancelled: false,
         local_closed: unary,
+        answered: Default::default(),
     })
 }
 
@@ -74,7 +75,10 @@ pub(super) fn proxy_grpc_call(
         timeout
     ));
     let token = call.token;
-    c.data().shared.borrow_mut().grpc_calls.push(call);
+    let mut s = c.data().shared.borrow_mut();
+    s.grpc_calls_made.push(call.clone());
+    s.grpc_calls.push(call);
+    drop(s);
     tri!(write_u32(&mut c, out, token));
     Ok(OK)
 }
@@ -101,7 +105,10 @@ pub(super) fn proxy_grpc_stream(
         0
     ));
     let token = call.token;
-    c.data().shared.borrow_mut().grpc_calls.push(call);
+    let mut s = c.data().shared.borrow_mut();
+    s.grpc_calls_made.push(call.clone());
+    s.grpc_calls.push(call);
+    drop(s);
     tri!(write_u32(&mut c, out, token));
     Ok(OK)
 }
@@ -121,8 +128,12 @@ pub(super) fn proxy_grpc_send(
     let vm = c.data().vm_index;
     let mut s = c.data().shared.borrow_mut();
     let call = tri!(s.grpc_call_mut(vm, token as u32).ok_or(Status::NotFound));
-    call.sent.push(msg);
+    call.sent.push(msg.clone());
     call.local_closed |= end != 0;
+    if let Some(m) = s.grpc_made_mut(vm, token as u32) {
+        m.sent.push(msg);
+        m.local_closed |= end != 0;
+    }
     Ok(OK)
 }
 
