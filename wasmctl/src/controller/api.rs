@@ -1,13 +1,15 @@
-//! What the controller reads from the API server besides the FilterDeployments it watches: pull
-//! secrets, verification keys, live objects, the nodes running a workload, the agents' node
-//! reports. Each read's failure is a [`Failure`] whose reason and message say what to fix; what
-//! the result means is decided in [`super::plan`] and [`super::rollout`].
+//! What the controller reads besides the FilterDeployments it watches: pull secrets,
+//! verification keys and live objects from the API server; the nodes running a workload and the
+//! agents' node reports from the caches its watches fill. Each read's failure is a [`Failure`]
+//! whose reason and message say what to fix; what the result means is decided in
+//! [`super::plan`] and [`super::rollout`].
 
 use super::Ctx;
 use super::plan::{self, Failure, Reason};
 use crate::render::{self, node_report, spec::KeyKind, spec::KeyRef};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::runtime::reflector::ObjectRef;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -141,19 +143,34 @@ impl Ctx {
     }
 
     /// The nodes that run a Pod the FilterDeployment selects (its workload's labels, in the
-    /// workload's namespace): the nodes whose agents a rollout waits for.
+    /// workload's namespace): the nodes whose agents a rollout waits for. From the Pod cache
+    /// of a controller that watches that namespace; listed from the API otherwise.
     pub(super) async fn matching_nodes(
         &self,
         namespace: &str,
         d: &render::spec::FilterDeployment,
     ) -> Result<BTreeSet<String>, Failure> {
-        let selector: Vec<String> = d
-            .spec
-            .workload
-            .labels
+        let labels = &d.spec.workload.labels;
+        let cache = self
+            .caches
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+            .find(|c| c.namespace.as_deref().is_none_or(|ns| ns == namespace));
+        if let Some(c) = cache {
+            ready(&c.filled.0, "the Pod cache").await?;
+            let pods = c.pods.state();
+            let selected = pods.iter().map(AsRef::as_ref).filter(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && labels.iter().all(|(k, v)| {
+                        p.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(k))
+                            .is_some_and(|have| have == v)
+                    })
+            });
+            return Ok(super::rollout::nodes_running(selected));
+        }
+        let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let list = pods
             .list(&ListParams::default().labels(&selector.join(",")))
@@ -167,22 +184,47 @@ impl Ctx {
         Ok(super::rollout::nodes_running(&list.items))
     }
 
-    /// Every node agent's report: node -> the module shas it holds.
-    pub(super) async fn node_reports(&self) -> Result<BTreeMap<String, BTreeSet<String>>, Failure> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), render::AGENT_NAMESPACE);
-        let list = api
-            .list(&ListParams::default().labels(node_report::REPORT_LABEL))
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    Reason::ApplyFailed,
-                    format!("cannot read the node reports: {e}"),
-                )
-            })?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(|cm| node_report::read(&cm.data?))
+    /// The reports of `nodes` (node -> the module shas it holds), from the node-report cache.
+    pub(super) async fn node_reports(
+        &self,
+        nodes: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, Failure> {
+        let Some(c) = self.caches.first() else {
+            return Ok(BTreeMap::new());
+        };
+        ready(&c.filled.1, "the node-report cache").await?;
+        Ok(nodes
+            .iter()
+            .filter_map(|node| {
+                let key = ObjectRef::<ConfigMap>::new(&node_report::report_name(node))
+                    .within(render::AGENT_NAMESPACE);
+                let cm = c.reports.get(&key)?;
+                let (n, modules) = node_report::read(cm.data.as_ref()?)?;
+                (&n == node).then_some((n, modules))
+            })
             .collect())
+    }
+}
+
+/// How long a reconcile waits for a cache's first list (the watch's start) before it fails
+/// (and retries with backoff).
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Wait until a cache holds its watch's first list: an empty cache would say that no node runs
+/// the workload, and a rollout would switch without waiting for any agent.
+async fn ready(filled: &super::Filled, what: &str) -> Result<(), Failure> {
+    let mut rx = filled.clone();
+    match tokio::time::timeout(CACHE_WAIT, rx.wait_for(|f| *f)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(Failure::new(
+            Reason::ApplyFailed,
+            format!("{what}: its watch stopped before it was filled"),
+        )),
+        Err(_) => Err(Failure::new(
+            Reason::ApplyFailed,
+            format!(
+                "{what} is not filled within {CACHE_WAIT:?} (can the controller list and watch it?)"
+            ),
+        )),
     }
 }

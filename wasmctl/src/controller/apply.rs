@@ -1,6 +1,7 @@
 //! What the controller writes: objects by server-side apply (only when the live one lacks a
 //! field of them), a workload's two sidecar volume annotations, deletions of what a
-//! FilterDeployment made, and the agent's image list aggregated over every FilterDeployment.
+//! FilterDeployment made, and the agent's image list aggregated over every FilterDeployment
+//! (its writes batched, [`ListWriter`]).
 //! Each write counts in `wasm_controller_writes_total`.
 
 use super::Ctx;
@@ -10,11 +11,46 @@ use crate::render::{self, spec::Delivery};
 use kube::api::{ApiResource, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The agent's image list as this replica writes it. Each reconcile sets its
+/// FilterDeployment's entry here (ahead of the status the watch will show), then waits for a
+/// write of the list that began after that: one write serves every reconcile that asked while
+/// the previous one ran (a group commit), so a hundred FilterDeployments reconciled at once
+/// make a few writes of the list, not a hundred, and no write leaves out an entry another
+/// reconcile has just decided.
+#[derive(Default)]
+pub struct ListWriter {
+    /// FilterDeployment (`namespace/name`) -> its entry (`None`: it has none).
+    fresh: Mutex<HashMap<String, Option<plan::ListEntry>>>,
+    /// Requests made so far.
+    requested: AtomicU64,
+    /// Whether a request since the last write wants the list created if it is missing.
+    create: AtomicBool,
+    /// The last request a completed write covered; held while writing.
+    done: tokio::sync::Mutex<u64>,
+    /// The list last rendered, with a fingerprint of what it was rendered from: at rest every
+    /// resync checks the list, and rendering it (every FilterDeployment parsed) would make
+    /// that check cost the number of FilterDeployments each time.
+    rendered: Mutex<Option<(u64, Value)>>,
+}
 
 impl Ctx {
     /// Server-side apply `object` (forced: the controller owns what it writes) unless the live
     /// object already has every field of it; true when it wrote.
     pub(super) async fn apply(&self, object: &Value) -> Result<bool, Failure> {
+        self.apply_over(object, None).await
+    }
+
+    /// [`Ctx::apply`] over `live`, the object as this reconcile read it a moment ago
+    /// (`Some(None)`: it does not exist), instead of reading it again.
+    pub(super) async fn apply_over(
+        &self,
+        object: &Value,
+        live: Option<Option<&Value>>,
+    ) -> Result<bool, Failure> {
         let object = &plan::with_digest(object);
         let ar = resource(
             object["apiVersion"].as_str().unwrap_or(""),
@@ -29,15 +65,16 @@ impl Ctx {
             .unwrap_or("");
         let api = self.api(&ar, ns);
         let what = format!("{} {}", ar.kind, plan::key(object));
-        if let Some(live) = api
-            .get_opt(name)
-            .await
-            .map_err(|e| Failure::new(Reason::ApplyFailed, format!("cannot read {what}: {e}")))?
-        {
-            let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-            if plan::contains(&live, object) {
-                return Ok(false);
-            }
+        let live = match live {
+            Some(l) => l.cloned(),
+            None => api
+                .get_opt(name)
+                .await
+                .map_err(|e| Failure::new(Reason::ApplyFailed, format!("cannot read {what}: {e}")))?
+                .map(|l| serde_json::to_value(&l).unwrap_or(Value::Null)),
+        };
+        if live.is_some_and(|l| plan::contains(&l, object)) {
+            return Ok(false);
         }
         let pp = PatchParams::apply(plan::FIELD_MANAGER).force();
         api.patch(name, &pp, &Patch::Apply(object))
@@ -134,26 +171,94 @@ impl Ctx {
         Ok(())
     }
 
-    /// The image list over every FilterDeployment the controller knows, with `this` (being
-    /// reconciled: its target image and the image still serving during a rollout) in place of
-    /// its status, or without the one being deleted (`this == None`).
-    pub(super) fn image_list(
+    /// Set the image-list entry of the FilterDeployment `key` (`None`: it has none), then make
+    /// sure the live list carries every entry (creating it when `create`, else only updating
+    /// one that exists). Writes are batched (see [`ListWriter`]): this returns once a write (or
+    /// a check) that began after the entry was set has completed.
+    pub(super) async fn sync_list(
         &self,
-        obj: &Value,
-        this: Option<(&render::Inputs, &str, Option<&str>)>,
-    ) -> Result<Value, Failure> {
-        let me = plan::key(obj);
-        let mut all = Vec::new();
-        if let Some((inputs, target, serving)) = this {
-            all.push(plan::ListEntry {
-                inputs: inputs.clone(),
-                target: target.to_string(),
-                serving: serving.map(str::to_string),
-            });
+        key: &str,
+        entry: Option<plan::ListEntry>,
+        create: bool,
+    ) -> Result<(), Failure> {
+        let w = &self.list;
+        if let Ok(mut f) = w.fresh.lock() {
+            f.insert(key.to_string(), entry);
         }
-        for other in self.filter_deployments() {
+        if create {
+            w.create.store(true, Ordering::SeqCst);
+        }
+        let ticket = w.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = w.done.lock().await;
+        if *done >= ticket {
+            return Ok(());
+        }
+        // Every request made so far has its entry in place: this write covers them all.
+        let covered = w.requested.load(Ordering::SeqCst);
+        let create = w.create.swap(false, Ordering::SeqCst);
+        let list = self.image_list()?;
+        let written = if create {
+            self.apply(&list)
+                .await
+                .map_err(plan::agent_namespace)
+                .map(drop)
+        } else {
+            self.apply_list_if_changed(&list).await
+        };
+        if written.is_err() && create {
+            // Whoever retries next creates it.
+            w.create.store(true, Ordering::SeqCst);
+        }
+        written?;
+        *done = covered;
+        Ok(())
+    }
+
+    /// The image list over every FilterDeployment the controller knows: for each, the entry
+    /// this replica's last reconcile of it decided, else what its status records (a
+    /// FilterDeployment being deleted has none).
+    pub(super) fn image_list(&self) -> Result<Value, Failure> {
+        use std::hash::{Hash, Hasher};
+        let fresh = self
+            .list
+            .fresh
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        let fds = self.filter_deployments();
+        // What the list is rendered from: each FilterDeployment's version and the entries
+        // decided here.
+        let mut seen: Vec<(String, String, bool)> = fds
+            .iter()
+            .map(|o| {
+                (
+                    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()),
+                    o.resource_version().unwrap_or_default(),
+                    o.meta().deletion_timestamp.is_some(),
+                )
+            })
+            .collect();
+        seen.sort();
+        let mut decided: Vec<(&String, String)> =
+            fresh.iter().map(|(k, e)| (k, format!("{e:?}"))).collect();
+        decided.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (seen, decided).hash(&mut h);
+        let fingerprint = h.finish();
+        if let Ok(r) = self.list.rendered.lock()
+            && let Some((f, list)) = r.as_ref()
+            && *f == fingerprint
+        {
+            return Ok(list.clone());
+        }
+        let mut all = Vec::new();
+        for other in fds {
             let v = serde_json::to_value(other.as_ref()).unwrap_or(Value::Null);
-            if plan::key(&v) == me || other.meta().deletion_timestamp.is_some() {
+            if let Some(entry) = fresh.get(&plan::key(&v)) {
+                all.extend(entry.clone());
+                continue;
+            }
+            if other.meta().deletion_timestamp.is_some() {
                 continue;
             }
             let status = plan::Status::of(&v);
@@ -178,15 +283,18 @@ impl Ctx {
                 .origin
                 .cmp(&b.inputs.deployments[0].origin)
         });
-        plan::image_list(&all)
+        let list = plan::image_list(&all)?;
+        if let Ok(mut r) = self.list.rendered.lock() {
+            *r = Some((fingerprint, list.clone()));
+        }
+        Ok(list)
     }
 
     /// A FilterDeployment is going: its image-list entry and (unless another envoyFilter
     /// FilterDeployment still needs them) the workload's annotations are taken back; its Istio
     /// object is deleted (the garbage collector would too).
     pub(super) async fn cleanup(&self, obj: &Value) -> Result<(), Failure> {
-        let list = self.image_list(obj, None)?;
-        self.apply_list_if_changed(&list).await?;
+        self.sync_list(&plan::key(obj), None, false).await?;
         let Ok(inputs) = plan::parse(obj) else {
             return Ok(());
         };

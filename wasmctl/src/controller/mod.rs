@@ -58,7 +58,7 @@ use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -208,15 +208,60 @@ pub struct Ctx {
     cfg: Config,
     /// The FilterDeployments watched: one store per watched namespace (or one for all).
     stores: Vec<Store<DynamicObject>>,
+    /// The watch-backed caches of Pods and node reports, one per controller.
+    caches: Vec<Caches>,
     recorder: kube::runtime::events::Recorder,
     /// Modules pulled, by manifest digest.
     modules: tempfile::TempDir,
+    /// The module sha256 of each manifest digest pulled (the node reports name modules by it).
+    shas: Shas,
     /// (digest, root id, parameters) combinations the module accepted.
     checked: Mutex<HashSet<(String, String, String)>>,
     /// Consecutive failures by FilterDeployment, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The agent's image list: entries as reconciles decided them, and its writes batched.
+    list: apply::ListWriter,
     metrics: Arc<Metrics>,
     published: Arc<Mutex<Published>>,
+}
+
+/// Module sha256 by manifest digest.
+pub type Shas = Arc<Mutex<HashMap<String, String>>>;
+
+/// The caches a controller's watches fill: the Pods it watches (all namespaces, or
+/// `namespace`) and every node report. Reads come from here, not from the API: a reconcile
+/// costs no list of every Pod of a workload or of every node's report.
+#[derive(Clone)]
+pub struct Caches {
+    /// The Pods' namespace (`None`: all).
+    pub namespace: Option<String>,
+    /// Pods, stripped to what a rollout reads (labels, node, phase, deletion).
+    pub pods: Store<k8s_openapi::api::core::v1::Pod>,
+    /// Node reports.
+    pub reports: Store<k8s_openapi::api::core::v1::ConfigMap>,
+    /// Whether each holds its watch's first list: (Pods, node reports).
+    pub filled: (Filled, Filled),
+}
+
+/// Whether a cache holds its watch's first list. (A watch channel: kube-runtime's
+/// `Store::wait_until_ready` wakes only the last of several tasks waiting at once, so one
+/// task per cache waits there and tells every reconcile here.)
+pub type Filled = tokio::sync::watch::Receiver<bool>;
+
+/// A [`Filled`] for `store`.
+fn filled<K>(store: &Store<K>) -> Filled
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let store = store.clone();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            let _ = tx.send(true);
+        }
+    });
+    rx
 }
 
 impl Ctx {
@@ -254,43 +299,123 @@ fn watched(client: &Client, namespaces: &[String]) -> Vec<(Api<DynamicObject>, O
         .collect()
 }
 
+/// A Pod as the cache keeps it: what a rollout reads (namespace, name, labels, deletion, node,
+/// phase), nothing else, so ten thousand Pods take a few megabytes.
+fn strip_pod(p: &mut k8s_openapi::api::core::v1::Pod) {
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    let m = &mut p.metadata;
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone());
+    p.spec = Some(PodSpec {
+        node_name,
+        ..PodSpec::default()
+    });
+    let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+    p.status = Some(PodStatus {
+        phase,
+        ..PodStatus::default()
+    });
+}
+
+/// A node report as the cache keeps it: its name, labels and data.
+fn strip_report(cm: &mut k8s_openapi::api::core::v1::ConfigMap) {
+    cm.metadata.managed_fields = None;
+    cm.metadata.annotations = None;
+    cm.metadata.owner_references = None;
+}
+
+/// Whether node `node`'s report (in `reports`) holds the module of manifest digest `digest`
+/// (`None`: this replica has not pulled that digest, so its module is not known).
+fn holds(
+    reports: &Store<k8s_openapi::api::core::v1::ConfigMap>,
+    shas: &Shas,
+    node: &str,
+    digest: &str,
+) -> Option<bool> {
+    let sha = shas.lock().ok()?.get(digest)?.clone();
+    let key = kube::runtime::reflector::ObjectRef::new(&render::node_report::report_name(node))
+        .within(render::AGENT_NAMESPACE);
+    Some(
+        reports
+            .get(&key)
+            .and_then(|cm| render::node_report::read(cm.data.as_ref()?))
+            .is_some_and(|(n, modules)| n == node && modules.contains(&sha)),
+    )
+}
+
 /// A controller for the FilterDeployments of `api`, also woken by what moves a rollout on: a
-/// node report (any FilterDeployment mid-rollout) and a Pod (those whose workload it is). Pods
-/// are watched in `namespace` only when the FilterDeployments are (a Role there is enough; a
-/// workload elsewhere is looked at again by the resync).
+/// node report (the FilterDeployments waiting for that node, see [`rollout::Wakes`]) and a Pod
+/// (those whose workload it is). Both are watched once, into the caches returned, which the
+/// reconciles read. Pods are watched in `namespace` only when the FilterDeployments are (a Role
+/// there is enough; a workload elsewhere is listed from the API).
 fn controller(
     client: &Client,
     api: Api<DynamicObject>,
     namespace: Option<&str>,
-) -> Controller<DynamicObject> {
+    shas: &Shas,
+) -> (Controller<DynamicObject>, Caches) {
     use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::runtime::{WatchStreamExt, reflector};
     let fds = filter_deployments();
     let c = Controller::new_with(api, watcher::Config::default(), fds);
     let store = c.store();
-    let reports: Api<ConfigMap> = Api::namespaced(client.clone(), render::AGENT_NAMESPACE);
+
+    let (reports, writer) = reflector::store::<ConfigMap>();
+    let report_stream = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), render::AGENT_NAMESPACE),
+        watcher::Config::default().labels(render::node_report::REPORT_LABEL),
+    )
+    .default_backoff()
+    .modify(strip_report)
+    .reflect(writer)
+    .touched_objects();
+    let wakes = rollout::Wakes::new(Duration::from_secs(2));
     let by_report = {
-        let store = store.clone();
-        move |_: ConfigMap| rollout::waiting(&store.state(), None)
+        let (store, reports, shas) = (store.clone(), reports.clone(), shas.clone());
+        move |cm: ConfigMap| {
+            let node = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(render::node_report::NODE_KEY).cloned())
+                .unwrap_or_default();
+            rollout::woken_by_report(
+                &store.state(),
+                &node,
+                |n, digest| holds(&reports, &shas, n, digest),
+                &wakes,
+                std::time::Instant::now(),
+            )
+        }
     };
+
+    let (pods, writer) = reflector::store::<Pod>();
+    let pods_api = match namespace {
+        Some(ns) => Api::<Pod>::namespaced(client.clone(), ns),
+        None => Api::<Pod>::all(client.clone()),
+    };
+    let pod_stream = watcher(pods_api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip_pod)
+        .reflect(writer)
+        .touched_objects();
     let by_pod = move |p: Pod| {
         let labels = p.labels().clone();
-        rollout::waiting(
-            &store.state(),
-            Some((p.namespace().unwrap_or_default().as_str(), &labels)),
-        )
+        let ns = p.namespace().unwrap_or_default();
+        rollout::waiting(&store.state(), rollout::Change::Pod(&ns, &labels))
     };
-    c.watches(
+    let caches = Caches {
+        namespace: namespace.map(str::to_string),
+        filled: (filled(&pods), filled(&reports)),
+        pods,
         reports,
-        watcher::Config::default().labels(render::node_report::REPORT_LABEL),
-        by_report,
-    )
-    .watches(
-        match namespace {
-            Some(ns) => Api::<Pod>::namespaced(client.clone(), ns),
-            None => Api::<Pod>::all(client.clone()),
-        },
-        watcher::Config::default(),
-        by_pod,
+    };
+    (
+        c.watches_stream(report_stream, by_report)
+            .watches_stream(pod_stream, by_pod),
+        caches,
     )
 }
 
@@ -373,10 +498,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     metrics.leader.set(1);
     publish(&published, &metrics, true, "");
 
-    let controllers: Vec<Controller<DynamicObject>> = watched(&client, &cfg.namespaces)
-        .into_iter()
-        .map(|(api, ns)| controller(&client, api, ns.as_deref()))
-        .collect();
+    let shas: Shas = Arc::default();
+    let (controllers, caches): (Vec<Controller<DynamicObject>>, Vec<Caches>) =
+        watched(&client, &cfg.namespaces)
+            .into_iter()
+            .map(|(api, ns)| controller(&client, api, ns.as_deref(), &shas))
+            .unzip();
     let ctx = Arc::new(Ctx {
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
@@ -386,6 +513,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             },
         ),
         stores: controllers.iter().map(Controller::store).collect(),
+        caches,
+        shas,
+        list: apply::ListWriter::default(),
         client: client.clone(),
         cfg: cfg.clone(),
         modules: tempfile::tempdir()

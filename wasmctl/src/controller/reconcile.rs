@@ -168,20 +168,30 @@ async fn deploy(
     let (digest, pinned) = (prepared.digest, prepared.pinned);
 
     let mut objects = Vec::new();
-    // A switch of delivery mode leaves the other kind's object behind: remove it.
+    // A switch of delivery mode leaves the other kind's object behind: remove it (when the
+    // status names one, or names nothing yet).
     let (this_kind, others) = super::api::kinds(d.spec.delivery);
     let wns = render::workload_namespace(d).to_string();
+    let written = previous.and_then(|p| p.objects.as_ref());
     for other in &others {
-        ctx.delete_owned(other, &wns, &d.metadata.name, obj).await?;
+        let named = written.is_none_or(|o| {
+            o.iter().any(|w| {
+                w.strip_prefix(other.kind.as_str())
+                    .is_some_and(|r| r.starts_with(' '))
+            })
+        });
+        if named {
+            ctx.delete_owned(other, &wns, &d.metadata.name, obj).await?;
+        }
     }
+    let me = plan::key(obj);
 
     if d.spec.delivery != Delivery::EnvoyFilter {
         // Each sidecar's istio-agent pulls the image itself: nothing to wait for.
         let filter = plan::filter_object(&inputs, &image, &pinned, None, obj)?;
         ctx.apply(&filter).await?;
         objects.push(format!("{} {}", this_kind.kind, plan::key(&filter)));
-        let list = ctx.image_list(obj, None)?;
-        ctx.apply_list_if_changed(&list).await?;
+        ctx.sync_list(&me, None, false).await?;
         return Ok(Applied {
             digest,
             image: pinned,
@@ -199,9 +209,12 @@ async fn deploy(
     let bytes =
         std::fs::read(&file).map_err(|e| Failure::new(Reason::RegistryError, e.to_string()))?;
     let sha = crate::oci::layout::sha256_hex(&bytes);
+    if let Ok(mut shas) = ctx.shas.lock() {
+        shas.insert(digest.clone(), sha.clone());
+    }
     let live = ctx.live(&this_kind, &wns, &d.metadata.name).await?;
     let nodes = ctx.matching_nodes(&wns, d).await?;
-    let reports = ctx.node_reports().await?;
+    let reports = ctx.node_reports(&nodes).await?;
     let now = now();
     let step = rollout::step(&rollout::Seen {
         pinned: &pinned,
@@ -228,13 +241,21 @@ async fn deploy(
             ],
         );
     }
-    let list = ctx.image_list(obj, Some((&inputs, &pinned, step.keep())))?;
-    ctx.apply(&list).await.map_err(plan::agent_namespace)?;
-    objects.push(format!("ConfigMap {}", plan::key(&list)));
+    let entry = plan::ListEntry {
+        inputs: inputs.clone(),
+        target: pinned.clone(),
+        serving: step.keep().map(str::to_string),
+    };
+    ctx.sync_list(&me, Some(entry), true).await?;
+    objects.push(format!(
+        "ConfigMap {}/{}",
+        render::AGENT_NAMESPACE,
+        render::IMAGES_CONFIGMAP
+    ));
     match step {
         Step::Switch => {
             let filter = plan::filter_object(&inputs, &image, &pinned, Some(&sha), obj)?;
-            ctx.apply(&filter).await?;
+            ctx.apply_over(&filter, Some(live.as_ref())).await?;
             objects.insert(0, format!("EnvoyFilter {}", plan::key(&filter)));
             Ok(Applied {
                 digest,

@@ -6,7 +6,9 @@
 //! still serves).
 //!
 //! A rollout moves on when something it waits for changes: the controller watches node reports
-//! and Pods, and [`waiting`] names the FilterDeployments each change concerns.
+//! and Pods (watch-backed caches it also reads them from), [`waiting`] names the
+//! FilterDeployments a change concerns, and [`Wakes`] keeps a burst of node reports from
+//! becoming a reconcile (and a status write) per report.
 
 use super::plan::{self, Failure, Reason, Rollout};
 use k8s_openapi::api::core::v1::Pod;
@@ -132,8 +134,8 @@ pub fn until_stalled(rollout: &Rollout, now: &str, timeout: Duration) -> Duratio
 }
 
 /// The nodes running `pods` (those not finished or going).
-pub fn nodes_running(pods: &[Pod]) -> BTreeSet<String> {
-    pods.iter()
+pub fn nodes_running<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeSet<String> {
+    pods.into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             !matches!(
@@ -145,36 +147,128 @@ pub fn nodes_running(pods: &[Pod]) -> BTreeSet<String> {
         .collect()
 }
 
-/// The FilterDeployments of `all` that a change concerns: those mid-rollout, and with `pod`
-/// (its namespace and labels) only those whose workload selects it.
-pub fn waiting(
-    all: &[Arc<DynamicObject>],
-    pod: Option<(&str, &BTreeMap<String, String>)>,
-) -> Vec<ObjectRef<DynamicObject>> {
+/// What changed, as a rollout sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// A node's report (the node's name).
+    Report(&'a str),
+    /// A Pod (its namespace and labels).
+    Pod(&'a str, &'a BTreeMap<String, String>),
+}
+
+/// The rollout a FilterDeployment's status records: (target digest, pending nodes); `None` when
+/// none is under way. Read from the object as the watch delivered it (no parse, no copy): a
+/// change is matched against every FilterDeployment, so this runs once per FilterDeployment
+/// per node report and per Pod event.
+pub fn recorded(o: &DynamicObject) -> Option<(&str, Vec<&str>)> {
+    let r = o.data.get("status")?.get("rollout")?;
+    let digest = r.get("digest")?.as_str()?;
+    let pending = r
+        .get("pendingNodes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    Some((digest, pending))
+}
+
+/// The FilterDeployments of `all` that a change concerns: of those mid-rollout, for a node
+/// report the ones waiting for that node, for a Pod those whose workload selects it.
+pub fn waiting(all: &[Arc<DynamicObject>], change: Change<'_>) -> Vec<ObjectRef<DynamicObject>> {
     all.iter()
         .filter(|o| {
-            let v = serde_json::to_value(o.as_ref()).unwrap_or(Value::Null);
-            if plan::Status::of(&v).and_then(|s| s.rollout).is_none() {
+            let Some((_, pending)) = recorded(o) else {
                 return false;
-            }
-            let Some((namespace, labels)) = pod else {
-                return true;
             };
-            plan::parse(&v).is_ok_and(|i| {
-                let d = &i.deployments[0].deployment;
-                crate::render::workload_namespace(d) == namespace
-                    && d.spec
-                        .workload
-                        .labels
-                        .iter()
-                        .all(|(k, v)| labels.get(k) == Some(v))
-            })
+            match change {
+                Change::Report(node) => pending.contains(&node),
+                Change::Pod(namespace, labels) => {
+                    let v = serde_json::to_value(o.as_ref()).unwrap_or(Value::Null);
+                    plan::parse(&v).is_ok_and(|i| {
+                        let d = &i.deployments[0].deployment;
+                        crate::render::workload_namespace(d) == namespace
+                            && d.spec
+                                .workload
+                                .labels
+                                .iter()
+                                .all(|(k, v)| labels.get(k) == Some(v))
+                    })
+                }
+            }
         })
         .map(|o| {
             ObjectRef::new_with(&o.name_any(), super::filter_deployments())
                 .within(&o.namespace().unwrap_or_default())
         })
         .collect()
+}
+
+/// Which node reports wake a FilterDeployment mid-rollout. Every agent reports within moments
+/// of the others when a new module is listed, so a rollout over a thousand nodes would be a
+/// thousand reconciles (each a status write): instead a report wakes it at once when it
+/// completes the rollout (every node the status names as pending now reports the target), and
+/// otherwise at most once per `interval`, so the status's pending nodes follow the progress
+/// without a write per report.
+pub struct Wakes {
+    interval: std::time::Duration,
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Wakes {
+    /// Progress wakes at most once per `interval` per FilterDeployment.
+    pub fn new(interval: std::time::Duration) -> Wakes {
+        Wakes {
+            interval,
+            last: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether to wake `key` now: always when `complete`, else when its last progress wake is
+    /// `interval` old (or there was none).
+    pub fn wake(&self, key: &str, complete: bool, now: std::time::Instant) -> bool {
+        let Ok(mut last) = self.last.lock() else {
+            return true;
+        };
+        if complete {
+            last.remove(key);
+            return true;
+        }
+        match last.get(key) {
+            Some(t) if now.duration_since(*t) < self.interval => false,
+            _ => {
+                last.insert(key.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+/// The FilterDeployments a node report wakes (see [`Wakes`]): `holds(node, digest)` says
+/// whether a node's report holds the module of a manifest digest (`None`: not known here).
+pub fn woken_by_report(
+    all: &[Arc<DynamicObject>],
+    node: &str,
+    holds: impl Fn(&str, &str) -> Option<bool>,
+    wakes: &Wakes,
+    now: std::time::Instant,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let mut out = Vec::new();
+    for o in all {
+        let Some((digest, pending)) = recorded(o) else {
+            continue;
+        };
+        if !pending.contains(&node) {
+            continue;
+        }
+        let complete = pending.iter().all(|n| holds(n, digest).unwrap_or(false));
+        let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+        if wakes.wake(&key, complete, now) {
+            out.push(
+                ObjectRef::new_with(&o.name_any(), super::filter_deployments())
+                    .within(&o.namespace().unwrap_or_default()),
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -225,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_report_wakes_every_rollout_and_a_pod_only_its_workloads() {
+    fn a_node_report_wakes_the_rollouts_waiting_for_its_node_and_a_pod_only_its_workloads() {
         let all = [
             fd("details", "details", true),
             fd("ratings", "ratings", true),
@@ -234,18 +328,52 @@ mod tests {
         let names = |refs: Vec<ObjectRef<DynamicObject>>| -> Vec<String> {
             refs.into_iter().map(|r| r.name).collect()
         };
-        assert_eq!(names(waiting(&all, None)), ["details", "ratings"]);
+        assert_eq!(
+            names(waiting(&all, Change::Report("n2"))),
+            ["details", "ratings"]
+        );
+        assert!(
+            waiting(&all, Change::Report("n1")).is_empty(),
+            "no rollout waits for n1"
+        );
         let labels = BTreeMap::from([("app".to_string(), "details".to_string())]);
         assert_eq!(
-            names(waiting(&all, Some(("default", &labels)))),
+            names(waiting(&all, Change::Pod("default", &labels))),
             ["details"]
         );
-        assert!(waiting(&all, Some(("other", &labels))).is_empty());
+        assert!(waiting(&all, Change::Pod("other", &labels)).is_empty());
         let reviews = BTreeMap::from([("app".to_string(), "reviews".to_string())]);
         assert!(
-            waiting(&all, Some(("default", &reviews))).is_empty(),
+            waiting(&all, Change::Pod("default", &reviews)).is_empty(),
             "no rollout under way: nothing to wake"
         );
+    }
+
+    #[test]
+    fn reports_wake_a_rollout_when_it_completes_and_otherwise_at_most_once_per_interval() {
+        let all = [fd("details", "details", true)];
+        let wakes = Wakes::new(Duration::from_secs(2));
+        let t0 = std::time::Instant::now();
+        let n2_lacks = |_: &str, _: &str| Some(false);
+        let n2_holds = |n: &str, d: &str| Some(n == "n2" && d == "sha256:bb");
+        // Progress: the first report wakes it, the next ones within the interval do not.
+        assert_eq!(woken_by_report(&all, "n2", n2_lacks, &wakes, t0).len(), 1);
+        let soon = t0 + Duration::from_millis(500);
+        assert!(woken_by_report(&all, "n2", n2_lacks, &wakes, soon).is_empty());
+        assert!(
+            woken_by_report(&all, "n1", n2_holds, &wakes, soon).is_empty(),
+            "not waiting for n1"
+        );
+        // The report that completes it wakes it at once.
+        assert_eq!(woken_by_report(&all, "n2", n2_holds, &wakes, soon).len(), 1);
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(
+            woken_by_report(&all, "n2", n2_lacks, &wakes, later).len(),
+            1
+        );
+        // An unknown module (not pulled by this replica yet) cannot complete it.
+        let unknown = |_: &str, _: &str| None;
+        assert!(woken_by_report(&all, "n2", unknown, &wakes, later).is_empty());
     }
 
     #[test]

@@ -497,15 +497,45 @@ pub fn images(inputs: &Inputs) -> Vec<String> {
     set.into_iter().collect()
 }
 
+/// How many compiled modules [`check_parameters`] keeps.
+const COMPILED_KEPT: usize = 8;
+
+/// `module` compiled in the shared harness runtime, from a small cache (the last
+/// [`COMPILED_KEPT`]) keyed by the sha256 of its bytes: a controller checks every FilterDeployment's parameters against the same few
+/// modules, and compiling one (Cranelift, about 0.1 s for the header filter) costs far more
+/// than running its `proxy_on_configure`.
+fn compiled(module: &Path) -> Result<proxy_wasm_harness::Module> {
+    use proxy_wasm_harness::{Module, Runtime};
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<Vec<(String, Module)>>> = OnceLock::new();
+    let harness = |message: String| Error::Harness {
+        file: module.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(module).map_err(|e| Error::io("cannot read", module, e))?;
+    let sha = crate::oci::layout::sha256_hex(&bytes);
+    // Held while compiling: checks that arrive together compile a module once.
+    let mut cache = CACHE
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .map_err(|e| harness(e.to_string()))?;
+    if let Some((_, m)) = cache.iter().find(|(s, _)| *s == sha) {
+        return Ok(m.clone());
+    }
+    let m = Module::from_bytes(&Runtime::shared(), &bytes).map_err(|e| harness(e.to_string()))?;
+    if cache.len() >= COMPILED_KEPT {
+        cache.remove(0);
+    }
+    cache.push((sha, m.clone()));
+    Ok(m)
+}
+
 /// Run `proxy_on_configure` of `module` with each deployment's root id and parameters in the
 /// harness: a configuration the filter refuses fails here, with the filter's own log line.
 pub fn check_parameters(source: &Source, module: &Path) -> Result<()> {
-    use proxy_wasm_harness::{Host, Module, Runtime, abi::LogLevel};
+    use proxy_wasm_harness::{Host, abi::LogLevel};
     let d = &source.deployment;
-    let m = Module::from_file(&Runtime::shared(), module).map_err(|e| Error::Harness {
-        file: module.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let m = compiled(module)?;
     let host = Host::new();
     let started = host
         .plugin(&m)
