@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
-.PHONY: help setup setup-rust control-plane nodes cluster-up cluster-down demo-cluster cosign go-example build image test test-fast lint lint-filters demo demo-istio docs bench-oci bench-envoy fuzz fuzz-merge clean
+.PHONY: help setup setup-rust control-plane nodes kwok cluster-up cluster-down demo-cluster cosign go-example build image test test-fast lint lint-filters demo demo-istio docs bench-oci bench-envoy bench-cluster fuzz fuzz-merge clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, 
 
 nodes: ## Build containerd, its runc shim, ctr and CoreDNS for the local cluster's nodes (Go modules; cached)
 	@scripts/node-build >/dev/null
+
+kwok: ## Build kwok from its Go module (simulated Nodes and Pods for bench-cluster; cached)
+	@scripts/kwok-build >/dev/null
 
 cluster-up: setup control-plane nodes ## A real 2-node cluster (kubelet, containerd, runc, kube-proxy, CoreDNS) in CLUSTER_DIR (default target/cluster)
 	@scripts/cluster up $(or $(CLUSTER_DIR),$(CURDIR)/target/cluster)
@@ -53,7 +56,7 @@ lint-filters: setup-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -p tcp-filter -p grpc-filter -- -D warnings
 
-test: setup control-plane nodes cosign lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio, a real cluster; as root)
+test: setup control-plane nodes cosign kwok lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio, a real cluster; as root)
 	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace
 
 # The integration tests that start no external process: wasmctl's render tests (not
@@ -86,6 +89,9 @@ bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules
 
 bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 9 min; QUICK=1: under 2 min, -> target/bench-quick)
 	@scripts/bench-envoy $(if $(QUICK),--quick,)
+
+bench-cluster: setup control-plane kwok ## The controller at 10, 100, 1000 kwok nodes on the real control plane -> docs/bench-cluster (BEFORE=WASMCTL compares; QUICK=1: 10, 100)
+	@scripts/bench-cluster $(if $(QUICK),--quick,) $(if $(BEFORE),--before $(BEFORE),)
 
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (default 60) with cargo-fuzz on nightly (both installed if missing); FUZZ_SANITIZER=address for ASan
 	@FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) FUZZ_SANITIZER=$(or $(FUZZ_SANITIZER),none) scripts/fuzz $(FUZZ_TARGETS)

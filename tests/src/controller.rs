@@ -49,15 +49,27 @@ impl Controller {
         wrapper: &[&str],
         env: &[(&str, &str)],
     ) -> Controller {
+        Controller::start_program(&crate::wasmctl_bin(), kubeconfig, args, wrapper, env)
+    }
+
+    /// [`Controller::start_wrapped`] with `wasmctl` at `program` (e.g. a build of another
+    /// version, as the benchmarks compare).
+    pub fn start_program(
+        program: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = ([127, 0, 0, 1], controlplane::free_port()).into();
         let mut cmd = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(crate::wasmctl_bin());
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(program);
                 c
             }
-            None => Command::new(crate::wasmctl_bin()),
+            None => Command::new(program),
         };
         cmd.envs(env.iter().copied());
         cmd.arg("controller")

@@ -281,6 +281,7 @@ pub struct ControlPlane {
     procs: Vec<Proc>,
     dir: PathBuf,
     nodes: Option<NodeAccess>,
+    audit: Option<String>,
     _temp: Option<tempfile::TempDir>,
     /// Its addresses.
     pub endpoints: Endpoints,
@@ -300,7 +301,7 @@ impl ControlPlane {
     /// Start one whose files (data, logs, kubeconfig, `env`) live in `dir`. `tied`: see
     /// [`Proc::spawn`]. On failure everything started so far is stopped.
     pub fn start_in(dir: &Path, tied: bool) -> Result<ControlPlane, String> {
-        ControlPlane::start_with(dir, tied, None)
+        ControlPlane::start_with(dir, tied, None, None)
     }
 
     /// [`ControlPlane::start_in`] for a cluster of real nodes ([`crate::cluster`]): the API
@@ -312,13 +313,22 @@ impl ControlPlane {
         tied: bool,
         nodes: NodeAccess,
     ) -> Result<ControlPlane, String> {
-        ControlPlane::start_with(dir, tied, Some(nodes))
+        ControlPlane::start_with(dir, tied, Some(nodes), None)
+    }
+
+    /// [`ControlPlane::start_in`] with the API server writing an audit log
+    /// ([`ControlPlane::audit_log`], JSON lines) under the audit `policy` (an `audit.k8s.io/v1`
+    /// `Policy` in YAML): who asked for what, request by request (the benchmarks count a
+    /// client's requests with it; the API server's own metrics do not tell clients apart).
+    pub fn start_audited(dir: &Path, tied: bool, policy: &str) -> Result<ControlPlane, String> {
+        ControlPlane::start_with(dir, tied, None, Some(policy.to_string()))
     }
 
     fn start_with(
         dir: &Path,
         tied: bool,
         nodes: Option<NodeAccess>,
+        audit: Option<String>,
     ) -> Result<ControlPlane, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| e.to_string())?;
@@ -326,6 +336,7 @@ impl ControlPlane {
             procs: Vec::new(),
             kubeconfig: dir.join("kubeconfig"),
             nodes: nodes.clone(),
+            audit,
             dir,
             _temp: None,
             endpoints: Endpoints {
@@ -361,6 +372,19 @@ impl ControlPlane {
     /// The directory of its files.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The process id of the component `name` (`etcd`, `kube-apiserver`, `istiod`, ...).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
+    /// The API server's audit log (written only when started by [`ControlPlane::start_audited`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
     }
 
     /// The shell lines of `DIR/env`: `KUBECONFIG`, `ISTIOD_XDS`, `ISTIOD_HTTP`, `PATH` with the
@@ -458,6 +482,13 @@ impl ControlPlane {
             pki.join("sa.key").display()
         ))
         .args(["--v=0"]);
+        if let Some(policy) = &self.audit {
+            let file = pki.join("audit-policy.yaml");
+            fs::write(&file, policy).map_err(|e| e.to_string())?;
+            cmd.arg(format!("--audit-policy-file={}", file.display()))
+                .arg(format!("--audit-log-path={}", self.audit_log().display()))
+                .args(["--audit-log-format=json", "--audit-log-maxsize=0"]);
+        }
         let mut p = Proc::spawn(
             "kube-apiserver",
             cmd,

@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod agent;
+pub mod benchcluster;
 pub mod cluster;
 pub mod controller;
 pub mod controlplane;
@@ -26,6 +27,7 @@ pub mod fidelity;
 pub mod host_state;
 pub mod http1;
 pub mod kubelet;
+pub mod kwok;
 pub mod load;
 pub mod longlived;
 pub mod mesh;
