@@ -30,6 +30,11 @@ fn failing_with(a: &Agent, name: &str, text: &str) -> bool {
 /// The module in place is still `sha`: status, link and file content.
 fn kept(a: &Agent, dir: &Path, name: &str, sha: &str) {
     assert_eq!(sha_of(a, name), sha, "{}", a.log());
+    linked(dir, name, sha);
+}
+
+/// `DIR/<name>.wasm` is a link to the module file of `sha`.
+fn linked(dir: &Path, name: &str, sha: &str) {
     assert_eq!(
         link_target(dir, name).as_deref(),
         Some(format!("{sha}.wasm").as_str())
@@ -224,8 +229,9 @@ fn a_restart_with_a_populated_directory_downloads_nothing() {
 fn configmap_swaps_are_seen_and_removed_entries_go_after_the_grace_period() {
     let reg = Registry::start();
     let (a_ref, b_ref) = (reg.reference("filters/a:v1"), reg.reference("filters/b:v1"));
-    push(&a_ref, &e2e::filter_wasm(), "my_root_id", &[]);
+    let a_digest = push(&a_ref, &e2e::filter_wasm(), "my_root_id", &[]);
     push(&b_ref, &e2e::callout_wasm(), "", &[]);
+    let a_by_digest = format!("manifest-{}", a_digest.replacen(':', "-", 1));
     let work = tempfile::tempdir().unwrap();
     let (cm, dir) = (work.path().join("images"), work.path().join("modules"));
     fs::create_dir_all(&cm).unwrap();
@@ -245,6 +251,8 @@ fn configmap_swaps_are_seen_and_removed_entries_go_after_the_grace_period() {
     let ag = Agent::start(&cm.join("images.txt"), &dir, &args);
     ag.wait_for("a in place", WAIT, Agent::ready);
     let a_sha = sha_of(&ag, "a");
+    // Its manifest digest's link too (what `render --no-resolve` of a pinned image names).
+    linked(&dir, &a_by_digest, &a_sha);
 
     publish("2026_11_25_02", &format!("{a_ref}\nb {b_ref}\n"));
     ag.wait_for("b in place", WAIT, |g| {
@@ -270,12 +278,18 @@ fn configmap_swaps_are_seen_and_removed_entries_go_after_the_grace_period() {
         dir.join("a.wasm").exists(),
         "deleted before the grace period"
     );
+    assert!(dir.join(format!("{a_by_digest}.wasm")).exists());
     ag.wait_for("a deleted", WAIT, |_| {
         !dir.join("a.wasm").exists() && !dir.join(format!("{a_sha}.wasm")).exists()
     });
+    assert!(
+        fs::symlink_metadata(dir.join(format!("{a_by_digest}.wasm"))).is_err(),
+        "the digest link outlived its module"
+    );
     kept(&ag, &dir, "b", &b_sha);
     assert!(ag.ready());
-    assert_eq!(ag.events("deleted").len(), 2, "{}", ag.log());
+    // The entry's link, its digest's link, its module.
+    assert_eq!(ag.events("deleted").len(), 3, "{}", ag.log());
 }
 
 #[test]
@@ -298,6 +312,44 @@ fn a_pinned_digest_is_requested_once() {
     assert_eq!(a.metric("wasm_agent_resolves_total", "h"), Some(1.0));
     assert_eq!(a.metric("wasm_agent_pulls_total", "h"), Some(1.0));
     kept(&a, &dir, "h", &sha256_file(&e2e::filter_wasm()));
+    let by_digest = format!("manifest-{}", digest.replacen(':', "-", 1));
+    linked(&dir, &by_digest, &sha256_file(&e2e::filter_wasm()));
+    // `render --no-resolve` of a FilterDeployment pinned to that digest names exactly that
+    // file, which this agent holds: a new digest renders a new EnvoyFilter that a running
+    // sidecar can load.
+    let fd = work.path().join("fd.yaml");
+    fs::write(
+        &fd,
+        format!(
+            "apiVersion: filters.envoy-wasm-toolkit.io/v1alpha1\nkind: FilterDeployment\n\
+             metadata: {{name: h, namespace: default}}\n\
+             spec:\n  workload: {{labels: {{app: h}}}}\n  filter: {{image: {pinned}, rootId: my_root_id}}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(e2e::wasmctl_bin())
+        .args(["render", "--no-resolve"])
+        .arg(&fd)
+        .output()
+        .unwrap();
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = rendered
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("filename: /var/local/lib/wasm-filters/")
+        })
+        .unwrap_or_else(|| panic!("no node file in: {rendered}"));
+    assert_eq!(file, format!("{by_digest}.wasm"), "{rendered}");
+    assert_eq!(
+        sha256_file(&dir.join(file)),
+        sha256_file(&e2e::filter_wasm())
+    );
 }
 
 #[test]

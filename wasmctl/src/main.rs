@@ -754,7 +754,7 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
         ))?
     };
     let objects = render::render(&inputs, &opts, &resolved)?;
-    for n in render::notes(&inputs, &opts) {
+    for n in render::notes(&inputs, &opts, &resolved) {
         eprintln!("note: {n}");
     }
     match &a.output {

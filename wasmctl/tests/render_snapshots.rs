@@ -295,6 +295,20 @@ fn mode_flag_overrides_the_resource() {
         .collect();
     // No workload name: no volume patch, only the filter and the agent's list.
     assert_eq!(kinds, ["ConfigMap", "EnvoyFilter"], "{out}");
+    // Its image is pinned by digest: with nothing resolved, the EnvoyFilter names the agent's
+    // link for that digest (another digest renders another EnvoyFilter), not the
+    // per-deployment link a running sidecar never reloads.
+    let hex = "8f4e7ef2b6de5d1b3a6d0e6c3b1f6a48e2f1d7f0c2b9e4a5d6c7b8a9f0e1d2c3";
+    assert!(
+        out.contains(&format!(
+            "filename: /var/local/lib/wasm-filters/manifest-sha256-{hex}.wasm"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(".8f4e7ef2b6de\n"),
+        "the VM id names the digest: {out}"
+    );
 }
 
 #[test]
@@ -327,11 +341,15 @@ fn what_is_left_to_the_user_is_said_on_stderr() {
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("kind: Deployment"));
-    // The seed's example is complete: nothing to say.
+    // The seed's example is complete; the one thing said is that its tag, unresolved, names
+    // the per-deployment link, which running sidecars do not reload.
     let out = render_support::render_cli_raw(&seed.inputs, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("spec.filter.image registry.example.com/filters/header-filter:v1 is a tag")
+            && err.contains("/var/local/lib/wasm-filters/default.details-v1-wasmfiltering.wasm")
+            && err.contains("pin the image by digest or pass --module"),
+        "{err}"
     );
 }

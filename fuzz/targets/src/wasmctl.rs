@@ -314,7 +314,7 @@ pub fn render_deployment(data: &[u8]) {
                 .insert(image, DIGEST["sha256:".len()..].to_string());
         }
     }
-    let _ = render::notes(&inputs, &Options::default());
+    let _ = render::notes(&inputs, &Options::default(), &Resolved::default());
     for mode in [
         None,
         Some(Delivery::EnvoyFilter),

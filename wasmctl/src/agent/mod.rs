@@ -610,12 +610,19 @@ impl Agent {
         );
     }
 
-    /// Repair `DIR/<name>.wasm` if it does not point at the module in place.
+    /// Repair `DIR/<name>.wasm` if it does not point at the module in place, and its manifest
+    /// digest's link `DIR/manifest-sha256-<hex>.wasm` (what `render --no-resolve` of a pinned
+    /// image names).
     fn ensure_link(&mut self, name: &str) {
         let Some(c) = self.slots.get(name).and_then(|s| s.current.clone()) else {
             return;
         };
-        if let Err(e) = store::link(&self.dir_abs, name, &c.sha256) {
+        let by_digest = crate::render::digest_link(&c.manifest_digest);
+        let linked = store::link(&self.dir_abs, name, &c.sha256).and_then(|_| match &by_digest {
+            Some(link) => store::link(&self.dir_abs, link, &c.sha256),
+            None => Ok(false),
+        });
+        if let Err(e) = linked {
             self.failed(name, &e.to_string());
         }
     }
@@ -703,6 +710,42 @@ impl Agent {
                 .keys()
                 .filter_map(|n| self.state.images.get(n).map(|c| c.sha256.clone())),
         );
+        // Digest links: each goes with the last entry (listed or in grace) whose module it names.
+        let digests: BTreeSet<String> = self
+            .slots
+            .values()
+            .filter_map(|s| s.current.as_ref())
+            .chain(
+                self.state
+                    .removed
+                    .keys()
+                    .filter_map(|n| self.state.images.get(n)),
+            )
+            .filter_map(|c| crate::render::digest_link(&c.manifest_digest))
+            .collect();
+        for link in store::digest_links(&self.dir_abs) {
+            if digests.contains(&link) {
+                continue;
+            }
+            match store::unlink(&self.dir_abs, &link) {
+                Ok(_) => log(
+                    "info",
+                    "deleted",
+                    &[
+                        ("file", &format!("{link}.wasm")),
+                        (
+                            "reason",
+                            "no entry holds the module of this manifest digest",
+                        ),
+                    ],
+                ),
+                Err(e) => log(
+                    "error",
+                    "delete-failed",
+                    &[("file", &format!("{link}.wasm")), ("error", &e.to_string())],
+                ),
+            }
+        }
         let files = store::module_files(&self.dir_abs);
         for sha in &files {
             if used.contains(sha) {

@@ -1,5 +1,6 @@
 //! The agent's directory: content-addressed modules (`<sha256>.wasm`), one relative symlink per
-//! entry (`<name>.wasm`), the agent's own state file, and the ECDS files it writes. Every write is
+//! entry (`<name>.wasm`) and one per manifest digest held (`manifest-sha256-<hex>.wasm`), the
+//! agent's own state file, and the ECDS files it writes. Every write is
 //! atomic (temporary file or link in the same directory, then rename).
 
 use super::list::Ecds;
@@ -168,6 +169,21 @@ pub fn module_files(dir: &Path) -> Vec<String> {
                 .to_str()
                 .and_then(module_sha)
                 .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The manifest-digest links in `dir` (`manifest-sha256-<hex>`, without `.wasm`), symlinks only.
+pub fn digest_links(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_suffix(".wasm")?.to_string();
+            let digest = n.strip_prefix("manifest-")?.replacen('-', ":", 1);
+            (crate::render::digest_link(&digest).as_deref() == Some(n.as_str())).then_some(n)
         })
         .collect()
 }

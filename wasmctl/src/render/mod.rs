@@ -583,21 +583,75 @@ fn image_for(d: &FilterDeployment, resolved: &Resolved) -> String {
         .unwrap_or_else(|| image.trim().trim_start_matches("oci://").to_string())
 }
 
+/// The node agent's link for the module of manifest digest `digest` (`sha256:<hex>`):
+/// `manifest-sha256-<hex>` (the file is that name plus `.wasm` in [`NODE_DIR`]). The agent keeps
+/// one beside each module it holds, so a render that knows only a pinned digest (`--no-resolve`)
+/// names a file that changes with the digest. `None` for a digest of another form.
+pub fn digest_link(digest: &str) -> Option<String> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+    .then(|| format!("manifest-sha256-{hex}"))
+}
+
+/// The manifest digest an image reference pins (`...@sha256:<hex>`), if it pins one.
+pub fn pinned_digest(image: &str) -> Option<&str> {
+    let (_, digest) = image.trim().rsplit_once('@')?;
+    digest_link(digest).map(|_| digest)
+}
+
+/// What names the module of an EnvoyFilter's image on the node.
+#[derive(Debug, Clone, Copy)]
+enum NodeFile<'a> {
+    /// Its sha256: the agent's content-addressed file.
+    Module(&'a str),
+    /// The manifest digest the image pins: the agent's link for it.
+    Digest(&'a str),
+    /// Neither is known (`--no-resolve` of a tag): the per-deployment link.
+    Entry,
+}
+
+impl<'a> NodeFile<'a> {
+    fn of(d: &'a FilterDeployment, resolved: &'a Resolved) -> NodeFile<'a> {
+        let image = &d.spec.filter.image;
+        if let Some(sha) = resolved.modules.get(image) {
+            return NodeFile::Module(sha);
+        }
+        let pinned = resolved.pinned.get(image).unwrap_or(image);
+        match pinned_digest(pinned) {
+            Some(digest) => NodeFile::Digest(digest),
+            None => NodeFile::Entry,
+        }
+    }
+}
+
 /// The EnvoyFilter of one deployment. With the module's sha256 it names the agent's
-/// content-addressed file and a VM id of that version; without (`--no-resolve`), the agent's
-/// per-deployment link `NAMESPACE.NAME.wasm`, which a sidecar reads only when its listener is
-/// next built.
-fn envoy_filter(d: &FilterDeployment, module: Option<&String>) -> Value {
+/// content-addressed file and a VM id of that version; with only a pinned manifest digest
+/// (`--no-resolve`), the agent's link for that digest and a VM id of it; with neither (a tag,
+/// `--no-resolve`), the agent's per-deployment link `NAMESPACE.NAME.wasm`, which a sidecar reads
+/// only when its listener is next built.
+fn envoy_filter(d: &FilterDeployment, node_file: NodeFile<'_>) -> Value {
     let name = stable_name(d);
     let f = &d.spec.filter;
     let id = f.id.clone().unwrap_or_else(|| name.clone());
     let vm_id = f.vm_id.clone().unwrap_or_else(|| id.clone());
-    let (file, vm_id) = match module {
-        Some(sha) => (
+    let short = |hex: &str| hex[..hex.len().min(12)].to_string();
+    let (file, vm_id) = match node_file {
+        NodeFile::Module(sha) => (
             format!("{NODE_DIR}/{sha}.wasm"),
-            format!("{vm_id}.{}", &sha[..sha.len().min(12)]),
+            format!("{vm_id}.{}", short(sha)),
         ),
-        None => (format!("{NODE_DIR}/{name}.wasm"), vm_id),
+        NodeFile::Digest(digest) => {
+            let link = digest_link(digest).unwrap_or_else(|| name.clone());
+            let hex = digest.trim_start_matches("sha256:");
+            (
+                format!("{NODE_DIR}/{link}.wasm"),
+                format!("{vm_id}.{}", short(hex)),
+            )
+        }
+        NodeFile::Entry => (format!("{NODE_DIR}/{name}.wasm"), vm_id),
     };
     let context = match d.spec.placement.direction {
         Direction::Inbound => "SIDECAR_INBOUND",
@@ -972,7 +1026,7 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
                         "only the image-based deliveries (wasmPlugin, trafficExtension) can attach by reference: the envoyFilter delivery needs the node agent's directory mounted through sidecar.istio.io/userVolume, which Istio's gateway injection template does not read; select sidecars by spec.workload.labels, or use delivery wasmPlugin or trafficExtension",
                     ));
                 }
-                objects.push(envoy_filter(d, resolved.modules.get(&d.spec.filter.image)));
+                objects.push(envoy_filter(d, NodeFile::of(d, resolved)));
                 entries.push(ImageEntry {
                     name: stable_name(d),
                     image: image_for(d, resolved),
@@ -1036,13 +1090,31 @@ pub fn render(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Result<Ve
         .collect())
 }
 
-/// What `render` leaves to the user, one line each: envoyFilter deployments whose workload gets
+/// What `render` leaves to the user, one line each: which node file an envoyFilter deployment's
+/// EnvoyFilter names when no module is known (a pinned digest's link, or the per-deployment link
+/// of a tag, which running sidecars do not reload), envoyFilter deployments whose workload gets
 /// no volume (no `spec.workload.name`, no matching manifest given), and workload manifests no
 /// deployment selects (left out of the output).
-pub fn notes(inputs: &Inputs, opts: &Options) -> Vec<String> {
+pub fn notes(inputs: &Inputs, opts: &Options, resolved: &Resolved) -> Vec<String> {
     let mut out = Vec::new();
     for s in &inputs.deployments {
         let d = &s.deployment;
+        if delivery(d, opts) == Delivery::EnvoyFilter {
+            match NodeFile::of(d, resolved) {
+                NodeFile::Module(_) => {}
+                NodeFile::Digest(digest) => out.push(format!(
+                    "{}: the EnvoyFilter names {NODE_DIR}/{}.wasm, the node agent's link for the module of {digest}",
+                    s.origin,
+                    digest_link(digest).unwrap_or_default()
+                )),
+                NodeFile::Entry => out.push(format!(
+                    "{}: spec.filter.image {} is a tag and no module is known (--no-resolve): the EnvoyFilter names the agent's per-deployment link {NODE_DIR}/{}.wasm, which a running sidecar reads only when its listener is next built; pin the image by digest or pass --module to render a file that changes with the module",
+                    s.origin,
+                    d.spec.filter.image,
+                    stable_name(d)
+                )),
+            }
+        }
         if delivery(d, opts) == Delivery::EnvoyFilter
             && d.spec.workload.name.is_none()
             && !inputs.workloads.iter().any(|w| selects(d, &w.object))
