@@ -286,6 +286,20 @@ fn every_command_of_the_deploy_guide_runs_on_a_real_cluster() {
         check("kubectl logs deploy/details-v1", &mut |out| {
             assert!(out.contains("header-filter: rule 0"), "{out}")
         });
+        check("gateway-trafficextension", &mut |out| {
+            assert!(
+                out.contains("kind: Gateway") && out.contains("name: bookinfo-gateway"),
+                "{out}"
+            )
+        });
+        check("tcp-bytes-count", &mut |out| {
+            assert!(
+                out.contains("applyTo: NETWORK_FILTER")
+                    && out.contains("envoy.filters.network.tcp_proxy")
+                    && out.contains("portNumber: 27017"),
+                "{out}"
+            )
+        });
         if block.contains("kubectl apply -f \"$WORK/details.yaml\"")
             && !block.contains("header-filter:v2")
         {
@@ -309,6 +323,40 @@ fn every_command_of_the_deploy_guide_runs_on_a_real_cluster() {
             walk.sidecar_says(Some("hello details"));
             checked.insert("rolled back".into());
         }
+        if block.contains("details-te.yaml") {
+            // The TrafficExtension serves it now, through istio-agent's pull; no EnvoyFilter.
+            assert!(
+                out.contains("trafficextension.extensions.istio.io/details-v1-wasmfiltering")
+                    && !out.contains("envoyfilter.networking.istio.io/"),
+                "{out}"
+            );
+            // The sidecar's extension config is the module istio-agent pulled, no longer the
+            // node agent's file.
+            let mut dump = String::new();
+            let pulled = e2e::poll_until(Instant::now() + PROPAGATION, || {
+                let o = walk.cluster.kubectl(&[
+                    "exec",
+                    "deploy/details-v1",
+                    "-c",
+                    "istio-proxy",
+                    "--",
+                    "pilot-agent",
+                    "request",
+                    "GET",
+                    "config_dump?resource=ecds_filters",
+                ]);
+                dump = String::from_utf8_lossy(&o.stdout).into_owned();
+                (dump.contains("default.details-v1-wasmfiltering")
+                    && !dump.contains("/var/local/lib/wasm-filters/"))
+                .then_some(())
+            });
+            assert!(
+                pulled.is_some(),
+                "the sidecar's extension config is not the TrafficExtension's: {dump}"
+            );
+            walk.sidecar_says(Some("hello details"));
+            checked.insert("trafficExtension".into());
+        }
         if block.contains("kubectl delete filterdeployment") {
             assert!(out.contains("No resources found"), "{out}");
             walk.sidecar_says(None);
@@ -329,6 +377,9 @@ fn every_command_of_the_deploy_guide_runs_on_a_real_cluster() {
         "deployed",
         "upgraded",
         "rolled back",
+        "trafficExtension",
+        "gateway-trafficextension",
+        "tcp-bytes-count",
         "uninstalled",
     ];
     for w in want {
