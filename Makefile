@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/wasm/header_filter.wasm
 
-.PHONY: help setup setup-rust control-plane nodes kwok cluster-up cluster-down demo-cluster cosign go-example build image test test-fast lint lint-filters demo demo-istio docs bench-oci bench-envoy bench-cluster fuzz fuzz-merge clean
+.PHONY: help setup setup-rust control-plane gateway-api nodes kwok cluster-up cluster-down demo-cluster cosign go-example build image test test-fast lint lint-filters demo demo-istio docs bench-oci bench-envoy bench-cluster fuzz fuzz-merge clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ setup-rust:
 
 control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, istiod, pilot-agent, istioctl (Go modules; cached)
 	@scripts/control-plane-build >/dev/null
+
+gateway-api: ## Fetch the Gateway API CRDs (standard channel) from their Go module, at the version the Istio pin requires (cached)
+	@scripts/gateway-api-crds >/dev/null
 
 nodes: ## Build containerd, its runc shim, ctr and CoreDNS for the local cluster's nodes (Go modules; cached)
 	@scripts/node-build >/dev/null
@@ -56,7 +59,7 @@ lint-filters: setup-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --target wasm32-wasip1 -p header-filter -p callout-filter -p minimal-filter -p tcp-filter -p grpc-filter -- -D warnings
 
-test: setup control-plane nodes cosign kwok lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio, a real cluster; as root)
+test: setup control-plane gateway-api nodes cosign kwok lint-filters ## fmt, the filters' clippy, then every test (filter, harness, Envoy, registry, Istio, a real cluster; as root)
 	E2E_WASMCTL_BIN="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/wasmctl" $(CARGO) test --workspace
 
 # The integration tests that start no external process: wasmctl's render tests (not

@@ -24,6 +24,7 @@ pub mod controller;
 pub mod controlplane;
 pub mod envoy;
 pub mod fidelity;
+pub mod gateway;
 pub mod host_state;
 pub mod http1;
 pub mod kubelet;
