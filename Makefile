@@ -67,7 +67,7 @@ test: setup control-plane gateway-api nodes cosign kwok lint-filters ## fmt, the
 # the fuzz corpora replayed, and the e2e tests that drive compiled modules in the harness or
 # `wasmctl run`. Every other e2e test starts Envoy, a registry, an API server, istiod, a
 # cluster, oras, cosign, wrk, npm or git.
-FAST_TESTS := render_errors render_snapshots render_envoy_types failures host_calls replay harness_filter harness_host_calls wasmctl_run
+FAST_TESTS := render_errors render_snapshots render_envoy_types failures host_calls foreign_functions replay harness_filter harness_host_calls wasmctl_run
 
 # The same cargo profile and features as `make test` (--workspace; only the targets narrowed), so
 # one never rebuilds what the other built. --doc cannot share an invocation with other targets.

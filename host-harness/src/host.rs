@@ -149,6 +149,31 @@ pub enum GrpcStreamEvent<'a> {
 
 type Foreign = Rc<dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, Status>>;
 
+/// A filter state object a module set with the foreign function `set_envoy_filter_state`
+/// ([`Host::filter_states_set`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterStateSet {
+    /// The context (stream or connection) it was set on.
+    pub context_id: u32,
+    /// The object's name (its factory's).
+    pub name: String,
+    /// The value the module gave.
+    pub value: Vec<u8>,
+    /// Its life span.
+    pub span: crate::foreign::LifeSpan,
+}
+
+/// A call of `proxy_call_foreign_function` ([`Host::foreign_calls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignCall {
+    /// The acting context.
+    pub context_id: u32,
+    /// The function's name.
+    pub name: String,
+    /// What the call returned.
+    pub status: Status,
+}
+
 struct Queue {
     vm_id: String,
     name: String,
@@ -180,6 +205,10 @@ pub(crate) struct Shared {
     queues: Vec<Queue>,
     metrics: Vec<Metric>,
     pub foreign: HashMap<String, Foreign>,
+    /// Every `proxy_call_foreign_function`, in order.
+    pub foreign_calls: Vec<ForeignCall>,
+    /// Every filter state object set with `set_envoy_filter_state`, in order.
+    pub filter_states_set: Vec<FilterStateSet>,
     clusters: Option<Vec<String>>,
     pub http_calls: Vec<HttpCall>,
     /// Every HTTP call made, answered or not.
@@ -398,6 +427,9 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
         if let Some(v) = s.properties.get(&key) {
             return Some(v.clone());
         }
+        if let Some(name) = key.strip_prefix("filter_state\0") {
+            return filter_state(s, name);
+        }
         // Header-backed attributes exist only while Envoy holds the map, and in on_log.
         let req = s
             .request_headers
@@ -525,7 +557,34 @@ pub(crate) fn property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
             return port.parse::<i64>().ok().map(int);
         }
     }
-    d.shared.borrow().properties.get(&key).cloned()
+    if let Some(v) = d.shared.borrow().properties.get(&key) {
+        return Some(v.clone());
+    }
+    // Envoy: a top-level name no attribute answers is a property the module set
+    // (`proxy_set_property`), held as the filter state object `wasm.NAME`; a longer path would
+    // go into its value, which bytes and strings do not have.
+    let s = d.streams.get(&ctx)?;
+    let first = path.split(|&b| b == 0).next().unwrap_or_default();
+    if path.len() > first.len() + 1 {
+        return None;
+    }
+    s.cel_state.get(first).map(|c| c.value.clone())
+}
+
+/// `proxy_get_property(["filter_state", NAME])` on a stream: an object set with
+/// `set_envoy_filter_state` (as it serializes), or a bytes or string property set with
+/// `proxy_set_property` (`wasm.NAME`). Deeper paths, and protobuf and FlatBuffers properties
+/// (which Envoy answers as messages of their schema), are not served.
+fn filter_state(s: &crate::vm::StreamCtx, name: &str) -> Option<Vec<u8>> {
+    use crate::foreign::WasmType;
+    if let Some((bytes, _)) = s.envoy_filter_state.get(name) {
+        return bytes.clone();
+    }
+    let cel = name.strip_prefix("wasm.")?;
+    s.cel_state
+        .get(cel.as_bytes())
+        .filter(|c| matches!(c.kind, WasmType::Bytes | WasmType::String))
+        .map(|c| c.value.clone())
 }
 
 /// A proxy-wasm host: a value, never global, so tests run in parallel. It owns the controllable
@@ -564,6 +623,8 @@ impl Host {
             queues: Vec::new(),
             metrics: Vec::new(),
             foreign: HashMap::new(),
+            foreign_calls: Vec::new(),
+            filter_states_set: Vec::new(),
             clusters: None,
             http_calls: Vec::new(),
             http_calls_made: Vec::new(),
@@ -631,7 +692,9 @@ impl Host {
         self.shared.borrow_mut().clusters = Some(names.iter().map(|s| s.to_string()).collect());
     }
 
-    /// Register a foreign function modules can call with `proxy_call_foreign_function`.
+    /// Register a foreign function modules can call with `proxy_call_foreign_function`. It
+    /// takes the place of Envoy's function of the same name, if any ([`crate::foreign`]): a test
+    /// may stub one (`verify_signature`, say, which the harness does not implement).
     pub fn register_foreign_function(
         &self,
         name: &str,
@@ -641,6 +704,18 @@ impl Host {
             .borrow_mut()
             .foreign
             .insert(name.to_string(), Rc::new(f));
+    }
+
+    /// Every call of `proxy_call_foreign_function` so far (Envoy's functions, the registered
+    /// ones and unknown names), in order, with its status.
+    pub fn foreign_calls(&self) -> Vec<ForeignCall> {
+        self.shared.borrow().foreign_calls.clone()
+    }
+
+    /// Every filter state object modules set with `set_envoy_filter_state` (the sets Envoy
+    /// accepted), in order.
+    pub fn filter_states_set(&self) -> Vec<FilterStateSet> {
+        self.shared.borrow().filter_states_set.clone()
     }
 
     /// Every log line so far.

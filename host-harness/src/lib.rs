@@ -26,6 +26,7 @@
 
 pub mod abi;
 mod error;
+pub mod foreign;
 pub mod headers;
 mod host;
 mod imports;
@@ -36,7 +37,8 @@ mod vm;
 
 pub use error::{Error, Result};
 pub use host::{
-    DEFAULT_UPSTREAM, GrpcAnswered, GrpcCall, GrpcStreamEvent, Host, HttpCall, LogRecord, Metric,
+    DEFAULT_UPSTREAM, FilterStateSet, ForeignCall, GrpcAnswered, GrpcCall, GrpcStreamEvent, Host,
+    HttpCall, LogRecord, Metric,
 };
 pub use plugin::{
     DEFAULT_DEADLINE, DEFAULT_MEMORY_CAP, FAIL_CLOSED_STATUS, FailurePolicy, HttpStream,

@@ -890,13 +890,14 @@ impl HttpStream {
                 result = Err(self.fail(e));
             }
         }
-        self.finished = self
-            .vm
-            .borrow_mut()
-            .store
-            .data_mut()
-            .streams
-            .remove(&self.id);
+        {
+            let mut v = self.vm.borrow_mut();
+            let d = v.store.data_mut();
+            self.finished = d.streams.remove(&self.id);
+            if !d.declared.is_empty() {
+                d.declared.remove(&self.id);
+            }
+        }
         self.id = 0;
         result?;
         self.host.run_deferred()
@@ -906,6 +907,18 @@ impl HttpStream {
     pub fn set_property(&self, path: &[&str], value: impl AsRef<[u8]>) {
         let v = value.as_ref().to_vec();
         self.with(|s| s.properties.insert(path.join("\0"), v));
+    }
+
+    /// A filter state object the filter set with `set_envoy_filter_state` (as
+    /// `proxy_get_property(["filter_state", NAME])` reads it), also once the stream completed.
+    pub fn filter_state(&self, name: &str) -> Option<Vec<u8>> {
+        self.read(|s| s.envoy_filter_state.get(name).and_then(|(b, _)| b.clone()))
+            .flatten()
+    }
+
+    /// How many times the filter called the foreign function `clear_route_cache` on this stream.
+    pub fn route_cache_clears(&self) -> u32 {
+        self.read(|s| s.route_cache_cleared).unwrap_or(0)
     }
 
     /// Request headers as the filter left them (what the upstream gets).
@@ -1034,7 +1047,8 @@ impl Plugin {
             let mut v = vm.borrow_mut();
             let id = v.new_context_id();
             let d = v.store.data_mut();
-            let ctx = d.new_stream(root, true);
+            let mut ctx = d.new_stream(root, true);
+            ctx.network = true;
             d.streams.insert(id, ctx);
             id
         };
@@ -1150,9 +1164,19 @@ impl NetworkStream {
             v.call("proxy_on_log", self.id, f, ctx)?;
             let f = v.exports.on_delete.clone();
             v.call("proxy_on_delete", self.id, f, ctx)?;
-            v.store.data_mut().streams.remove(&self.id);
+            let d = v.store.data_mut();
+            d.streams.remove(&self.id);
+            d.declared.remove(&self.id);
         }
         self.plugin.host().run_deferred()
+    }
+
+    /// A filter state object the filter set on this connection with `set_envoy_filter_state`
+    /// (as `proxy_get_property(["filter_state", NAME])` reads it), while the connection is open.
+    pub fn filter_state(&self, name: &str) -> Option<Vec<u8>> {
+        let v = self.vm.borrow();
+        let s = v.store.data().streams.get(&self.id)?;
+        s.envoy_filter_state.get(name).and_then(|(b, _)| b.clone())
     }
 
     /// The upstream closed (`proxy_on_upstream_connection_close`). Envoy calls it when the

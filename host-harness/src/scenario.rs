@@ -65,6 +65,12 @@ pub struct Scenario {
     /// HTTP expectations) must not be given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<Vec<Step>>,
+    /// Connection: more upstream clusters `tcp_proxy` may connect to, besides its default
+    /// `upstream`; a filter picks one per connection by setting the filter state object
+    /// `envoy.tcp_proxy.cluster` (foreign function `set_envoy_filter_state`) in
+    /// `proxy_on_new_connection`. Each is a scripted upstream, as `upstream` is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_clusters: Vec<String>,
     /// The stream's buffer limit in bytes (Envoy's listener `per_connection_buffer_limit_bytes`,
     /// default [`DEFAULT_BUFFER_LIMIT`]): a body a filter buffers (`Pause` on a body callback)
     /// beyond it ends the request with Envoy's `413 Payload Too Large`.
@@ -363,8 +369,19 @@ pub const HTTP_EXPECTATIONS: &[&str] = &[
 ];
 
 /// The expectations about a connection (`expect.*`), which only a connection scenario may have.
-pub const CONNECTION_EXPECTATIONS: &[&str] =
-    &["upstream_received", "downstream_received", "closed"];
+pub const CONNECTION_EXPECTATIONS: &[&str] = &[
+    "upstream_received",
+    "downstream_received",
+    "closed",
+    "upstream_cluster",
+];
+
+/// The filter state object that picks `tcp_proxy`'s upstream cluster for a connection.
+pub const TCP_PROXY_CLUSTER: &str = "envoy.tcp_proxy.cluster";
+
+/// The cluster `tcp_proxy` connects to when no filter picked one (and an HTTP scenario's
+/// upstream).
+pub const DEFAULT_CLUSTER: &str = "upstream";
 
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -785,6 +802,11 @@ pub struct Expect {
     /// harness only.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, i64>,
+    /// Filter state objects the module set with the foreign function `set_envoy_filter_state`:
+    /// by name, the value it set last. Checked in the harness
+    /// ([`Scenario::check_observed_filter_state`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter_state: BTreeMap<String, String>,
     /// Connection: every byte the upstream must have received, in order (what the filter let
     /// through of the client's bytes, as it left them).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -797,6 +819,10 @@ pub struct Expect {
     /// client got the upstream's (or the proxy closed the connection).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed: Option<Vec<End>>,
+    /// Connection: the cluster `tcp_proxy` connected to (`upstream`, or one of `tcp_clusters`
+    /// that the filter picked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_cluster: Option<String>,
 }
 
 /// The request the upstream receives (`expect.upstream`); every given part must match.
@@ -911,6 +937,8 @@ pub struct Outcome {
 /// end received, and the order in which the proxy closed the ends.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ConnectionOutcome {
+    /// The cluster `tcp_proxy` connected to: [`DEFAULT_CLUSTER`], or the one a filter picked.
+    pub upstream_cluster: String,
     /// Every byte the upstream received, in order (lossy UTF-8).
     pub upstream_received: String,
     /// Every byte the client received, in order (lossy UTF-8).
@@ -1113,6 +1141,25 @@ impl Scenario {
         }
         if let Some(steps) = &s.connection {
             check_steps(steps)?;
+        } else if !s.tcp_clusters.is_empty() {
+            return Err(
+                "`tcp_clusters` are upstreams of a TCP connection: the scenario needs a \
+                 `connection:` block"
+                    .into(),
+            );
+        }
+        for (i, name) in s.tcp_clusters.iter().enumerate() {
+            if name.is_empty()
+                || name == DEFAULT_CLUSTER
+                || s.tcp_clusters[..i].contains(name)
+                || s.clusters.contains_key(name)
+                || s.grpc.contains_key(name)
+            {
+                return Err(format!(
+                    "tcp_clusters[{i}]: {name:?} must be a new cluster name (not empty, not \
+                     `{DEFAULT_CLUSTER}`, not repeated, not under `clusters` or `grpc`)"
+                ));
+            }
         }
         s.request.pieces()?;
         s.upstream.pieces_of("upstream")?;
@@ -1511,6 +1558,31 @@ impl Scenario {
         if bad.is_empty() { Ok(()) } else { Err(bad) }
     }
 
+    /// Check the filter state objects the module set ([`crate::Host::filter_states_set`], as
+    /// (name, value) in order) against `expect.filter_state`: each name's last value. Every
+    /// failure is listed.
+    pub fn check_observed_filter_state(
+        &self,
+        set: &[(String, String)],
+    ) -> std::result::Result<(), Vec<String>> {
+        let mut bad = Vec::new();
+        for (name, want) in &self.expect.filter_state {
+            match set.iter().rev().find(|(n, _)| n == name) {
+                Some((_, got)) if got == want => {}
+                Some((_, got)) => bad.push(format!(
+                    "filter state {name}: expected {want:?}, got {got:?}"
+                )),
+                None => {
+                    let names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+                    bad.push(format!(
+                        "filter state {name}: expected {want:?}, never set (set: {names:?})"
+                    ));
+                }
+            }
+        }
+        if bad.is_empty() { Ok(()) } else { Err(bad) }
+    }
+
     /// Check the gRPC calls the module made against `expect.grpc_calls` (harness only, as
     /// [`Scenario::check_observed`]): the calls as (cluster, service, method), in order.
     pub fn check_observed_grpc(
@@ -1573,6 +1645,14 @@ impl Scenario {
     pub fn check_connection(&self, o: &ConnectionOutcome) -> std::result::Result<(), Vec<String>> {
         let e = &self.expect;
         let mut bad = Vec::new();
+        if let Some(want) = &e.upstream_cluster
+            && want != &o.upstream_cluster
+        {
+            bad.push(format!(
+                "upstream cluster: expected {want:?}, got {:?}",
+                o.upstream_cluster
+            ));
+        }
         if let Some(want) = &e.upstream_received
             && want != &o.upstream_received
         {
@@ -1662,6 +1742,22 @@ impl Scenario {
             .map_err(|m| Error::Usage(format!("scenario {:?}: {m}", self.name)))?;
         let host = plugin.host();
         let (mut c, opened) = plugin.network_stream()?;
+        // tcp_proxy, the next filter, picks its cluster once the filter let the connection on.
+        let picked = c
+            .filter_state(TCP_PROXY_CLUSTER)
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let upstream_cluster = match picked {
+            None => DEFAULT_CLUSTER.to_string(),
+            Some(name) if name == DEFAULT_CLUSTER || self.tcp_clusters.contains(&name) => name,
+            Some(name) => {
+                return Err(Error::Usage(format!(
+                    "scenario {:?}: the filter picked the cluster {name:?} ({TCP_PROXY_CLUSTER}), \
+                     which is neither `{DEFAULT_CLUSTER}` nor in `tcp_clusters` (Envoy would \
+                     close the connection: not modelled)",
+                    self.name
+                )));
+            }
+        };
         self.answer_calls(&host)?;
         let mut trace = ConnectionTrace {
             new_connection: opened.to_string(),
@@ -1730,6 +1826,7 @@ impl Scenario {
             });
         }
         let outcome = ConnectionOutcome {
+            upstream_cluster,
             upstream_received: String::from_utf8_lossy(c.downstream_forwarded()).into_owned(),
             downstream_received: String::from_utf8_lossy(c.upstream_forwarded()).into_owned(),
             closed,
@@ -2555,16 +2652,18 @@ expect: {logs: [], metrics: {a: 1}, http_calls: []}
     #[test]
     fn a_connection_outcome_is_checked_part_by_part() {
         let s = Scenario::from_yaml(
-            "name: t\nconnection: []\nexpect:\n  upstream_received: HELLO\n  downstream_received: hi\n  closed: [upstream, downstream]",
+            "name: t\nconnection: []\nexpect:\n  upstream_received: HELLO\n  downstream_received: hi\n  closed: [upstream, downstream]\n  upstream_cluster: upstream",
         )
         .unwrap();
         let o = ConnectionOutcome {
+            upstream_cluster: "upstream".into(),
             upstream_received: "HELLO".into(),
             downstream_received: "hi".into(),
             closed: vec![End::Upstream, End::Downstream],
         };
         assert_eq!(s.check_connection(&o), Ok(()));
         let o = ConnectionOutcome {
+            upstream_cluster: "b".into(),
             upstream_received: "hello".into(),
             downstream_received: "hi".into(),
             closed: vec![End::Downstream],
@@ -2572,6 +2671,7 @@ expect: {logs: [], metrics: {a: 1}, http_calls: []}
         assert_eq!(
             s.check_connection(&o).unwrap_err(),
             [
+                r#"upstream cluster: expected "upstream", got "b""#,
                 r#"upstream received: expected "HELLO", got "hello""#,
                 "closed: expected [upstream, downstream], got [downstream]",
             ]
@@ -2731,5 +2831,55 @@ expect: {logs: [], metrics: {a: 1}, http_calls: []}
         let names: Vec<&str> = w.headers.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["host", "x-a", "x-a"]);
         assert_eq!(w.body, "body");
+    }
+
+    #[test]
+    fn tcp_clusters_belong_to_connections_and_filter_state_expectations_hold() {
+        let s = Scenario::from_yaml(
+            "name: t\ntcp_clusters: [b]\nconnection: []\nexpect: {upstream_cluster: b, filter_state: {envoy.tcp_proxy.cluster: b}}\n",
+        )
+        .unwrap();
+        assert_eq!(s.tcp_clusters, ["b"]);
+        assert_eq!(s.expect.upstream_cluster.as_deref(), Some("b"));
+        let set = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            s.check_observed_filter_state(&set(&[
+                ("envoy.tcp_proxy.cluster", "a"),
+                ("envoy.tcp_proxy.cluster", "b")
+            ])),
+            Ok(())
+        );
+        assert_eq!(
+            s.check_observed_filter_state(&set(&[("envoy.tcp_proxy.cluster", "a")])),
+            Err(vec![
+                r#"filter state envoy.tcp_proxy.cluster: expected "b", got "a""#.to_string()
+            ])
+        );
+        assert_eq!(
+            s.check_observed_filter_state(&[]),
+            Err(vec![
+                r#"filter state envoy.tcp_proxy.cluster: expected "b", never set (set: [])"#
+                    .to_string()
+            ])
+        );
+        let e = Scenario::from_yaml("name: t\ntcp_clusters: [b]\n").unwrap_err();
+        assert!(
+            e.starts_with("`tcp_clusters` are upstreams of a TCP connection"),
+            "{e}"
+        );
+        for bad in ["[upstream]", "[b, b]", "[\"\"]"] {
+            let e = Scenario::from_yaml(&format!("name: t\ntcp_clusters: {bad}\nconnection: []\n"))
+                .unwrap_err();
+            assert!(e.starts_with("tcp_clusters["), "{bad}: {e}");
+        }
+        let e = Scenario::from_yaml("name: t\nexpect: {upstream_cluster: b}\n").unwrap_err();
+        assert!(
+            e.starts_with("expect.upstream_cluster is a connection expectation"),
+            "{e}"
+        );
     }
 }

@@ -239,6 +239,27 @@ pub(crate) struct StreamCtx {
     pub connection_id: u64,
     /// Details of a reply the proxy itself sent on the stream (`response.code_details`).
     pub proxy_reply_details: Option<String>,
+    /// A network connection (its filter state lives as long as the connection), not an HTTP
+    /// stream.
+    pub network: bool,
+    /// Filter state objects set with the foreign function `set_envoy_filter_state`: by name,
+    /// the bytes `proxy_get_property(["filter_state", NAME])` reads (`None`: the object does not
+    /// serialize) and the life span.
+    pub envoy_filter_state: BTreeMap<String, (Option<Vec<u8>>, crate::foreign::LifeSpan)>,
+    /// Properties set with `proxy_set_property`: Envoy's `wasm.`-prefixed `CelState` filter
+    /// state objects, by the path as the module gave it.
+    pub cel_state: HashMap<Vec<u8>, CelState>,
+    /// `clear_route_cache` calls on this stream.
+    pub route_cache_cleared: u32,
+}
+
+/// A property set with `proxy_set_property` (Envoy's `CelState`): its value and what the
+/// prototype it was created from says (`declare_property`, else writable bytes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CelState {
+    pub value: Vec<u8>,
+    pub readonly: bool,
+    pub kind: crate::foreign::WasmType,
 }
 
 /// What an HTTP or gRPC call's response exposes while `proxy_on_*_response` runs.
@@ -294,6 +315,10 @@ pub(crate) struct VmState {
     pub done_called: Vec<u32>,
     /// What `proxy_get_status` reports: set when an HTTP call fails or a gRPC call closes.
     pub last_status: (u32, String),
+    /// Properties declared with the foreign function `declare_property`, by the context that
+    /// declared them (Envoy keeps them on that context; `proxy_set_property` reads the acting
+    /// stream's root context's).
+    pub declared: IdMap<HashMap<String, crate::foreign::DeclareProperty>>,
 }
 
 impl VmState {
@@ -486,6 +511,7 @@ impl VmInner {
             pending_done: Default::default(),
             done_called: Vec::new(),
             last_status: (0, String::new()),
+            declared: IdMap::default(),
         };
         let mut store = Store::new(module.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);

@@ -176,6 +176,7 @@ fn ends_left_open_close_at_the_end_the_client_first() {
     assert_eq!(
         o,
         ConnectionOutcome {
+            upstream_cluster: "upstream".into(),
             closed: vec![End::Upstream, End::Downstream],
             ..ConnectionOutcome::default()
         }

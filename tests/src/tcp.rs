@@ -1,11 +1,12 @@
 //! A connection scenario (`connection:`) driven through a real Envoy: a client connects to the
 //! listener of [`crate::envoy::tcp_proxy_bootstrap`], a scripted upstream server (127.0.0.1, a
 //! port chosen by the kernel) accepts what `tcp_proxy` connects, and each step is played on the
-//! side it names. After each step the driver waits for Envoy to have taken it in, so that each
+//! side it names. With several upstream clusters (the scenario's `tcp_clusters`), each has a
+//! server of its own, and the one that accepts the connection is the cluster `tcp_proxy` chose. After each step the driver waits for Envoy to have taken it in, so that each
 //! chunk is one read of Envoy's (one `proxy_on_*_data`), as in the harness:
 //!
 //! - a chunk sent: until Envoy counted the bytes read (`tcp.PREFIX.downstream_cx_rx_bytes_total`
-//!   for the client's, `cluster.upstream.upstream_cx_rx_bytes_total` for the upstream's);
+//!   for the client's, `cluster.NAME.upstream_cx_rx_bytes_total` for the upstream's);
 //! - a close (`shutdown(Write)`): until the other end saw the end of stream, or the connection
 //!   is gone;
 //!
@@ -74,20 +75,26 @@ impl Drop for Peer {
 }
 
 /// Play `scenario`'s connection through `envoy` (built by [`crate::envoy::tcp_proxy_bootstrap`]
-/// with `upstream`'s address): what each end received and the order in which Envoy closed them.
+/// with the addresses of `upstreams`, (cluster name, its server)): which cluster got the
+/// connection, what each end received and the order in which Envoy closed them.
 pub fn drive(
     envoy: &Envoy,
-    upstream: &TcpListener,
+    upstreams: &[(&str, &TcpListener)],
     scenario: &Scenario,
 ) -> Result<ConnectionOutcome, String> {
     let steps = scenario.steps_to_run()?;
+    for (_, l) in upstreams {
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    }
     let client = TcpStream::connect(envoy.listener).map_err(|e| format!("connect: {e}"))?;
-    upstream.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let accepted = crate::poll_until(Instant::now() + STEP_DEADLINE, || {
-        upstream.accept().ok().map(|(s, _)| s)
+    let (cluster, accepted) = crate::poll_until(Instant::now() + STEP_DEADLINE, || {
+        upstreams
+            .iter()
+            .find_map(|(name, l)| l.accept().ok().map(|(s, _)| (name.to_string(), s)))
     })
-    .ok_or("tcp_proxy never connected to the upstream")?;
+    .ok_or("tcp_proxy never connected to an upstream")?;
     accepted.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let upstream_rx = format!("cluster.{cluster}.upstream_cx_rx_bytes_total");
     let client = Peer::new(client)?;
     let server = Peer::new(accepted)?;
     let stat = |name: &str| envoy.stat(name).unwrap_or(0);
@@ -111,8 +118,7 @@ pub fn drive(
                     .map_err(|e| format!("connection[{i}]: the upstream cannot send: {e}"))?;
                 from_server += t.len() as u64;
                 crate::poll_until(Instant::now() + STEP_DEADLINE, || {
-                    (stat("cluster.upstream.upstream_cx_rx_bytes_total") >= from_server)
-                        .then_some(())
+                    (stat(&upstream_rx) >= from_server).then_some(())
                 })
             }
             // A close is taken in when the other end sees it, or the connection is gone (a
@@ -151,7 +157,17 @@ pub fn drive(
         (client.eof(), End::Downstream),
     ];
     closed.sort_by_key(|(at, _)| *at);
+    // One connection: no other cluster's server was connected to meanwhile.
+    if let Some((other, _)) = upstreams
+        .iter()
+        .find(|(name, l)| *name != cluster && l.accept().is_ok())
+    {
+        return Err(format!(
+            "tcp_proxy connected to {other} as well as to {cluster}"
+        ));
+    }
     Ok(ConnectionOutcome {
+        upstream_cluster: cluster,
         upstream_received: String::from_utf8_lossy(&server.bytes()).into_owned(),
         downstream_received: String::from_utf8_lossy(&client.bytes()).into_owned(),
         closed: closed.iter().map(|(_, e)| *e).collect(),

@@ -13,7 +13,10 @@
 //! byte the upstream and the client received, the order in which the proxy closed the two ends,
 //! every line the module logged (with `log_events`, the example TCP filter logs each callback
 //! and its arguments: the order of the data and close callbacks, their end of stream flags and
-//! peer types), each call it made and its metrics.
+//! peer types), each call it made and its metrics. A scenario with `tcp_clusters` gives
+//! `tcp_proxy` a server per cluster: which one got the connection (the filter picks it with the
+//! filter state object `envoy.tcp_proxy.cluster`) must agree too, and so must the filter state
+//! the scenario expects (Envoy's from `tcp_proxy`'s access log).
 
 //!
 //! The stream scenarios under `tests/scenarios/streams/` run the stream filter
@@ -735,6 +738,10 @@ struct ObservedConnection {
     logs: Vec<(String, String)>,
     /// The module's metrics: (name, kind, value), by name.
     metrics: Vec<(String, String, i64)>,
+    /// The filter state objects the scenario expects (`expect.filter_state`), as the
+    /// connection ended with them: (name, value; `-` when not set). Envoy's from `tcp_proxy`'s
+    /// access log (`%FILTER_STATE(NAME:PLAIN)%`), the harness's from what the module set.
+    filter_state: Vec<(String, String)>,
 }
 
 impl ObservedConnection {
@@ -773,6 +780,20 @@ fn connection_in_harness(s: &Scenario) -> Result<ObservedConnection, String> {
         .start()
         .map_err(|e| format!("plugin did not start: {e}; logs: {:?}", host.logs()))?;
     let outcome = s.run_connection(&plugin).map_err(|e| e.to_string())?;
+    let set: Vec<(String, String)> = host
+        .filter_states_set()
+        .into_iter()
+        .map(|f| (f.name, String::from_utf8_lossy(&f.value).into_owned()))
+        .collect();
+    let filter_state = s
+        .expect
+        .filter_state
+        .keys()
+        .map(|name| {
+            let last = set.iter().rev().find(|(n, _)| n == name);
+            (name.clone(), last.map_or("-".into(), |(_, v)| v.clone()))
+        })
+        .collect();
     let calls = host
         .http_calls_made()
         .iter()
@@ -789,11 +810,22 @@ fn connection_in_harness(s: &Scenario) -> Result<ObservedConnection, String> {
         calls,
         logs,
         metrics: harness_metrics(&host),
+        filter_state,
     })
 }
 
+/// The marker of the access log lines [`connection_in_envoy`] has `tcp_proxy` write.
+const FILTER_STATE_LOG: &str = "scenario filter state ";
+
 fn connection_in_envoy(s: &Scenario) -> Result<ObservedConnection, String> {
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string());
+    let upstream = bind()?;
+    // tcp_proxy's other clusters, each a server of its own.
+    let tcp_clusters: Vec<(String, std::net::TcpListener)> = s
+        .tcp_clusters
+        .iter()
+        .map(|n| Ok((n.clone(), bind()?)))
+        .collect::<Result<_, String>>()?;
     let clusters: Vec<(String, Upstream)> = s
         .clusters
         .iter()
@@ -806,10 +838,13 @@ fn connection_in_envoy(s: &Scenario) -> Result<ObservedConnection, String> {
             (n.clone(), Upstream::answering(a.status, &h, Some(&a.body)))
         })
         .collect();
-    let extra: Vec<(&str, SocketAddr)> = clusters
+    let mut extra: Vec<(&str, SocketAddr)> = clusters
         .iter()
         .map(|(n, u)| (n.as_str(), u.addr()))
         .collect();
+    for (n, l) in &tcp_clusters {
+        extra.push((n.as_str(), l.local_addr().map_err(|e| e.to_string())?));
+    }
     let filter = network_wasm_filter(
         "scenario",
         &s.root_id,
@@ -817,10 +852,55 @@ fn connection_in_envoy(s: &Scenario) -> Result<ObservedConnection, String> {
         &s.configuration,
     );
     let addr = upstream.local_addr().map_err(|e| e.to_string())?;
-    let envoy = Envoy::start(&tcp_proxy_bootstrap(addr, vec![filter], &extra))
-        .map_err(|f| format!("{}\n{}", f.reason, f.log))?;
-    let outcome = e2e::tcp::drive(&envoy, &upstream, s)
+    let mut config = tcp_proxy_bootstrap(addr, vec![filter], &extra);
+    let names: Vec<&String> = s.expect.filter_state.keys().collect();
+    if !names.is_empty() {
+        // tcp_proxy's access log shows the filter state the connection ended with.
+        let format: String = names
+            .iter()
+            .map(|n| format!("{FILTER_STATE_LOG}{n}=%FILTER_STATE({n}:PLAIN)%\n"))
+            .collect();
+        let filters =
+            &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"];
+        let last = filters.as_array().map_or(0, Vec::len).saturating_sub(1);
+        filters[last]["typed_config"]["access_log"] = serde_json::json!([{
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {"text_format_source": {"inline_string": format}},
+            },
+        }]);
+    }
+    // The access log is a file Envoy flushes every 10 s by default: every 100 ms here.
+    let envoy = Envoy::start_with(
+        &config,
+        &[
+            "--component-log-level",
+            "wasm:debug",
+            "--file-flush-interval-msec",
+            "100",
+        ],
+    )
+    .map_err(|f| format!("{}\n{}", f.reason, f.log))?;
+    let mut upstreams: Vec<(&str, &std::net::TcpListener)> = vec![("upstream", &upstream)];
+    upstreams.extend(tcp_clusters.iter().map(|(n, l)| (n.as_str(), l)));
+    let outcome = e2e::tcp::drive(&envoy, &upstreams, s)
         .map_err(|e| format!("{e}\n---- envoy log ----\n{}", envoy.log()))?;
+    let logged = |log: &str| -> Vec<(String, String)> {
+        log.lines()
+            .filter_map(|l| l.strip_prefix(FILTER_STATE_LOG)?.split_once('='))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    let filter_state = if names.is_empty() {
+        Vec::new()
+    } else {
+        e2e::poll_until(std::time::Instant::now() + Duration::from_secs(10), || {
+            let got = logged(&envoy.log());
+            (got.len() >= names.len()).then_some(got)
+        })
+        .ok_or_else(|| format!("no access log line from tcp_proxy:\n{}", envoy.log()))?
+    };
     let mut arrived = Vec::new();
     for (name, u) in &clusters {
         arrived.extend(
@@ -838,13 +918,14 @@ fn connection_in_envoy(s: &Scenario) -> Result<ObservedConnection, String> {
             .collect(),
         logs: envoy_wasm_logs(&envoy.log()),
         metrics: envoy_metrics(&envoy)?,
+        filter_state,
     })
 }
 
 #[test]
 fn every_connection_scenario_agrees_between_the_harness_and_envoy() {
     let all = connection_scenarios();
-    assert!(all.len() >= 3, "only {} connection scenarios", all.len());
+    assert!(all.len() >= 4, "only {} connection scenarios", all.len());
     let mut failures = Vec::new();
     for (file, s) in &all {
         let mut problems = Vec::new();
@@ -857,6 +938,9 @@ fn every_connection_scenario_agrees_between_the_harness_and_envoy() {
                     if let Err(bad) = s.check_observed(&o.logs, &o.metrics, &o.call_rows()) {
                         problems.push(format!("{side}: {bad:?}"));
                     }
+                    if let Err(bad) = s.check_observed_filter_state(&o.filter_state) {
+                        problems.push(format!("{side}: {bad:?}"));
+                    }
                 }
                 let (h, e) = (h.masked(), e.masked());
                 let mut part = |name: &str, h: String, e: String| {
@@ -864,6 +948,16 @@ fn every_connection_scenario_agrees_between_the_harness_and_envoy() {
                         problems.push(format!("{name}:\n  harness {h}\n  envoy   {e}"));
                     }
                 };
+                part(
+                    "upstream cluster",
+                    format!("{:?}", h.outcome.upstream_cluster),
+                    format!("{:?}", e.outcome.upstream_cluster),
+                );
+                part(
+                    "filter state",
+                    format!("{:?}", h.filter_state),
+                    format!("{:?}", e.filter_state),
+                );
                 part(
                     "upstream received",
                     format!("{:?}", h.outcome.upstream_received),

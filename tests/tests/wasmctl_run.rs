@@ -511,7 +511,7 @@ fn test_runs_connection_scenarios_and_names_the_kind_of_a_mismatch() {
     let dir = e2e::workspace_root().join("tests/scenarios/connections");
     let (code, out, err) = wasmctl(&["test", tcp.to_str().unwrap(), dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.ends_with("3 passed, 0 failed\n"), "{out}");
+    assert!(out.ends_with("4 passed, 0 failed\n"), "{out}");
     // The HTTP header filter against a connection scenario: that scenario fails, saying why.
     let header = e2e::filter_wasm();
     let one = dir.join("33-tcp-filter-counts-bytes.yaml");
@@ -519,4 +519,131 @@ fn test_runs_connection_scenarios_and_names_the_kind_of_a_mismatch() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("this module is an HTTP filter"), "{out}");
     assert!(out.ends_with("0 passed, 1 failed\n"), "{out}");
+}
+
+/// A network filter that opens a unary gRPC call from `proxy_on_new_connection`.
+const TCP_GRPC_WAT: &str = r#"(module
+  (import "env" "proxy_grpc_call" (func $grpc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "grpc_auth")
+  (data (i32.const 32) "auth.Authorizer")
+  (data (i32.const 48) "Check")
+  (data (i32.const 64) "hi")
+  (global $next (mut i32) (i32.const 1024))
+  (func (export "malloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $next))
+    (global.set $next (i32.add (global.get $next) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_new_connection") (param i32) (result i32)
+    (drop (call $grpc (i32.const 16) (i32.const 9) (i32.const 32) (i32.const 15) (i32.const 48) (i32.const 5)
+                      (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 2) (i32.const 1000) (i32.const 8)))
+    (i32.const 0))
+  (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_upstream_data") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_grpc_receive") (param i32 i32 i32)))"#;
+
+#[test]
+fn run_tcp_lists_the_grpc_calls_a_network_filter_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("tcp-grpc.wasm");
+    std::fs::write(&wasm, wat::parse_str(TCP_GRPC_WAT).unwrap()).unwrap();
+    let file = dir.path().join("c.yaml");
+    let scenario = |expect: &str| {
+        format!(
+            "name: grpc from a connection\nconnection: [{{downstream: x}}]\ngrpc:\n  grpc_auth:\n    auth.Authorizer/Check: {{messages: [allow]}}\nexpect:\n  grpc_calls: [{expect}]\n"
+        )
+    };
+    std::fs::write(
+        &file,
+        scenario("{cluster: grpc_auth, service: auth.Authorizer, method: Check}"),
+    )
+    .unwrap();
+    let args = [
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+    ];
+    let (code, out, err) = wasmctl(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        "connection: grpc from a connection\n",
+        "grpc calls: 1\n",
+        "  grpc_auth: auth.Authorizer/Check (unary, timeout 1000 ms)\n",
+        "    sent: \"hi\"\n",
+        "    received: \"allow\"\n",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    assert!(!out.contains("expectations NOT met"), "{out}");
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let (code, out, err) = wasmctl(&json_args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let calls = v["grpc_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{out}");
+    assert_eq!(calls[0]["cluster"], "grpc_auth");
+    assert_eq!(calls[0]["service"], "auth.Authorizer");
+    assert_eq!(calls[0]["method"], "Check");
+    assert_eq!(calls[0]["sent"], serde_json::json!(["hi"]));
+    assert_eq!(calls[0]["answer"]["messages"], serde_json::json!(["allow"]));
+    // expect.grpc_calls holds for connections too.
+    std::fs::write(&file, scenario("{cluster: grpc_auth, method: Other}")).unwrap();
+    let (code, out, _) = wasmctl(&args);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(r#"grpc_calls[0] method: expected "Other", got "Check""#),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_tcp_shows_the_cluster_a_filter_routed_to_and_its_filter_state() {
+    let wasm = e2e::tcp_filter_wasm();
+    let scenario = e2e::workspace_root()
+        .join("tests/scenarios/connections/36-tcp-filter-routes-to-a-cluster.yaml");
+    let args = [
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        scenario.to_str().unwrap(),
+    ];
+    let (code, out, err) = wasmctl(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        "upstream cluster: b_side\n",
+        "filter state set:\n  envoy.tcp_proxy.cluster = \"b_side\"\n",
+        "[info] tcp-filter route: routed to b_side (filter state b_side)\n",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    assert!(!out.contains("expectations NOT met"), "{out}");
+    // The same filter without a cluster stays on tcp_proxy's own, and the expectations say so.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    let text = std::fs::read_to_string(&scenario)
+        .unwrap()
+        .replace(r#", "cluster": "b_side""#, "");
+    std::fs::write(&file, text).unwrap();
+    let (code, out, _) = wasmctl(&[
+        "run",
+        wasm.to_str().unwrap(),
+        "--scenario",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("upstream cluster: upstream\n"), "{out}");
+    assert!(
+        out.contains(r#"upstream cluster: expected "b_side", got "upstream""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"filter state envoy.tcp_proxy.cluster: expected "b_side", never set"#),
+        "{out}"
+    );
 }

@@ -79,8 +79,53 @@ pub struct Report {
     pub http_calls: Vec<(String, String, String)>,
     /// gRPC calls and streams the filter opened, with what they sent and were answered.
     pub grpc_calls: Vec<GrpcCallMade>,
+    /// Filter state objects the filter set with Envoy's foreign function
+    /// `set_envoy_filter_state`, in order: (name, value).
+    pub filter_state: Vec<(String, String)>,
     /// Expectations of the scenario that did not hold.
     pub failed_expectations: Vec<String>,
+}
+
+/// The filter state objects set (`set_envoy_filter_state`), as the reports show them:
+/// (name, value), in order.
+fn filter_state_set(host: &Host) -> Vec<(String, String)> {
+    host.filter_states_set()
+        .into_iter()
+        .map(|f| (f.name, shown_bytes(&f.value)))
+        .collect()
+}
+
+/// What the module did that a scenario's expectations check besides the outcome (logs,
+/// metrics, HTTP calls, gRPC calls, filter state): the expectations that did not hold.
+fn failed_observed(
+    scenario: &Scenario,
+    logs: &[(String, String)],
+    metrics: &[(String, String, i64)],
+    http_calls: &[(String, String, String)],
+    grpc_calls: &[GrpcCallMade],
+    filter_state: &[(String, String)],
+) -> Vec<String> {
+    let grpc_rows: Vec<(String, String, String)> = grpc_calls
+        .iter()
+        .map(|c| (c.cluster.clone(), c.service.clone(), c.method.clone()))
+        .collect();
+    let mut failed = scenario
+        .check_observed(logs, metrics, http_calls)
+        .err()
+        .unwrap_or_default();
+    failed.extend(
+        scenario
+            .check_observed_grpc(&grpc_rows)
+            .err()
+            .unwrap_or_default(),
+    );
+    failed.extend(
+        scenario
+            .check_observed_filter_state(filter_state)
+            .err()
+            .unwrap_or_default(),
+    );
+    failed
 }
 
 /// A gRPC call or stream the filter opened (messages as text when they are printable UTF-8,
@@ -310,6 +355,11 @@ pub struct ConnectionReport {
     pub metrics: Vec<(String, String, i64)>,
     /// HTTP calls the filter made: (cluster, method, path).
     pub http_calls: Vec<(String, String, String)>,
+    /// gRPC calls and streams the filter opened, with what they sent and were answered (as
+    /// [`Report::grpc_calls`]).
+    pub grpc_calls: Vec<GrpcCallMade>,
+    /// Filter state objects the filter set (`set_envoy_filter_state`): (name, value), in order.
+    pub filter_state: Vec<(String, String)>,
     /// Expectations of the scenario that did not hold.
     pub failed_expectations: Vec<String>,
 }
@@ -522,16 +572,20 @@ fn run_connection(m: &Module, module: &Path, scenario: &Scenario) -> Result<Conn
     let logs = log_lines(&host);
     let metrics = metric_rows(&host);
     let http_calls = calls_made(&host);
+    let grpc_calls = grpc_made(&host);
+    let filter_state = filter_state_set(&host);
     let mut failed_expectations = scenario
         .check_connection(&outcome)
         .err()
         .unwrap_or_default();
-    failed_expectations.extend(
-        scenario
-            .check_observed(&logs, &metrics, &http_calls)
-            .err()
-            .unwrap_or_default(),
-    );
+    failed_expectations.extend(failed_observed(
+        scenario,
+        &logs,
+        &metrics,
+        &http_calls,
+        &grpc_calls,
+        &filter_state,
+    ));
     Ok(ConnectionReport {
         scenario: scenario.name.clone(),
         connection,
@@ -539,6 +593,8 @@ fn run_connection(m: &Module, module: &Path, scenario: &Scenario) -> Result<Conn
         logs,
         metrics,
         http_calls,
+        grpc_calls,
+        filter_state,
         failed_expectations,
     })
 }
@@ -614,23 +670,16 @@ fn run_http(m: &Module, module: &Path, scenario: &Scenario) -> Result<Report> {
     let metrics = metric_rows(&host);
     let http_calls = calls_made(&host);
     let grpc_calls = grpc_made(&host);
-    let grpc_rows: Vec<(String, String, String)> = grpc_calls
-        .iter()
-        .map(|c| (c.cluster.clone(), c.service.clone(), c.method.clone()))
-        .collect();
+    let filter_state = filter_state_set(&host);
     let mut failed_expectations = scenario.check(&outcome).err().unwrap_or_default();
-    failed_expectations.extend(
-        scenario
-            .check_observed(&logs, &metrics, &http_calls)
-            .err()
-            .unwrap_or_default(),
-    );
-    failed_expectations.extend(
-        scenario
-            .check_observed_grpc(&grpc_rows)
-            .err()
-            .unwrap_or_default(),
-    );
+    failed_expectations.extend(failed_observed(
+        scenario,
+        &logs,
+        &metrics,
+        &http_calls,
+        &grpc_calls,
+        &filter_state,
+    ));
     Ok(Report {
         scenario: scenario.name.clone(),
         request_changes,
@@ -639,6 +688,7 @@ fn run_http(m: &Module, module: &Path, scenario: &Scenario) -> Result<Report> {
         metrics,
         http_calls,
         grpc_calls,
+        filter_state,
         outcome,
         failed_expectations,
     })
@@ -879,6 +929,7 @@ impl fmt::Display for ConnectionReport {
             "opened: proxy_on_new_connection -> {}",
             self.connection.new_connection
         )?;
+        writeln!(f, "upstream cluster: {}", o.upstream_cluster)?;
         writeln!(f, "steps:")?;
         for r in &self.connection.steps {
             let end = if r.implicit { " (at the end)" } else { "" };
@@ -927,22 +978,54 @@ impl fmt::Display for ConnectionReport {
         for (cluster, method, path) in &self.http_calls {
             writeln!(f, "  {cluster}: {method} {path}")?;
         }
-        writeln!(f, "logs:")?;
-        for (level, msg) in &self.logs {
-            writeln!(f, "  [{level}] {msg}")?;
-        }
-        writeln!(f, "metrics:")?;
-        for (name, kind, value) in &self.metrics {
-            writeln!(f, "  {name} ({kind}) = {value}")?;
-        }
-        if !self.failed_expectations.is_empty() {
-            writeln!(f, "expectations NOT met:")?;
-            for e in &self.failed_expectations {
-                writeln!(f, "  {e}")?;
-            }
-        }
-        Ok(())
+        observed_tail(
+            f,
+            &self.grpc_calls,
+            &self.filter_state,
+            &self.logs,
+            &self.metrics,
+            &self.failed_expectations,
+        )
     }
+}
+
+/// The end of both reports: gRPC calls (when any), filter state set (when any), logs, metrics,
+/// the expectations not met.
+fn observed_tail(
+    f: &mut fmt::Formatter<'_>,
+    grpc_calls: &[GrpcCallMade],
+    filter_state: &[(String, String)],
+    logs: &[(String, String)],
+    metrics: &[(String, String, i64)],
+    failed_expectations: &[String],
+) -> fmt::Result {
+    if !grpc_calls.is_empty() {
+        writeln!(f, "grpc calls: {}", grpc_calls.len())?;
+        for c in grpc_calls {
+            write!(f, "{c}")?;
+        }
+    }
+    if !filter_state.is_empty() {
+        writeln!(f, "filter state set:")?;
+        for (name, value) in filter_state {
+            writeln!(f, "  {name} = {value:?}")?;
+        }
+    }
+    writeln!(f, "logs:")?;
+    for (level, msg) in logs {
+        writeln!(f, "  [{level}] {msg}")?;
+    }
+    writeln!(f, "metrics:")?;
+    for (name, kind, value) in metrics {
+        writeln!(f, "  {name} ({kind}) = {value}")?;
+    }
+    if !failed_expectations.is_empty() {
+        writeln!(f, "expectations NOT met:")?;
+        for e in failed_expectations {
+            writeln!(f, "  {e}")?;
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for Report {
@@ -995,27 +1078,14 @@ impl fmt::Display for Report {
         for (cluster, method, path) in &self.http_calls {
             writeln!(f, "  {cluster}: {method} {path}")?;
         }
-        if !self.grpc_calls.is_empty() {
-            writeln!(f, "grpc calls: {}", self.grpc_calls.len())?;
-            for c in &self.grpc_calls {
-                write!(f, "{c}")?;
-            }
-        }
-        writeln!(f, "logs:")?;
-        for (level, msg) in &self.logs {
-            writeln!(f, "  [{level}] {msg}")?;
-        }
-        writeln!(f, "metrics:")?;
-        for (name, kind, value) in &self.metrics {
-            writeln!(f, "  {name} ({kind}) = {value}")?;
-        }
-        if !self.failed_expectations.is_empty() {
-            writeln!(f, "expectations NOT met:")?;
-            for e in &self.failed_expectations {
-                writeln!(f, "  {e}")?;
-            }
-        }
-        Ok(())
+        observed_tail(
+            f,
+            &self.grpc_calls,
+            &self.filter_state,
+            &self.logs,
+            &self.metrics,
+            &self.failed_expectations,
+        )
     }
 }
 

@@ -13,7 +13,12 @@
 //! - `log_events` (boolean, default false): also log each callback at info level with what it
 //!   was given (`new connection`, `downstream data 6 bytes`, `... end of stream`, `downstream
 //!   close (peer Remote)`, `upstream close (peer Unknown)`, `done`), which shows the order in
-//!   which the proxy delivers a connection's events.
+//!   which the proxy delivers a connection's events;
+//! - `cluster` (string): route each connection to this cluster of the `tcp_proxy` that follows
+//!   the filter: on a new connection the filter sets the filter state object
+//!   `envoy.tcp_proxy.cluster` with Envoy's foreign function `set_envoy_filter_state`, reads it
+//!   back (`filter_state.envoy.tcp_proxy.cluster`) and logs `routed to CLUSTER (filter state
+//!   VALUE)`, or the status the call failed with.
 //!
 //! Counts are of the bytes as they arrived, before any rewriting. An unknown field or a value of
 //! the wrong type fails `on_configure`, naming the field.
@@ -53,6 +58,8 @@ pub struct Config {
     pub uppercase: Uppercase,
     /// Log each callback.
     pub log_events: bool,
+    /// The `tcp_proxy` cluster each connection goes to (`None`: `tcp_proxy`'s own).
+    pub cluster: Option<String>,
 }
 
 impl Default for Config {
@@ -61,6 +68,7 @@ impl Default for Config {
             prefix: "tcp".into(),
             uppercase: Uppercase::None,
             log_events: false,
+            cluster: None,
         }
     }
 }
@@ -136,14 +144,42 @@ pub fn parse(config: &str) -> Result<Config, String> {
             }
             ("log_events", Value::Bool(b)) => c.log_events = b,
             ("log_events", _) => return Err("log_events: expected true or false".into()),
+            ("cluster", Value::Str(name)) if !name.is_empty() => {
+                c.cluster = Some(name.to_string());
+            }
+            ("cluster", _) => return Err("cluster: expected a cluster name".into()),
             (other, _) => {
                 return Err(format!(
-                    "unknown field {other:?} (expected prefix, uppercase, log_events)"
+                    "unknown field {other:?} (expected prefix, uppercase, log_events, cluster)"
                 ));
             }
         }
     }
     Ok(c)
+}
+
+/// The filter state object that picks `tcp_proxy`'s cluster.
+pub const TCP_PROXY_CLUSTER: &str = "envoy.tcp_proxy.cluster";
+
+/// The arguments of Envoy's foreign function `set_envoy_filter_state`: the protobuf message
+/// `envoy.source.extensions.common.wasm.SetEnvoyFilterStateArguments` with `path` (field 1) and
+/// `value` (field 2); `span` (field 3) left at its default, the filter chain.
+pub fn set_filter_state_arguments(path: &str, value: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(path.len() + value.len() + 12);
+    for (tag, s) in [(0x0a, path), (0x12, value)] {
+        if s.is_empty() {
+            continue;
+        }
+        b.push(tag);
+        let mut n = s.len();
+        while n >= 0x80 {
+            b.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        b.push(n as u8);
+        b.extend_from_slice(s.as_bytes());
+    }
+    b
 }
 
 #[cfg(target_family = "wasm")]
@@ -226,9 +262,33 @@ mod glue {
         }
     }
 
+    impl Connection {
+        /// Point `tcp_proxy` at `cluster`, read the filter state back and log what happened.
+        fn route(&self, cluster: &str) {
+            let prefix = &self.config.prefix;
+            let args = super::set_filter_state_arguments(super::TCP_PROXY_CLUSTER, cluster);
+            if let Err(status) =
+                proxy_wasm::hostcalls::call_foreign_function("set_envoy_filter_state", Some(&args))
+            {
+                log::warn!("tcp-filter {prefix}: set_envoy_filter_state failed: {status:?}");
+                return;
+            }
+            let read = self
+                .get_property(vec!["filter_state", super::TCP_PROXY_CLUSTER])
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            log::info!(
+                "tcp-filter {prefix}: routed to {cluster} (filter state {})",
+                read.as_deref().unwrap_or("not readable")
+            );
+        }
+    }
+
     impl StreamContext for Connection {
         fn on_new_connection(&mut self) -> Action {
             self.event(format_args!("new connection"));
+            if let Some(cluster) = &self.config.cluster {
+                self.route(cluster);
+            }
             Action::Continue
         }
 
@@ -314,7 +374,8 @@ mod tests {
             Config {
                 prefix: "echo".into(),
                 uppercase: Uppercase::Both,
-                log_events: true
+                log_events: true,
+                cluster: None,
             }
         );
         assert!(c.uppercase.downstream() && c.uppercase.upstream());
@@ -332,10 +393,37 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_cluster_and_encodes_the_filter_state_arguments() {
+        assert_eq!(
+            parse(r#"{"cluster": "b_side"}"#)
+                .unwrap()
+                .cluster
+                .as_deref(),
+            Some("b_side")
+        );
+        assert_eq!(parse("{}").unwrap().cluster, None);
+        assert_eq!(
+            parse(r#"{"cluster": ""}"#),
+            Err("cluster: expected a cluster name".into())
+        );
+        // field 1 (path), field 2 (value): tag, length, bytes.
+        assert_eq!(
+            super::set_filter_state_arguments("k", "vv"),
+            b"\x0a\x01k\x12\x02vv"
+        );
+        let long = "x".repeat(200);
+        let b = super::set_filter_state_arguments(&long, "");
+        assert_eq!(&b[..3], &[0x0a, 0xc8, 0x01]);
+        assert_eq!(b.len(), 203);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         assert_eq!(
             parse(r#"{"prefix": "a", "upper": "both"}"#),
-            Err(r#"unknown field "upper" (expected prefix, uppercase, log_events)"#.into())
+            Err(
+                r#"unknown field "upper" (expected prefix, uppercase, log_events, cluster)"#.into()
+            )
         );
         assert_eq!(
             parse(r#"{"prefix": "a\"b"}"#),

@@ -16,10 +16,12 @@
 #![deny(missing_docs)]
 
 mod filter;
+mod foreign;
 mod harness;
 mod wasmctl;
 
 pub use filter::{filter_config, filter_headers};
+pub use foreign::harness_foreign;
 pub use harness::harness_host_calls;
 pub use wasmctl::{agent_image_list, image_layout, image_reference, render_deployment};
 
@@ -31,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("filter_config", filter_config),
     ("filter_headers", filter_headers),
     ("harness_host_calls", harness_host_calls),
+    ("harness_foreign", harness_foreign),
     ("image_reference", image_reference),
     ("image_layout", image_layout),
     ("agent_image_list", agent_image_list),

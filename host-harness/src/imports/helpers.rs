@@ -98,35 +98,48 @@ pub(super) fn give(
 ) -> wasmtime::Result<Result<(), Status>> {
     let mut ptr = 0u32;
     if !bytes.is_empty() {
-        let Some(alloc) = c.data().alloc.clone() else {
-            return Ok(Err(Status::InternalFailure));
+        ptr = match alloc_copy(c, bytes)? {
+            Ok(p) => p,
+            Err(s) => return Ok(Err(s)),
         };
-        // Envoy lets the allocator call only a few host functions.
-        let outer = c.data_mut().restricted.replace(Restriction::Malloc);
-        let allocated = alloc.call(&mut *c, bytes.len() as i32);
-        c.data_mut().restricted = outer;
-        ptr = match allocated {
-            Ok(p) => p as u32,
-            // Envoy: the allocator trapped on a restricted call; the VM is failed (see
-            // `VmInner::call`) and this host call reports that it could not copy the data.
-            Err(_)
-                if matches!(
-                    c.data().abort,
-                    Some(Abort::Restricted(_, Restriction::Malloc))
-                ) =>
-            {
-                return Ok(Err(Status::InvalidMemoryAccess));
-            }
-            Err(e) => return Err(e),
-        };
-        if ptr == 0 {
-            return Ok(Err(Status::InternalFailure));
-        }
-        if let Err(s) = write(c, ptr as i32, bytes) {
-            return Ok(Err(s));
-        }
     }
     Ok(write_u32(c, ptr_ptr, ptr).and_then(|_| write_u32(c, size_ptr, bytes.len() as u32)))
+}
+
+/// Allocate `bytes.len()` bytes in the module (with its allocator, even for none, as
+/// cpp-host's `allocMemory`) and copy `bytes` there: the pointer.
+pub(super) fn alloc_copy(
+    c: &mut Caller<'_, VmState>,
+    bytes: &[u8],
+) -> wasmtime::Result<Result<u32, Status>> {
+    let Some(alloc) = c.data().alloc.clone() else {
+        return Ok(Err(Status::InternalFailure));
+    };
+    // Envoy lets the allocator call only a few host functions.
+    let outer = c.data_mut().restricted.replace(Restriction::Malloc);
+    let allocated = alloc.call(&mut *c, bytes.len() as i32);
+    c.data_mut().restricted = outer;
+    let ptr = match allocated {
+        Ok(p) => p as u32,
+        // Envoy: the allocator trapped on a restricted call; the VM is failed (see
+        // `VmInner::call`) and this host call reports that it could not copy the data.
+        Err(_)
+            if matches!(
+                c.data().abort,
+                Some(Abort::Restricted(_, Restriction::Malloc))
+            ) =>
+        {
+            return Ok(Err(Status::InvalidMemoryAccess));
+        }
+        Err(e) => return Err(e),
+    };
+    if ptr == 0 {
+        return Ok(Err(Status::InternalFailure));
+    }
+    if let Err(s) = write(c, ptr as i32, bytes) {
+        return Ok(Err(s));
+    }
+    Ok(Ok(ptr))
 }
 
 /// Finish a `give`: a trap propagates, a status is returned.

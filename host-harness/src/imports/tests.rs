@@ -38,6 +38,7 @@ fn store(engine: &Engine) -> Store<VmState> {
         pending_done: Default::default(),
         done_called: Vec::new(),
         last_status: (0, String::new()),
+        declared: Default::default(),
     };
     let mut store = Store::new(engine, state);
     let memory = Memory::new(&mut store, MemoryType::new(1, None)).unwrap();
