@@ -37,8 +37,10 @@ cluster-down: ## Stop the cluster in CLUSTER_DIR and restore the host
 cosign: ## Build cosign from its Go module (the signature tests' independent client; cached)
 	@scripts/cosign-build >/dev/null
 
-go-example: ## Build the Go example filter (proxy-wasm Go SDK, wasip1): target/go-filter/go_filter.wasm
-	@w=$$(scripts/go-filter-build) && ls -l "$$w" | awk '{print "built", $$NF, $$5, "bytes"}'
+go-example: ## Build the Go examples (proxy-wasm Go SDK, wasip1): target/go-filter/go_filter.wasm and the like
+	@for e in go-filter go-tcp-filter go-grpc-filter; do \
+	  w=$$(scripts/go-example-build $$e) && ls -l "$$w" | awk '{print "built", $$NF, $$5, "bytes"}' || exit 1; \
+	done
 
 build: setup ## Build the filter: target/wasm32-wasip1/wasm/header_filter.wasm
 	$(CARGO) build --profile wasm --target wasm32-wasip1 -p header-filter

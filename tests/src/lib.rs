@@ -385,6 +385,46 @@ pub fn go_wasm() -> PathBuf {
         .clone()
 }
 
+/// The Go network filter (`examples/go-tcp-filter`, proxy-wasm Go SDK), built by
+/// `scripts/go-example-build` into `<target dir>/go-tcp-filter/go_tcp_filter.wasm`, once per test
+/// process (as [`go_wasm`]).
+pub fn go_tcp_filter_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| go_example_wasm("go-tcp-filter", "go_tcp_filter.wasm"))
+        .clone()
+}
+
+/// The Go gRPC-calling HTTP filter (`examples/go-grpc-filter`), built by
+/// `scripts/go-example-build` into `<target dir>/go-grpc-filter/go_grpc_filter.wasm`, once per
+/// test process (as [`go_wasm`]).
+pub fn go_grpc_filter_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| go_example_wasm("go-grpc-filter", "go_grpc_filter.wasm"))
+        .clone()
+}
+
+/// Build `examples/NAME` with `scripts/go-example-build` (which skips the build while the Go
+/// version, go.mod, go.sum and the sources are unchanged) into `<target dir>/NAME/ARTIFACT`.
+fn go_example_wasm(name: &str, artifact: &str) -> PathBuf {
+    let wasm = target_dir().join(name).join(artifact);
+    let script = workspace_root().join("scripts/go-example-build");
+    let out = Command::new(&script)
+        .arg(name)
+        .arg(&wasm)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/go-example-build {name} failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wasm.is_file(), "{} missing after the build", wasm.display());
+    wasm
+}
+
 /// Run `npm ARGS` in `dir`; on failure, panic with the command, its status and its output.
 fn npm(dir: &Path, args: &[&str]) {
     let command = format!("npm {} (in {})", args.join(" "), dir.display());
