@@ -93,6 +93,35 @@ pub fn stream_scenarios() -> Vec<(String, proxy_wasm_harness::scenario::Scenario
     scenarios_in("tests/scenarios/streams")
 }
 
+/// The protocol options of a `grpc:` cluster in Envoy: HTTP/2 to the server, and
+/// `grpc-timeout` removed on the way there. grpcio enforces that header's deadline itself and
+/// answers 4 DEADLINE_EXCEEDED when it passes, which races Envoy's own timer for the call (14
+/// UNAVAILABLE, "upstream request timeout", what a scenario expects); on a loaded machine the
+/// server's answer can come first. Without the header only Envoy's timer ends the call.
+pub fn grpc_cluster_options() -> serde_json::Value {
+    serde_json::json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.header_mutation",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                        "mutations": {"request_mutations": [{"remove": "grpc-timeout"}]},
+                    },
+                },
+                {
+                    "name": "envoy.filters.http.upstream_codec",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                    },
+                },
+            ],
+        },
+    })
+}
+
 /// The `tests/scenarios/grpc/*.yaml` files (a filter calling gRPC services: `grpc:` answers,
 /// served by `tests/grpc_server.py` in Envoy) in name order: (file name, scenario).
 pub fn grpc_scenarios() -> Vec<(String, proxy_wasm_harness::scenario::Scenario)> {

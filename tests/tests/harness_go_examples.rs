@@ -557,13 +557,8 @@ fn grpc_in_envoy(s: &Scenario, n: usize) -> GrpcObserved {
         .unwrap()
     {
         if s.grpc.contains_key(c["name"].as_str().unwrap_or_default()) {
-            // gRPC needs HTTP/2 to the server.
-            c["typed_extension_protocol_options"] = serde_json::json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                },
-            });
+            // gRPC needs HTTP/2 to the server (and no grpc-timeout: see grpc_cluster_options).
+            c["typed_extension_protocol_options"] = e2e::fidelity::grpc_cluster_options();
         }
     }
     let envoy = Envoy::must_start(&config);

@@ -629,18 +629,13 @@ fn grpc_in_envoy(s: &Scenario) -> Result<Observed, String> {
         &s.configuration,
     );
     let mut config = bootstrap_with_clusters(upstream.addr(), vec![filter], &addrs);
-    // gRPC needs HTTP/2 to the server.
+    // gRPC needs HTTP/2 to the server (and no grpc-timeout: see grpc_cluster_options).
     for c in config["static_resources"]["clusters"]
         .as_array_mut()
         .unwrap()
     {
         if s.grpc.contains_key(c["name"].as_str().unwrap_or_default()) {
-            c["typed_extension_protocol_options"] = serde_json::json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                },
-            });
+            c["typed_extension_protocol_options"] = e2e::fidelity::grpc_cluster_options();
         }
     }
     let envoy = Envoy::start(&config).map_err(|f| format!("{}\n{}", f.reason, f.log))?;
