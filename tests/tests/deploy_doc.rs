@@ -218,11 +218,26 @@ fn every_command_of_the_deploy_guide_runs_on_a_real_cluster() {
     );
     for (line, block) in &all {
         if block.starts_with("kubectl logs deploy/details-v1") {
-            // "Send the workload a request": the client Pod does, once the filter has read the
-            // new log level (on its 1 s tick).
-            std::thread::sleep(Duration::from_secs(2));
-            let r = walk.hello();
-            assert!(r.is_ok(), "the request before reading the log: {r:?}");
+            // "Send the workload a request": the client Pod does, again until the filter has
+            // read the new log level (on its 1 s tick, which a loaded machine delays) and a
+            // request's debug line is in the sidecar's log, as a person would retry.
+            let logged = e2e::poll_until(Instant::now() + PROPAGATION, || {
+                let r = walk.hello();
+                assert!(r.is_ok(), "the request before reading the log: {r:?}");
+                let log = walk
+                    .cluster
+                    .kubectl(&["logs", "deploy/details-v1", "-c", "istio-proxy"]);
+                if String::from_utf8_lossy(&log.stdout).contains("header-filter: rule 0") {
+                    return Some(());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                None
+            });
+            assert!(
+                logged.is_some(),
+                "the sidecar never logged a request at wasm:debug\n{}",
+                walk.transcript
+            );
         }
         let out = walk.run(*line, block);
         let mut check = |key: &str, f: &mut dyn FnMut(&str)| {
