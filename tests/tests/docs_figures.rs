@@ -1092,7 +1092,7 @@ struct Quote {
 
 /// The digests quoted in `line`: every word of lower-case hex (four or more characters, a digit
 /// among them) that follows `sha256:`, `sha256=` or `sha256 `, or is a file name `HEX.wasm` (or
-/// `HEX....wasm`, abbreviated). Masked digests (`sha256:...`) have no hex and are not quotes.
+/// `HEX....wasm`, abbreviated; a manifest digest when the name is `manifest-sha256-HEX.wasm`). Masked digests (`sha256:...`) have no hex and are not quotes.
 fn digests(line: &str) -> Vec<Quote> {
     let word = |c: char| c.is_ascii_alphanumeric();
     let mut quotes = Vec::new();
@@ -1118,6 +1118,8 @@ fn digests(line: &str) -> Vec<Quote> {
             .find(|k| before.ends_with(k));
         let names = match key {
             Some("sha256:") => Digest::Manifest,
+            // The node agent's link for a manifest digest: `manifest-sha256-HEX.wasm`.
+            None if before.ends_with("manifest-sha256-") => Digest::Manifest,
             Some(k) => {
                 let prefix = &before[..before.len() - k.len()];
                 if prefix.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
@@ -1366,6 +1368,16 @@ fn figures_and_digests_are_recognised() {
             (Digest::Module, "9216c6d7", true),
             (Digest::Module, "9216", false),
         ]
+    );
+    // The agent's link for a manifest digest names the manifest, its target the module.
+    let link = "lrwxrwxrwx 69  manifest-sha256-3db0....wasm -> 9216c6d7....wasm";
+    let kinds: Vec<(Digest, &str)> = digests(link)
+        .iter()
+        .map(|q| (q.names, &link[q.start..q.end]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(Digest::Manifest, "3db0"), (Digest::Module, "9216c6d7")]
     );
     // Prose, masked digests, commits and other file names are no quotes.
     for text in [
