@@ -67,6 +67,18 @@ pub struct Binary {
     pub path: PathBuf,
 }
 
+impl Binary {
+    /// Its path as the results record it: relative to the workspace when inside it (a
+    /// committed result names no machine's directories).
+    pub fn shown(&self) -> String {
+        self.path
+            .strip_prefix(crate::workspace_root())
+            .unwrap_or(&self.path)
+            .display()
+            .to_string()
+    }
+}
+
 /// What one run measures.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -1294,7 +1306,7 @@ impl Cluster {
             "pods": layout.pods(),
             "filterdeployments": layout.workloads,
             "controller": bin.label,
-            "binary": bin.path.display().to_string(),
+            "binary": bin.shown(),
             "resync_seconds": opts.resync.as_secs(),
             "populate_seconds": round(self.populate_seconds, 1),
             "startup": {"span": startup.json()},

@@ -506,7 +506,7 @@ fn main() -> ExitCode {
                 "istiod": args.opts.istiod,
                 "istiod_sidecars": benchcluster::SIDECARS,
             },
-            "controllers": args.binaries.iter().map(|b| json!({"label": b.label, "path": b.path})).collect::<Vec<_>>(),
+            "controllers": args.binaries.iter().map(|b| json!({"label": b.label, "path": b.shown()})).collect::<Vec<_>>(),
             "minutes": (started.elapsed().as_secs_f64() / 60.0 * 10.0).round() / 10.0,
             "results": results,
         });
