@@ -67,6 +67,24 @@ pub struct Binary {
     pub path: PathBuf,
 }
 
+/// Wait until the controller's reconcile count has stood still for 750 ms (the work a step
+/// queued is done), polling every 100 ms, at most 30 s: a measured span then ends with it.
+fn settle(controller: &Controller) {
+    let count = || {
+        controller.metric("wasm_controller_reconciles_total{result=\"success\"}")
+            + controller.metric("wasm_controller_reconciles_total{result=\"error\"}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut since) = (count(), Instant::now());
+    while Instant::now() < deadline && since.elapsed() < Duration::from_millis(750) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
 impl Binary {
     /// Its path as the results record it: relative to the workspace when inside it (a
     /// committed result names no machine's directories).
@@ -1116,7 +1134,7 @@ impl Cluster {
         ));
 
         // Let the last reconciles the start queued finish.
-        std::thread::sleep(Duration::from_secs(2));
+        settle(&controller);
 
         // 2. Changes, one at a time: new parameters -> the EnvoyFilter carries them.
         let before_changes = mark();
@@ -1140,7 +1158,7 @@ impl Cluster {
             });
             latencies.push((seen - t0).as_secs_f64() * 1000.0);
         }
-        std::thread::sleep(Duration::from_secs(1));
+        settle(&controller);
         let after_changes = mark();
         let changes = span(&before_changes, &after_changes);
         say(&format!(
@@ -1153,7 +1171,7 @@ impl Cluster {
         ));
 
         // 3. At rest: nothing changes; the resync runs.
-        std::thread::sleep(Duration::from_secs(1));
+        settle(&controller);
         let rest_from = mark();
         std::thread::sleep(opts.rest);
         let rest_to = mark();
@@ -1253,7 +1271,7 @@ impl Cluster {
                     tail(&controller.log(), 40)
                 )
             });
-            std::thread::sleep(Duration::from_secs(1));
+            settle(&controller);
             let to = mark();
             let s = span(&from, &to);
             let (gate50, gate_max) = (percentile(&gates, 50.0), percentile(&gates, 100.0));
