@@ -92,7 +92,7 @@ docs: setup ## Rewrite the docs' transcripts (README.md), module sizes and diges
 bench-oci: setup ## Push/pull time of wasmctl vs oras-py, 1 MB and 20 MB modules (not part of test)
 	@scripts/bench-oci
 
-bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 9 min; QUICK=1: under 2 min, -> target/bench-quick)
+bench-envoy: setup ## Envoy load benchmark -> docs/bench (about 15 min with --compare; QUICK=1: under 2 min, -> target/bench-quick)
 	@scripts/bench-envoy $(if $(QUICK),--quick,)
 
 bench-cluster: setup control-plane kwok ## The controller at 10, 100, 1000 kwok nodes on the real control plane -> docs/bench-cluster (BEFORE=WASMCTL compares; QUICK=1: 10, 100)
